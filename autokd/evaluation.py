@@ -1,0 +1,161 @@
+"""Test re-evaluation of chosen trials: the only code that touches the test split.
+
+The search ranks and selects on validation accuracy only. For the report, each given trial
+is retrained from its recorded config with its own seed (deterministic on CPU, so its val
+accuracy comes out as recorded) and measured once on the test split. Baselines show what
+distillation bought: per distinct student architecture the same student is also trained with
+cross-entropy only and with vanilla KD, at the same schedule and seed.
+
+Every evaluation is cached as JSON under ``<cache_dir>/evaluations/<study>/<sha256>.json``
+(hash of the config, seed and kind), so a second report retrains nothing. Nothing here writes
+to the Optuna study, and test accuracy never feeds back into any choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import optuna
+import pandas as pd
+
+from autokd import data as data_module
+from autokd import distill, train
+from autokd.spec import DistillSpec, StudySpec, TrainConfig
+from autokd.teachers import atomic_write_bytes
+
+# What a baseline replaces in the trial's distillation settings (teacher subset kept for KD).
+CE_ONLY = {"w_ce": 1.0, "w_kd": 0.0, "w_feat": 0.0}
+VANILLA_KD = {"kind": "kl", "temperature": 4.0, "w_kd": 0.9, "w_ce": 0.1, "w_feat": 0.0,
+              "aggregation": "mean_logits"}
+
+# Columns of `evaluate_front` besides "trial" and the recorded "val_accuracy"; gains are in
+# test-accuracy percentage points (trial minus baseline).
+EVALUATION_COLUMNS = ("val_accuracy_retrained", "test_accuracy", "ce_test_accuracy", "vanilla_kd_test_accuracy",
+                      "gain_vs_ce", "gain_vs_vanilla_kd", "baseline_trial")
+
+
+def evaluate_front(study: optuna.Study, spec: StudySpec, trial_numbers: Sequence[int], *, baselines: bool = True,
+                   log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Retrain the given COMPLETE trials and measure them (and, optionally, baselines) on the test split.
+
+    Returns one row per trial: its recorded and retrained val accuracy, test accuracy, the test
+    accuracy of its architecture's CE-only and vanilla-KD baselines, and the gains over them.
+
+    Example::
+
+        study, spec = results.study_and_spec("studies/digits.yaml")
+        front = results.front_frame(results.trials_frame(study))
+        print(evaluate_front(study, spec, front["trial"].tolist())[["trial", "test_accuracy", "gain_vs_ce"]])
+    """
+    runner = _Runner(spec, log)
+    baselines_by_arch: dict[str, tuple[int, dict[str, float]]] = {}
+    rows = []
+    for trial in _complete_trials(study, trial_numbers):
+        config = TrainConfig.model_validate(trial.user_attrs["config"])
+        result = runner.run(config, "trial", trial.number)
+        recorded = trial.values[0]
+        if not math.isclose(result["val_accuracy"], recorded, rel_tol=0, abs_tol=1e-9):
+            log(f"warning: trial {trial.number} retrained to val accuracy {result['val_accuracy']:.4f}, "
+                f"recorded {recorded:.4f} (not reproducible on this machine)")
+        row = {"trial": trial.number, "val_accuracy": recorded, "val_accuracy_retrained": result["val_accuracy"],
+               "test_accuracy": result["test_accuracy"]}
+        if baselines:
+            # One pair of baselines per architecture, at the schedule and seed of its first trial.
+            arch = json.dumps(config.student, sort_keys=True)
+            if arch not in baselines_by_arch:
+                baselines_by_arch[arch] = (trial.number, _run_baselines(runner, config, trial.number))
+            baseline_trial, accuracies = baselines_by_arch[arch]
+            row.update(baseline_trial=baseline_trial, **accuracies,
+                       gain_vs_ce=_gain(result["test_accuracy"], accuracies["ce_test_accuracy"]),
+                       gain_vs_vanilla_kd=_gain(result["test_accuracy"], accuracies["vanilla_kd_test_accuracy"]))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["trial", "val_accuracy", *EVALUATION_COLUMNS])
+
+
+def baseline_config(config: TrainConfig, kind: str) -> TrainConfig:
+    """`config` with its distillation replaced by the "ce" or "vanilla_kd" baseline (same student, schedule, seed)."""
+    if kind == "ce":
+        distill_settings = DistillSpec(**CE_ONLY)
+    elif kind == "vanilla_kd":
+        distill_settings = DistillSpec(teachers=config.distill.teachers, **VANILLA_KD)
+    else:
+        raise ValueError(f"kind: must be 'ce' or 'vanilla_kd', got {kind!r}")
+    return TrainConfig.model_validate({**config.model_dump(), "distill": distill_settings.model_dump()})
+
+
+def cache_key(config: TrainConfig, kind: str) -> str:
+    """sha256 of what determines an evaluation: the full config (data, teachers, student, ...), seed, kind."""
+    identity = {"config": config.model_dump(mode="json"), "seed": config.seed, "kind": kind}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _complete_trials(study: optuna.Study, trial_numbers: Sequence[int]) -> list[optuna.trial.FrozenTrial]:
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    chosen = []
+    for number in trial_numbers:
+        trial = by_number.get(int(number))
+        if trial is None or trial.state != optuna.trial.TrialState.COMPLETE or "config" not in trial.user_attrs:
+            state = trial.state.name if trial is not None else "missing"
+            raise ValueError(f"trial_numbers: trial {number} must be a COMPLETE trial with a recorded config, "
+                             f"got {state}")
+        chosen.append(trial)
+    return chosen
+
+
+def _run_baselines(runner: _Runner, config: TrainConfig, trial_number: int) -> dict[str, float]:
+    accuracies = {"ce_test_accuracy": runner.run(baseline_config(config, "ce"), "ce", trial_number)["test_accuracy"]}
+    # Vanilla KD needs a teacher; a study without teachers has no such baseline.
+    has_teachers = bool(config.teachers)
+    accuracies["vanilla_kd_test_accuracy"] = (
+        runner.run(baseline_config(config, "vanilla_kd"), "vanilla_kd", trial_number)["test_accuracy"]
+        if has_teachers else math.nan)
+    return accuracies
+
+
+def _gain(accuracy: float, baseline: float) -> float:
+    return round(100.0 * (accuracy - baseline), 6)  # percentage points; rounding hides float noise only
+
+
+class _Runner:
+    """Trains configs on demand, reusing one dataset and teacher targets, behind the JSON cache."""
+
+    def __init__(self, spec: StudySpec, log: Callable[[str], None]):
+        self.folder = Path(spec.cache_dir) / "evaluations" / spec.name
+        self.source = spec.source
+        self.log = log
+        self._datasets: dict[str, data_module.Dataset] = {}
+        self._targets: dict[str, object] = {}
+
+    def run(self, config: TrainConfig, kind: str, trial_number: int) -> dict:
+        path = self.folder / f"{cache_key(config, kind)}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        data = self._dataset(config)
+        student, fitted = train.fit_config(config, data, self._targets_for(config, data))
+        result = {"trial": trial_number, "kind": kind, "seed": config.seed,
+                  "val_accuracy": fitted.val_accuracy,
+                  "test_accuracy": distill.evaluate(student, data.x_test, data.y_test),
+                  "train_seconds": round(fitted.train_seconds, 3), "config": config.model_dump(mode="json")}
+        atomic_write_bytes(path, json.dumps(result, indent=2).encode())  # atomic: a crash never leaves half a file
+        self.log(f"test evaluation: trial {trial_number} ({kind}): val {result['val_accuracy']:.4f} "
+                 f"test {result['test_accuracy']:.4f} ({fitted.train_seconds:.1f} s)")
+        return result
+
+    def _dataset(self, config: TrainConfig) -> data_module.Dataset:
+        key = config.data.model_dump_json()  # every trial of a study shares it: loaded once
+        if key not in self._datasets:
+            self._datasets[key] = data_module.load_data(config.data, self.source)
+        return self._datasets[key]
+
+    def _targets_for(self, config: TrainConfig, data: data_module.Dataset):
+        uses_teachers = config.distill.w_kd > 0 or config.distill.w_feat > 0
+        chosen = [t.model_dump(mode="json") for t in config.selected_teachers()] if uses_teachers else []
+        key = json.dumps({"teachers": chosen, "augment": config.augment, "data": config.data.model_dump()},
+                         sort_keys=True)
+        if key not in self._targets:
+            _, self._targets[key] = train.prepare_targets(config, data, self.source, self.log)
+        return self._targets[key]

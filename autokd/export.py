@@ -1,0 +1,246 @@
+"""Export one trial of a study as a standalone training config (`autokd export`).
+
+The search stores every trial's full `TrainConfig` (user attr ``config``). Export picks one
+COMPLETE trial by a rule, then writes that config as YAML with everything a later
+`autokd train` needs to retrain exactly the trial's student: the trial's seed, absolute paths
+(data, teacher checkpoints, teacher cache) and a ``provenance`` block naming the study, the
+trial, its validation accuracy and size, and the cache key of every teacher it learnt from.
+
+Selection reads validation accuracy only; test accuracy is never stored in a study.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import yaml
+
+from autokd.data import load_data
+from autokd.errors import AutokdError
+from autokd.pareto import knee_index, select_index
+from autokd.results import study_and_spec
+from autokd.spec import StudySpec, TrainConfig, load_train_config, train_config_from_dict
+from autokd.teachers import _file_digest, teacher_key
+
+RULE_FLAGS = "--trial, --max-params/--max-bytes, --min-accuracy, --knee"
+COMPLETE = optuna.trial.TrialState.COMPLETE
+
+
+def export_config(study: str, output: str | Path, *, storage: str | None = None, trial: int | None = None,
+                  max_params: float | None = None, max_bytes: float | None = None,
+                  min_accuracy: float | None = None, knee: bool = False) -> tuple[Path, int]:
+    """Write the trial chosen by exactly one rule as a training config; returns (path, trial number).
+
+    Rules: ``trial`` (that trial), ``max_params``/``max_bytes`` (best val accuracy within the
+    size), ``min_accuracy`` (fewest params with val accuracy >= A), ``knee`` (knee of the front).
+
+    Example::
+
+        path, number = export_config("studies/digits.yaml", "best.yaml", max_params=50_000)
+        # then: autokd train best.yaml --epochs 60
+    """
+    output = Path(output)
+    if output.is_dir():
+        raise AutokdError(f"export: --output {output}: is a folder; give a file name such as {output / 'best.yaml'}")
+    optuna_study, spec = study_and_spec(study, storage)
+    chosen = choose_trial(optuna_study, trial=trial, max_params=max_params, max_bytes=max_bytes,
+                          min_accuracy=min_accuracy, knee=knee)
+    storage_url = storage or spec.storage_url()  # study_and_spec needs one of the two
+    config = exported_config(optuna_study, chosen, spec, storage_url)
+    _write_checked(output, _header(optuna_study, chosen, output) + _yaml(config), config)
+    return output, chosen.number
+
+
+def _check_one_rule(trial, max_params, max_bytes, min_accuracy, knee) -> None:
+    given = [flag for flag, on in (("--trial", trial is not None),
+                                   ("--max-params/--max-bytes", max_params is not None or max_bytes is not None),
+                                   ("--min-accuracy", min_accuracy is not None), ("--knee", knee)) if on]
+    if len(given) != 1:
+        got = "none" if not given else " and ".join(given)
+        raise AutokdError(f"export: give exactly one selection rule of {RULE_FLAGS}; got {got}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing the trial
+
+
+def choose_trial(study: optuna.Study, *, trial: int | None = None, max_params: float | None = None,
+                 max_bytes: float | None = None, min_accuracy: float | None = None,
+                 knee: bool = False) -> optuna.trial.FrozenTrial:
+    """The COMPLETE trial that the (single) given rule picks, or a one-line AutokdError.
+
+    Example::
+
+        chosen = choose_trial(optuna.load_study(study_name="digits", storage=url), knee=True)
+    """
+    _check_one_rule(trial, max_params, max_bytes, min_accuracy, knee)
+    if trial is not None:
+        return _numbered_trial(study, trial)
+    complete = study.get_trials(deepcopy=False, states=(COMPLETE,))
+    if not complete:
+        raise AutokdError(f"export: study {study.study_name!r} has no complete trial yet "
+                          f"({_state_counts(study)})")
+    if knee:
+        directions = [d.name.lower() for d in study.directions]
+        return complete[knee_index(np.array([t.values for t in complete], dtype=float), directions)]
+    accuracy = np.array([t.values[0] for t in complete], dtype=float)
+    if min_accuracy is not None:
+        return complete[_smallest_accurate_index(accuracy, _attr(complete, "params"), min_accuracy)]
+    return complete[_best_within_size_index(accuracy, complete, max_params, max_bytes)]
+
+
+def _numbered_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    trials = study.get_trials(deepcopy=False)
+    found = [t for t in trials if t.number == number]
+    if not found:
+        known = f"trials 0-{len(trials) - 1}" if trials else "no trials yet"
+        raise AutokdError(f"export: --trial {number}: study {study.study_name!r} has no trial {number} ({known})")
+    chosen = found[0]
+    if chosen.state != COMPLETE:
+        reason = (chosen.user_attrs.get("failure_reason") or chosen.user_attrs.get("pruned_reason")
+                  or ("still running" if chosen.state == optuna.trial.TrialState.RUNNING else "no reason recorded"))
+        raise AutokdError(f"export: --trial {number}: trial {number} is {chosen.state.name} "
+                          f"({str(reason).splitlines()[0]}); only COMPLETE trials can be exported")
+    return chosen
+
+
+def _best_within_size_index(accuracy: np.ndarray, complete: list, max_params, max_bytes) -> int:
+    params, bytes_fp32 = _attr(complete, "params"), _attr(complete, "bytes_fp32")
+    index = select_index(accuracy, params, bytes_fp32, max_params=max_params, max_bytes=max_bytes)
+    if index is not None:
+        return index
+    given = [(name, flag, limit, values) for name, flag, limit, values in
+             (("params", "--max-params", max_params, params), ("bytes_fp32", "--max-bytes", max_bytes, bytes_fp32))
+             if limit is not None]
+    flags = " ".join(f"{flag} {limit}" for _, flag, limit, _ in given)
+    condition = " and ".join(f"{name} <= {limit}" for name, _, limit, _ in given)
+    smallest = [(name, f"{np.nanmin(values):,.0f}") for name, _, _, values in given]
+    shown = smallest[0][1] if len(smallest) == 1 else ", ".join(f"{name} {value}" for name, value in smallest)
+    raise AutokdError(f"export: {flags}: no complete trial has {condition} (smallest: {shown})")
+
+
+def _smallest_accurate_index(accuracy: np.ndarray, params: np.ndarray, min_accuracy: float) -> int:
+    """Fewest params among rows with accuracy >= min_accuracy; ties: better accuracy, then lower index."""
+    candidates = np.flatnonzero(accuracy >= min_accuracy)
+    if candidates.size == 0:
+        raise AutokdError(f"export: --min-accuracy {min_accuracy}: no complete trial has val_accuracy >= "
+                          f"{min_accuracy} (best: {np.nanmax(accuracy):.4f})")
+    order = np.lexsort((candidates, -accuracy[candidates], params[candidates]))
+    return int(candidates[order[0]])
+
+
+def _attr(trials: list, name: str) -> np.ndarray:
+    # A trial without the attribute (an older study) never qualifies: NaN fails every comparison.
+    return np.array([trial.user_attrs.get(name, np.nan) for trial in trials], dtype=float)
+
+
+def _state_counts(study: optuna.Study) -> str:
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    return ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "no trials"
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the config
+
+
+def exported_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: StudySpec | None,
+                    storage_url: str) -> TrainConfig:
+    """The trial's TrainConfig, made standalone: its seed, absolute paths, only the teachers it used.
+
+    Example::
+
+        config = exported_config(study, study.trials[7], spec, "sqlite:///studies/digits.db")
+        assert config.seed == study.trials[7].user_attrs["seed"]
+    """
+    where = f"study {study.study_name!r} trial {trial.number}"
+    if "config" not in trial.user_attrs:
+        raise AutokdError(f"export: {where} has no stored config (user attr 'config'); was it run by autokd search?")
+    stored = train_config_from_dict(trial.user_attrs["config"], where)
+    uses_teachers = stored.distill.w_kd > 0 or stored.distill.w_feat > 0
+    # Paths are resolved the way the search resolved them: checkpoints from the study file's
+    # folder, data and cache from the working directory.
+    resolve = spec.resolve_path if spec is not None else Path
+    teachers = [t.model_copy(update={"checkpoint": _absolute(resolve(t.checkpoint)) if t.checkpoint else None})
+                for t in (stored.selected_teachers() if uses_teachers else [])]
+    data = stored.data.model_dump(mode="json")
+    for key in ("data_dir", "path"):
+        if data[key]:
+            data[key] = _absolute(Path(data[key]))
+    document = {
+        **stored.model_dump(mode="json"),
+        "name": f"{study.study_name}-trial{trial.number}",
+        "seed": int(trial.user_attrs.get("seed", stored.seed)),
+        "data": data,
+        "teachers": [t.model_dump(mode="json") for t in teachers],
+        "distill": {**stored.distill.model_dump(mode="json"), **({} if uses_teachers else {"teachers": None})},
+        "cache_dir": _absolute(Path(stored.cache_dir)),
+    }
+    config = train_config_from_dict(document, where)
+    config.provenance = _provenance(study, trial, storage_url, _teacher_keys(config, where))
+    return config
+
+
+def _absolute(path: Path) -> str:
+    return str(path.expanduser().resolve())
+
+
+def _teacher_keys(config: TrainConfig, where: str) -> dict[str, str]:
+    """Each teacher's cache key, as `teachers.prepare_teachers` computes it (train checks them)."""
+    if not config.teachers:
+        return {}
+    missing = [t.checkpoint for t in config.teachers if t.checkpoint and not Path(t.checkpoint).is_file()]
+    if missing:
+        raise AutokdError(f"export: {where}: teacher checkpoint not found: {missing[0]} (open the study by its "
+                          "YAML file so that relative checkpoint paths resolve)")
+    fingerprint = load_data(config.data, where).fingerprint()
+    return {t.name: teacher_key(t, fingerprint, _file_digest(Path(t.checkpoint)) if t.checkpoint else None)
+            for t in config.teachers}
+
+
+def _provenance(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_url: str,
+                teacher_keys: dict[str, str]) -> dict[str, Any]:
+    sizes = {name: trial.user_attrs.get(name) for name in ("params", "bytes_fp32", "macs")}
+    return {"study": study.study_name, "storage": storage_url, "trial": trial.number,
+            "val_accuracy": float(trial.values[0]), **sizes,
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "teacher_keys": teacher_keys}
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _yaml(config: TrainConfig) -> str:
+    document = config.model_dump(mode="json")
+    return yaml.safe_dump({"name": document.pop("name"), **document}, sort_keys=False)  # name first: a title
+
+
+def _header(study: optuna.Study, trial: optuna.trial.FrozenTrial, output: Path) -> str:
+    params = trial.user_attrs.get("params")
+    size = f", {params:,} params" if isinstance(params, int) else ""
+    return (f"# Exported by `autokd export` from study {study.study_name!r}, trial {trial.number} "
+            f"(val accuracy {trial.values[0]:.4f}{size}).\n"
+            f"# Train it at production length: autokd train {output} --epochs E [--seeds K]\n")
+
+
+def _write_checked(path: Path, text: str, expected: TrainConfig) -> None:
+    """Write `text` to a temp file, check it reads back as `expected`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        if load_train_config(temporary).model_dump() != expected.model_dump():
+            raise RuntimeError(f"exported config does not round-trip through load_train_config: {path}")
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)

@@ -1,0 +1,211 @@
+"""Distillation losses, each weighted on its own: total = w_ce*CE + w_kd*KD + w_feat*FEAT.
+
+No single "alpha" trades hard against soft targets: every term has its own weight, so a
+config reads the same whatever KD kind it uses.
+
+- KD kinds: ``kl`` (Hinton, KL at temperature T scaled by T²), ``mse`` (on logits),
+  ``dkd`` (Decoupled KD, Zhao et al., CVPR 2022).
+- Several teachers are first combined into one set of logits by `ensemble_logits`, so every
+  KD kind consumes the same thing.
+- The feature term is a FitNets hint: a learned Linear maps the student's penultimate
+  features to the (concatenated) teachers' features, and MSE compares them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["AGGREGATIONS", "KINDS", "DistillationLoss", "ensemble_logits", "kd_dkd", "kd_kl", "kd_mse"]
+
+KINDS = ("dkd", "kl", "mse")
+AGGREGATIONS = ("confidence", "mean_logits", "mean_probs")
+
+# Subtracted from the target logit so that it drops out of the non-target softmax (as in DKD's code).
+_MASK_OFFSET = 1000.0
+
+
+def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the softened distributions, batch mean, times T² (Hinton et al.)."""
+    # log_target keeps the value of KL(softmax(t/T) || softmax(s/T)) without taking log of a 0 probability.
+    return F.kl_div(F.log_softmax(student_logits / temperature, dim=-1),
+                    F.log_softmax(teacher_logits / temperature, dim=-1),
+                    reduction="batchmean", log_target=True) * temperature ** 2
+
+
+def kd_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between logits."""
+    return F.mse_loss(student_logits, teacher_logits)
+
+
+def kd_dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+           temperature: float, alpha: float, beta: float) -> torch.Tensor:
+    """Decoupled KD: (alpha * TCKD + beta * NCKD) * T², batch mean (Zhao et al., CVPR 2022).
+
+    TCKD is the KL between the binary (target, non-target) distributions at T; NCKD the KL
+    between the distributions over the non-target classes only.
+    """
+    target_mask = F.one_hot(targets, student_logits.shape[-1]).to(student_logits.dtype)
+    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=-1)
+    tckd = _batchmean_kl(_binary_log_probs(student_log_probs, targets),
+                         _binary_log_probs(teacher_log_probs, targets))
+    nckd = _batchmean_kl(F.log_softmax(student_logits / temperature - _MASK_OFFSET * target_mask, dim=-1),
+                         F.log_softmax(teacher_logits / temperature - _MASK_OFFSET * target_mask, dim=-1))
+    return (alpha * tckd + beta * nckd) * temperature ** 2
+
+
+def _binary_log_probs(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[B, 2]: log p(target) and log p(any other class), computed in log space (no log(0))."""
+    log_p_target = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    is_target = F.one_hot(targets, log_probs.shape[-1]).bool()
+    log_p_others = torch.logsumexp(log_probs.masked_fill(is_target, -math.inf), dim=-1)
+    return torch.stack([log_p_target, log_p_others], dim=-1)
+
+
+def _batchmean_kl(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor) -> torch.Tensor:
+    return F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
+
+
+def ensemble_logits(teacher_logits: torch.Tensor, targets: torch.Tensor | None, method: str,
+                    temperature: float) -> torch.Tensor:
+    """Combine stacked teacher logits [T, B, C] into one set of logits [B, C].
+
+    - ``mean_logits``: the mean of the logits.
+    - ``mean_probs``: ``T * log(mean_t softmax(z_t / T))``, so that softmax(result / T) is the
+      mean of the teachers' softened probabilities.
+    - ``confidence``: like ``mean_probs`` but teacher t weighs ``p_t(y) / sum_t p_t(y)`` per sample,
+      with ``p_t(y)`` its probability (at T=1) of the true label ``targets``.
+
+    A single teacher's logits are returned as they are, whatever the method.
+
+        >>> two_teachers = torch.tensor([[[2.0, 0.0]], [[0.0, 2.0]]])   # [T=2, B=1, C=2]
+        >>> ensemble_logits(two_teachers, None, "mean_logits", temperature=1.0)
+        tensor([[1., 1.]])
+    """
+    if method not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}, got {method!r}")
+    if teacher_logits.dim() != 3:
+        raise ValueError(f"teacher_logits must be [teachers, batch, classes], got shape {tuple(teacher_logits.shape)}")
+    if teacher_logits.shape[0] == 1:
+        return teacher_logits[0]
+    if method == "mean_logits":
+        return teacher_logits.mean(dim=0)
+    # Mixtures of probabilities are formed in log space: log(sum_t w_t p_t) = logsumexp(log w_t + log p_t).
+    log_probs = F.log_softmax(teacher_logits / temperature, dim=-1)  # [T, B, C]
+    if method == "mean_probs":
+        return temperature * (torch.logsumexp(log_probs, dim=0) - math.log(teacher_logits.shape[0]))
+    log_weights = _confidence_log_weights(teacher_logits, targets)  # [T, B]
+    return temperature * torch.logsumexp(log_weights.unsqueeze(-1) + log_probs, dim=0)
+
+
+def _confidence_log_weights(teacher_logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    """[T, B] log of p_t(y) / sum_t p_t(y); a softmax over teachers, so it stays finite when p_t(y) underflows."""
+    if targets is None:
+        raise ValueError("aggregation 'confidence' needs the true labels (targets), got None")
+    true_label = targets.reshape(1, -1, 1).expand(teacher_logits.shape[0], -1, 1)
+    log_p_true = F.log_softmax(teacher_logits, dim=-1).gather(-1, true_label).squeeze(-1)
+    return F.log_softmax(log_p_true, dim=0)
+
+
+class DistillationLoss(nn.Module):
+    """total = w_ce * CE(student, labels) + w_kd * KD(student, teachers) + w_feat * FEAT.
+
+    Terms with weight 0 are not computed (and need no teacher inputs). With ``w_feat > 0``
+    the loss owns ``regressor``, a Linear from student to teacher feature space that trains
+    with the student (optimise ``loss.parameters()`` too) but is not part of the student.
+
+        >>> loss_fn = DistillationLoss(w_ce=0.5, w_kd=0.5, kind="kl", temperature=2.0)
+        >>> student, labels = torch.zeros(4, 10), torch.zeros(4, dtype=torch.long)
+        >>> teachers = torch.zeros(2, 4, 10)                     # [teachers, batch, classes]
+        >>> total, parts = loss_fn(student, labels, teacher_logits=teachers)
+        >>> sorted(parts), round(parts["kd"], 6)
+        (['ce', 'kd'], 0.0)
+    """
+
+    def __init__(self, *, w_ce: float = 1.0, w_kd: float = 0.0, w_feat: float = 0.0, kind: str = "kl",
+                 temperature: float = 4.0, dkd_alpha: float = 1.0, dkd_beta: float = 8.0,
+                 aggregation: str = "mean_logits", student_feature_dim: int | None = None,
+                 teacher_feature_dim: int | None = None):
+        super().__init__()
+        for name, value in {"w_ce": w_ce, "w_kd": w_kd, "w_feat": w_feat,
+                            "dkd_alpha": dkd_alpha, "dkd_beta": dkd_beta}.items():
+            _check_number(name, value, ">= 0", lambda v: v >= 0)
+        if w_ce + w_kd + w_feat <= 0:
+            raise ValueError(f"w_ce + w_kd + w_feat must be > 0, got {w_ce} + {w_kd} + {w_feat}")
+        _check_number("temperature", temperature, "> 0", lambda v: 0 < v < math.inf)
+        _check_choice("kind", kind, KINDS)
+        _check_choice("aggregation", aggregation, AGGREGATIONS)
+        self.w_ce, self.w_kd, self.w_feat = float(w_ce), float(w_kd), float(w_feat)
+        self.kind, self.aggregation, self.temperature = kind, aggregation, float(temperature)
+        self.dkd_alpha, self.dkd_beta = float(dkd_alpha), float(dkd_beta)
+        self.regressor: nn.Linear | None = None
+        if self.w_feat > 0:
+            for name, value in {"student_feature_dim": student_feature_dim,
+                                "teacher_feature_dim": teacher_feature_dim}.items():
+                if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                    raise ValueError(f"{name} must be an integer >= 1 when w_feat > 0, got {value!r}")
+            self.regressor = nn.Linear(student_feature_dim, teacher_feature_dim)
+
+    @classmethod
+    def from_config(cls, cfg: Any, student_feature_dim: int | None = None,
+                    teacher_feature_dim: int | None = None) -> DistillationLoss:
+        """From a training config (its ``distill`` section), the section itself, or a plain dict."""
+        section = cfg.get("distill", cfg) if isinstance(cfg, dict) else getattr(cfg, "distill", cfg)
+        names = ("w_ce", "w_kd", "w_feat", "kind", "temperature", "dkd_alpha", "dkd_beta", "aggregation")
+        if isinstance(section, dict):
+            given = {name: section[name] for name in names if name in section}
+        else:
+            given = {name: getattr(section, name) for name in names if hasattr(section, name)}
+        return cls(**given, student_feature_dim=student_feature_dim, teacher_feature_dim=teacher_feature_dim)
+
+    def forward(self, student_logits: torch.Tensor, targets: torch.Tensor,
+                teacher_logits: torch.Tensor | None = None, student_features: torch.Tensor | None = None,
+                teacher_features: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """(total loss, {term: value} for the computed terms only, as floats for logging)."""
+        terms: dict[str, tuple[float, torch.Tensor]] = {}
+        if self.w_ce > 0:
+            terms["ce"] = (self.w_ce, F.cross_entropy(student_logits, targets))
+        if self.w_kd > 0:
+            terms["kd"] = (self.w_kd, self._kd(student_logits, targets, _required(teacher_logits, "teacher_logits")))
+        if self.w_feat > 0:
+            terms["feat"] = (self.w_feat, self._feat(_required(student_features, "student_features"),
+                                                     _required(teacher_features, "teacher_features")))
+        total = sum(weight * value for weight, value in terms.values())
+        return total, {name: value.detach().item() for name, (_, value) in terms.items()}
+
+    def _kd(self, student_logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        # The teachers are fixed targets: no gradient flows into them.
+        teacher = ensemble_logits(teacher_logits.detach(), targets, self.aggregation, self.temperature)
+        if self.kind == "kl":
+            return kd_kl(student_logits, teacher, self.temperature)
+        if self.kind == "mse":
+            return kd_mse(student_logits, teacher)
+        return kd_dkd(student_logits, teacher, targets, self.temperature, self.dkd_alpha, self.dkd_beta)
+
+    def _feat(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(self.regressor(student_features), teacher_features.detach())
+
+    def extra_repr(self) -> str:
+        return (f"w_ce={self.w_ce}, w_kd={self.w_kd}, w_feat={self.w_feat}, kind={self.kind!r}, "
+                f"temperature={self.temperature}, aggregation={self.aggregation!r}")
+
+
+def _check_number(name: str, value: Any, expected: str, ok: Callable[[float], bool]) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise ValueError(f"{name} must be a number {expected}, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _required(tensor: torch.Tensor | None, name: str) -> torch.Tensor:
+    if tensor is None:
+        raise ValueError(f"{name} is required when its loss weight is > 0, got None")
+    return tensor

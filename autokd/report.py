@@ -1,0 +1,646 @@
+"""The Pareto report a person reads: one self-contained HTML page, plots, CSV and JSON.
+
+``build_report("studies/digits.yaml")`` writes ``reports/<study>/``::
+
+    index.html        summary, Pareto plot, the front as a table with its export commands, teachers,
+                      failures, search space and the other plots; opens offline (images inlined)
+    pareto.png/.svg   val accuracy vs size (log x): all trials faint, the front as a step line,
+                      teachers as reference markers, the knee marked
+    hypervolume.png   front hypervolume after each trial, against the stated reference point
+    importance.png    Optuna parameter importance for each objective
+    effects.png       temperature and KD weight against val accuracy, coloured by size
+    trials.csv        every trial (`results.trials_frame`)
+    pareto.csv        the rank-0 rows of trials.csv, plus test accuracy and gains over baselines
+    summary.json      what the page shows, machine-readable
+
+The study is only read, once: its trials are copied into memory, so a search that is still
+writing cannot change them mid-build and every table and plot describes the same trials. The
+folder is built beside its target and renamed into place, so a crash never leaves half a report.
+Test accuracy comes from `evaluation.evaluate_front`; it is shown, never used to select anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import shutil
+import tempfile
+import uuid
+import warnings
+from collections import Counter
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import optuna
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+from autokd.errors import AutokdError, StorageError
+from autokd.evaluation import EVALUATION_COLUMNS, evaluate_front
+from autokd.pareto import hypervolume, knee_index, pareto_front_mask
+from autokd.results import (front_frame, hypervolume_points, hypervolume_reference, study_and_spec,
+                            study_hypervolume, trials_frame)
+from autokd.spec import StudySpec
+
+MIN_TRIALS_FOR_IMPORTANCE = 4
+EFFECT_PARAMS = ("distill.temperature", "distill.w_kd")
+FAINT, FRONT, KNEE, TEACHER = "#8a96a3", "#c0392b", "#f1c40f", "#222222"
+
+
+def build_report(study: str | Path, storage: str | None = None, out: str | Path | None = None,
+                 baselines: bool = True, *, evaluate_test: bool = True,
+                 log: Callable[[str], None] = print) -> Path:
+    """Write the study's report folder (default ``reports/<study name>``) and return its path.
+
+    `study` is the study YAML file, or the study's name with `storage`. `evaluate_test=False`
+    skips test re-evaluation (test columns stay empty); `baselines=False` skips the CE-only
+    and vanilla-KD baselines. Teachers come from their cache (trained only if missing).
+
+    Example::
+
+        folder = build_report("studies/digits.yaml", baselines=False)
+        print(folder / "index.html")
+    """
+    optuna_study, spec = study_and_spec(str(study), storage)
+    if spec is None:
+        raise StorageError(f"{study}: study {optuna_study.study_name!r} has no stored study spec "
+                           "(not written by `autokd search`); give its study YAML file")
+    snapshot = _snapshot(optuna_study)
+    frame = trials_frame(snapshot)
+    notes: list[str] = []
+    front = _front_with_tests(frame, snapshot, spec, evaluate_test, baselines, notes, log)
+    teachers = _teacher_rows(spec, notes, log)
+    folder = Path(out) if out is not None else Path("reports") / spec.name
+
+    with _staging(folder) as staging:
+        importances = _importances(snapshot, spec, notes)
+        knee = _knee_trial(front, spec)
+        _plot_pareto(staging, frame, front, spec, teachers, knee)
+        _plot_hypervolume(staging, frame, spec)
+        if importances:
+            _plot_importance(staging / "importance.png", importances)
+        if not _plot_effects(staging / "effects.png", frame, spec):
+            notes.append(f"effects plot skipped: no complete trial has {' or '.join(EFFECT_PARAMS)}")
+        summary = _summary(str(study), storage, spec, snapshot, frame, front, teachers, importances, knee, notes)
+        frame.to_csv(staging / "trials.csv", index=False)
+        front.to_csv(staging / "pareto.csv", index=False)
+        (staging / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+        (staging / "index.html").write_text(render_html(summary, staging))
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the study
+
+
+def _snapshot(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy of the study as it is now (one read of the storage)."""
+    storage = optuna.storages.InMemoryStorage()
+    quiet = logging.getLogger("optuna.storages._in_memory")  # "A new study created in memory" is noise here
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        copy = optuna.create_study(storage=storage, study_name=study.study_name, directions=study.directions)
+    finally:
+        quiet.setLevel(level)
+    for key, value in study.user_attrs.items():
+        copy.set_user_attr(key, value)
+    copy.add_trials(study.get_trials(deepcopy=False))
+    return copy
+
+
+def _front_with_tests(frame: pd.DataFrame, snapshot: optuna.Study, spec: StudySpec, evaluate_test: bool,
+                      baselines: bool, notes: list[str], log: Callable[[str], None]) -> pd.DataFrame:
+    """Exactly the rank-0 rows of `frame` (smallest first), with the test columns joined on."""
+    front = front_frame(frame)
+    if evaluate_test and len(front):
+        tests = evaluate_front(snapshot, spec, front["trial"].tolist(), baselines=baselines, log=log)
+        front = front.merge(tests[["trial", *EVALUATION_COLUMNS]], on="trial", how="left")
+        drifted = front.loc[front["val_accuracy_retrained"] != front["val_accuracy"], "trial"].tolist()
+        if drifted:
+            notes.append(f"retraining did not reproduce the recorded val accuracy of trial(s) {drifted} "
+                         "(different hardware or library versions?); their test accuracy is of the retrained model")
+    else:
+        front = front.assign(**{column: np.nan for column in EVALUATION_COLUMNS})
+        if not evaluate_test:
+            notes.append("test accuracy not evaluated for this build (evaluate_test=False)")
+    if evaluate_test and len(front) and not baselines:
+        notes.append("baselines not trained (--no-baselines): gains are empty")
+    return front
+
+
+def _teacher_rows(spec: StudySpec, notes: list[str], log: Callable[[str], None]) -> list[dict]:
+    """Each teacher's size and val/test accuracy, from the teacher cache (the search filled it)."""
+    if not spec.teachers:
+        return []
+    from autokd.data import load_data
+    from autokd.teachers import prepare_teachers
+
+    try:
+        data = load_data(spec.data, spec.source)
+        teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=log)
+    except AutokdError as error:  # e.g. the dataset is not on this machine: the rest of the report still stands
+        notes.append(f"teachers unavailable: {error}")
+        return []
+    return [{"name": t.name, "arch": t.meta["arch"], "val_accuracy": t.meta["val_accuracy"],
+             "test_accuracy": t.meta["test_accuracy"], "params": t.meta["params"],
+             "bytes_fp32": t.meta["bytes_fp32"], "macs": t.meta["macs"]} for t in teachers]
+
+
+def _knee_trial(front: pd.DataFrame, spec: StudySpec) -> int | None:
+    if front.empty:
+        return None
+    return int(front["trial"].iloc[knee_index(front[spec.objectives].to_numpy(float), spec.directions)])
+
+
+def _importances(snapshot: optuna.Study, spec: StudySpec, notes: list[str]) -> dict[str, dict[str, float]]:
+    """Optuna parameter importance (PED-ANOVA by default) per objective; {} with a note when not possible."""
+    complete = len(snapshot.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    if complete < MIN_TRIALS_FOR_IMPORTANCE:
+        notes.append(f"parameter importance skipped: needs at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials, "
+                     f"got {complete}")
+        return {}
+    importances = {}
+    for index, (objective, direction) in enumerate(zip(spec.objectives, spec.directions)):
+        # PED-ANOVA rates parameters by how they reach LOW target values: flip maximised objectives.
+        sign = -1.0 if direction == "maximize" else 1.0
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importances[objective] = optuna.importance.get_param_importances(
+                    snapshot, target=lambda trial, i=index, s=sign: s * trial.values[i])
+        except Exception as error:  # importance is a nicety: never let it sink the report
+            notes.append(f"parameter importance skipped: {type(error).__name__}: {error}")
+            return {}
+    if not any(importances.values()):
+        notes.append("parameter importance skipped: the study has no sampled parameters")
+        return {}
+    return importances
+
+
+def _hypervolume_curve(frame: pd.DataFrame, spec: StudySpec) -> tuple[np.ndarray, np.ndarray]:
+    """(trial numbers, front hypervolume after each complete trial), in trial order."""
+    points = hypervolume_points(frame, spec)
+    numbers = frame.loc[frame["state"] == "COMPLETE", "trial"].to_numpy()
+    reference = hypervolume_reference(spec)
+    current = np.empty((0, points.shape[1]))
+    volume, curve = 0.0, []
+    for point in points:
+        candidates = np.vstack([current, point])
+        keep = pareto_front_mask(candidates, spec.directions)
+        if keep[-1]:  # a dominated point changes neither the front nor its volume
+            current = candidates[keep]
+            volume = hypervolume(current, spec.directions, reference)
+        curve.append(volume)
+    return numbers, np.array(curve)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures (matplotlib's Agg canvas, no pyplot: no global state, no display needed)
+
+
+def _figure(width: float, height: float, columns: int = 1, **margins: float) -> tuple[Figure, list]:
+    # Fixed margins: constrained layout measures every label and took half the build time.
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    figure.subplots_adjust(**{"left": 0.09, "right": 0.98, "bottom": 0.13, "top": 0.9, "wspace": 0.3, **margins})
+    return figure, list(figure.subplots(1, columns, squeeze=False)[0])
+
+
+def _log_axis(axis) -> None:
+    """Log scale labelled 1,000 / 2,000 / 5,000: readable, and no mathtext to typeset."""
+    axis.axes.set_xscale("log") if axis.axis_name == "x" else axis.axes.set_yscale("log")
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.6g}"))
+    axis.set_minor_locator(NullLocator())
+
+
+def _plot_pareto(folder: Path, frame: pd.DataFrame, front: pd.DataFrame, spec: StudySpec, teachers: list[dict],
+                 knee: int | None) -> None:
+    complete = frame[frame["state"] == "COMPLETE"]
+    if complete.empty:
+        return
+    size = spec.objectives[1]
+    figure, (axes,) = _figure(8, 5)
+    axes.scatter(complete[size], complete["val_accuracy"], s=12, color=FAINT, alpha=0.45, linewidths=0,
+                 label=f"complete trials ({len(complete)})")
+    # The step line is the 2-D attainment curve of the plotted pair, sorted by size.
+    pair = front[["val_accuracy", size]].to_numpy(float)
+    line = front[pareto_front_mask(pair, ["maximize", "minimize"])]
+    axes.step(line[size], line["val_accuracy"], where="post", color=FRONT, linewidth=1.8)
+    axes.scatter(front[size], front["val_accuracy"], s=30, color=FRONT, zorder=3,
+                 label=f"Pareto front ({len(front)})")
+    if knee is not None:
+        row = front[front["trial"] == knee].iloc[0]
+        axes.scatter([row[size]], [row["val_accuracy"]], s=260, marker="*", color=KNEE, edgecolors="black",
+                     zorder=4, label=f"knee (trial {knee})")
+    if teachers:
+        axes.scatter([t[size] for t in teachers], [t["val_accuracy"] for t in teachers], s=60, marker="^",
+                     color=TEACHER, zorder=3, label="teachers")
+        for teacher in teachers:
+            axes.annotate(teacher["name"], (teacher[size], teacher["val_accuracy"]), textcoords="offset points",
+                          xytext=(6, -10), fontsize=8)
+    _log_axis(axes.xaxis)
+    axes.set_xlabel(f"{size} (log scale)")
+    axes.set_ylabel("validation accuracy")
+    axes.set_title(f"{spec.name}: validation accuracy vs {size}")
+    axes.grid(True, which="both", alpha=0.25)
+    axes.legend(loc="lower right", fontsize=8)
+    figure.savefig(folder / "pareto.png", dpi=110)
+    figure.savefig(folder / "pareto.svg")
+
+
+def _plot_hypervolume(folder: Path, frame: pd.DataFrame, spec: StudySpec) -> None:
+    numbers, curve = _hypervolume_curve(frame, spec)
+    if len(numbers) == 0:
+        return
+    reference = hypervolume_reference(spec)
+    figure, (axes,) = _figure(8, 3.6, left=0.12, bottom=0.15, top=0.9)
+    axes.step(numbers, curve, where="post", color=FRONT)
+    axes.set_xlabel("trial number")
+    sizes = ", ".join(f"{name} {10 ** value:,.0f}" for name, value in zip(spec.objectives[1:], reference[1:]))
+    axes.set_ylabel(f"hypervolume of (val acc, log10 size)\nreference: acc {reference[0]:g}, {sizes}", fontsize=9)
+    axes.set_title("Pareto-front hypervolume after each trial", fontsize=10)
+    axes.grid(True, alpha=0.25)
+    figure.savefig(folder / "hypervolume.png", dpi=110)
+
+
+def _plot_importance(path: Path, importances: dict[str, dict[str, float]], top: int = 12) -> None:
+    rows = min(top, max(map(len, importances.values())))
+    figure, axes_list = _figure(5.5 * len(importances), 1.2 + 0.3 * rows, columns=len(importances), left=0.2,
+                                wspace=0.75, bottom=0.5 / (1.2 + 0.3 * rows) + 0.08, top=0.85)
+    for axes, (objective, values) in zip(axes_list, importances.items()):
+        shown = list(values.items())[:top][::-1]  # most important on top
+        axes.barh([name for name, _ in shown], [value for _, value in shown], color=FRONT)
+        axes.set_title(f"importance for {objective}", fontsize=10)
+        axes.set_xlabel("importance (PED-ANOVA, normalised)")
+        axes.tick_params(axis="y", labelsize=8)
+    figure.savefig(path, dpi=110)
+
+
+def _plot_effects(path: Path, frame: pd.DataFrame, spec: StudySpec) -> bool:
+    complete = frame[frame["state"] == "COMPLETE"]
+    present = [p for p in EFFECT_PARAMS if p in complete.columns and complete[p].notna().any()]
+    if not present:
+        return False
+    size = spec.objectives[1]
+    figure, axes_list = _figure(5.5 * len(present), 4, columns=len(present), right=0.9)
+    for axes, param in zip(axes_list, present):
+        rows = complete[complete[param].notna()]
+        points = axes.scatter(rows[param].astype(float), rows["val_accuracy"], s=16,
+                              c=np.log10(np.maximum(rows[size].to_numpy(float), 1.0)), cmap="viridis")
+        if param == "distill.temperature":
+            _log_axis(axes.xaxis)
+        axes.set_xlabel(param)
+        axes.set_ylabel("validation accuracy")
+        axes.grid(True, alpha=0.25)
+    figure.colorbar(points, ax=axes_list, label=f"log10 {size}")
+    figure.savefig(path, dpi=110)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# The summary: everything the page shows, as plain data (summary.json is this dict)
+
+
+def _summary(study_arg: str, storage: str | None, spec: StudySpec, snapshot: optuna.Study, frame: pd.DataFrame,
+             front: pd.DataFrame, teachers: list[dict], importances: dict, knee: int | None,
+             notes: list[str]) -> dict[str, Any]:
+    from autokd.search import counts
+
+    trials = snapshot.get_trials(deepcopy=False)
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+    all_teachers = [t.name for t in spec.teachers]
+    return {
+        "study": snapshot.study_name,  # may differ from spec.name when opened by name; escaped on the page
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "storage": _public_url(storage or spec.storage_url()),
+        "objectives": spec.objectives,
+        "directions": spec.directions,
+        "constraints": spec.constraints,
+        "data": spec.data.model_dump(mode="json"),
+        "teachers": teachers,
+        "search_space": snapshot.user_attrs.get("space") or spec.search_space,
+        "sampler": spec.sampler.model_dump(mode="json"),
+        "budget": spec.budget.model_dump(mode="json"),
+        "trials": {"total": len(frame), **counts(snapshot)},
+        "failure_reasons": _failure_reasons(frame),
+        "wall_seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else None,
+        "train_seconds": float(frame["train_seconds"].astype(float).sum()) if len(frame) else 0.0,
+        "versions": _versions(snapshot),
+        "device": _device(frame),
+        "hypervolume": study_hypervolume(frame, spec),
+        "hypervolume_reference": hypervolume_reference(spec),
+        "hypervolume_space": ["val_accuracy", *(f"log10 {name}" for name in spec.objectives[1:])],
+        "knee_trial": knee,
+        "front": [_front_row(row, position, knee, spec, all_teachers, _export_command(study_arg, storage, row.trial))
+                  for position, row in enumerate(front.itertuples(index=False), start=1)],
+        "importance": importances,
+        "notes": notes,
+    }
+
+
+def _front_row(row, position: int, knee: int | None, spec: StudySpec, all_teachers: list[str],
+               export_command: str) -> dict[str, Any]:
+    values = row._asdict()
+    config = json.loads(values["config"]) if isinstance(values.get("config"), str) else {}
+    settings = config.get("distill", {})
+    uses_teachers = settings.get("w_kd", 0) > 0 or settings.get("w_feat", 0) > 0
+    kind = settings.get("kind")
+    return {
+        "position": position, "trial": int(values["trial"]), "knee": bool(values["trial"] == knee),
+        **{name: values.get(name) for name in (*spec.objectives, "params", "bytes_fp32", "macs")},
+        "temperature": settings.get("temperature") if uses_teachers and kind in ("kl", "dkd") else None,
+        "w_ce": settings.get("w_ce"), "w_kd": settings.get("w_kd"), "w_feat": settings.get("w_feat"),
+        "kd_kind": kind if uses_teachers else None, "aggregation": settings.get("aggregation"),
+        "student": config.get("student", {}),
+        "teachers_used": (settings.get("teachers") or all_teachers) if uses_teachers else [],
+        **{column: values.get(column) for column in EVALUATION_COLUMNS},
+        "export_command": export_command,
+    }
+
+
+def _export_command(study_arg: str, storage: str | None, trial: int) -> str:
+    storage_flag = f" --storage {shlex.quote(_public_url(storage))}" if storage else ""
+    return f"autokd export {shlex.quote(study_arg)}{storage_flag} --trial {trial} -o trial-{trial}.yaml"
+
+
+def _public_url(url: str) -> str:
+    """The storage URL with any password masked: the report may be shared."""
+    if "://" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: show only its scheme
+        return url.split("://", 1)[0] + "://..."
+
+
+def _failure_reasons(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """How often each reason ended a FAIL or PRUNED trial, most frequent first."""
+    tally: Counter = Counter()
+    for state, column in (("FAIL", "failure_reason"), ("PRUNED", "pruned_reason")):
+        reasons = frame.loc[frame["state"] == state, column].fillna("(no reason recorded)")
+        tally.update((state, str(reason)) for reason in reasons)
+    return [{"state": state, "reason": reason, "count": count} for (state, reason), count in tally.most_common()]
+
+
+def _versions(snapshot: optuna.Study) -> dict[str, str]:
+    versions = {}
+    for package in ("autokd", "torch", "optuna", "ray"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    if "autokd_version" in snapshot.user_attrs:
+        versions["autokd (search)"] = str(snapshot.user_attrs["autokd_version"])
+    return versions
+
+
+def _device(frame: pd.DataFrame) -> dict[str, Any]:
+    import torch
+
+    nodes = sorted({str(n) for n in frame.get("node", pd.Series(dtype=object)).dropna()})
+    accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
+    return {"report_machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, "
+                              f"accelerator: {accelerator}",
+            "search_nodes": nodes}
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON: NaN becomes null, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# The page. Every value passes through `_e` (html.escape) on its way in: names, parameter values,
+# failure reasons and teacher names are user-controlled.
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _number(value: Any) -> str:
+    if _missing(value):
+        return "—"
+    if isinstance(value, float) and not float(value).is_integer():
+        return f"{value:.4g}"
+    return f"{int(value):,}"
+
+
+def _accuracy(value: Any) -> str:
+    return "—" if _missing(value) else f"{value:.4f}"
+
+
+def _gain(value: Any) -> str:
+    return "—" if _missing(value) else f"{value:+.2f} pp"
+
+
+def _table(headers: list[str] | None, rows: list[list[Any]], code_columns: tuple[int, ...] = (),
+           row_classes: list[str] | None = None) -> str:
+    head = f'<thead><tr>{"".join(f"<th>{_e(h)}</th>" for h in headers)}</tr></thead>' if headers else ""
+    body = []
+    for index, row in enumerate(rows):
+        cells = "".join(f"<td><code>{_e(cell)}</code></td>" if column in code_columns else f"<td>{_e(cell)}</td>"
+                        for column, cell in enumerate(row))
+        css = f' class="{_e(row_classes[index])}"' if row_classes and row_classes[index] else ""
+        body.append(f"<tr{css}>{cells}</tr>")
+    return f'<div class="scroll"><table>{head}<tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _image(folder: Path, name: str, alt: str) -> str:
+    path = folder / name
+    if not path.is_file():
+        return ""
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img src="data:image/png;base64,{encoded}" alt="{_e(alt)}"></figure>'
+
+
+def _arch_text(arch: dict) -> str:
+    rest = " ".join(f"{k}={v}" for k, v in arch.items() if k != "family")
+    return f"{arch.get('family', '?')} {rest}".strip()
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _overview_rows(summary: dict) -> list[list[Any]]:
+    trials = summary["trials"]
+    data = ", ".join(f"{k}={v}" for k, v in summary["data"].items() if v is not None)
+    reference = ", ".join(f"{name} {value:.3g}" for name, value in
+                          zip(summary["hypervolume_space"], summary["hypervolume_reference"]))
+    return [
+        ["data", data],
+        ["objectives", ", ".join(f"{o} ({d})" for o, d in zip(summary["objectives"], summary["directions"]))],
+        ["constraints", ", ".join(summary["constraints"]) or "none"],
+        ["sampler", ", ".join(f"{k}={v}" for k, v in summary["sampler"].items())],
+        ["budget", ", ".join(f"{k}={v}" for k, v in summary["budget"].items() if v is not None)],
+        ["trials", f"{trials['total']} in storage: {trials['complete']} complete, {trials['failed']} failed, "
+                   f"{trials['infeasible']} infeasible, {trials['stopped']} stopped early, "
+                   f"{trials['interrupted']} interrupted, {trials['running']} running or waiting"],
+        ["wall time", f"{_duration(summary['wall_seconds'])} (first trial start to last trial end); "
+                      f"{summary['train_seconds']:.0f} s of training in all"],
+        ["hypervolume", f"{summary['hypervolume']:.4f} of ({', '.join(summary['hypervolume_space'])}) "
+                        f"against reference point ({reference})"],
+        ["knee", "—" if summary["knee_trial"] is None else f"trial {summary['knee_trial']}"],
+        ["storage", summary["storage"]],
+        ["versions", ", ".join(f"{k} {v}" for k, v in summary["versions"].items())],
+        ["device", summary["device"]["report_machine"] + "; search nodes: "
+                   + (", ".join(summary["device"]["search_nodes"]) or "—")],
+        ["generated", summary["generated_at"]],
+    ]
+
+
+def _front_table(summary: dict) -> str:
+    size = summary["objectives"][1]
+    headers = ["#", "trial", "params", "bytes (fp32)", "MACs", "val acc", "test acc", "T",
+               "weights ce / kd / feat", "KD kind", "student", "teachers", "gain vs CE", "gain vs vanilla KD",
+               "export"]
+    if size not in ("params", "bytes_fp32", "macs"):
+        headers.insert(5, size)
+    rows, classes = [], []
+    for row in summary["front"]:
+        cells = [f"{row['position']}{' (knee)' if row['knee'] else ''}", row["trial"], _number(row["params"]),
+                 _number(row["bytes_fp32"]), _number(row["macs"]), _accuracy(row["val_accuracy"]),
+                 _accuracy(row["test_accuracy"]), _number(row["temperature"]),
+                 " / ".join(_number(row[k]) for k in ("w_ce", "w_kd", "w_feat")), row["kd_kind"] or "none (CE)",
+                 _arch_text(row["student"]), ", ".join(row["teachers_used"]) or "—", _gain(row["gain_vs_ce"]),
+                 _gain(row["gain_vs_vanilla_kd"]), row["export_command"]]
+        if size not in ("params", "bytes_fp32", "macs"):
+            cells.insert(5, _number(row[size]))
+        rows.append(cells)
+        classes.append("knee" if row["knee"] else "")
+    return _table(headers, rows, code_columns=(len(headers) - 1,), row_classes=classes)
+
+
+def _space_rows(space: Any) -> list[list[Any]]:
+    if not isinstance(space, dict):
+        return [[str(space), "file", "", ""]]
+    params = space.get("params", space)  # the stored signature, or an inline space document
+    return [[name, param.get("type", ""), _range_text(param),
+             ", ".join(f"{k} in {v}" for k, v in (param.get("when") or {}).items())]
+            for name, param in params.items() if isinstance(param, dict)]
+
+
+def _range_text(param: dict) -> str:
+    kind = param.get("type")
+    if kind in ("float", "int"):
+        step = f", step {param['step']}" if param.get("step", 1) != 1 else ""
+        return f"{param.get('low')} to {param.get('high')}{' (log)' if param.get('log') else ''}{step}"
+    if kind == "categorical":
+        return ", ".join(map(str, param.get("choices", [])))
+    if kind == "fixed":
+        return str(param.get("value"))
+    if kind == "teacher_subset":
+        return "any non-empty subset of the teachers" + (f" (at most {param['max_size']})"
+                                                          if param.get("max_size") else "")
+    return json.dumps(param)
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2430;margin:0;background:#f6f7f9}
+main{max-width:1320px;margin:0 auto;padding:24px 32px 48px;background:#fff}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #e3e6ea;padding-bottom:4px}
+.sub{color:#5b6573;margin:0 0 16px}.scroll{overflow-x:auto}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}th,td{padding:4px 8px;border-bottom:1px solid #e6e8eb;
+text-align:left;vertical-align:top}th{background:#f0f2f5;white-space:nowrap}tbody tr:nth-child(even){background:#fafbfc}
+tr.knee{background:#fff6d6 !important;font-weight:600}code{font-size:12px;white-space:nowrap}
+figure{margin:8px 0}img{max-width:100%;height:auto;border:1px solid #eceef1}
+.notes{background:#fff8e6;border-left:4px solid #f0b429;padding:8px 14px}.empty{color:#8a4b00;font-weight:600}
+"""
+
+
+def render_html(summary: dict, folder: Path) -> str:
+    """The self-contained page for `summary`; images are read from `folder` and inlined."""
+    name = summary["study"]
+    complete = summary["trials"]["complete"]
+    parts = [f"<h1>autokd report: {_e(name)}</h1>",
+             f'<p class="sub">Pareto front of validation accuracy vs {_e(summary["objectives"][1])}. '
+             "Test accuracy is measured only for the front, after the search, and never used to choose.</p>"]
+    if complete == 0:
+        parts.append('<p class="empty">No complete trials yet: there is no front to show. '
+                     f'{_e(summary["trials"]["total"])} trial(s) in storage.</p>')
+    if summary["notes"]:
+        parts.append('<div class="notes"><ul>' + "".join(f"<li>{_e(n)}</li>" for n in summary["notes"])
+                     + "</ul></div>")
+    parts += ["<h2>Study</h2>", _table(None, _overview_rows(summary))]
+    if complete:
+        parts += ["<h2>Pareto front</h2>", _image(folder, "pareto.png", f"{name}: validation accuracy vs size"),
+                  '<p>Also as <a href="pareto.svg">SVG</a>; all rows in <a href="pareto.csv">pareto.csv</a>, '
+                  'every trial in <a href="trials.csv">trials.csv</a>. Gains are test-accuracy percentage points '
+                  "over the same student trained with cross-entropy only and with vanilla KD (KL, T=4, "
+                  "w_kd 0.9, w_ce 0.1), same schedule and seed.</p>",
+                  _front_table(summary)]
+    if summary["teachers"]:
+        parts += ["<h2>Teachers</h2>", _table(
+            ["name", "architecture", "params", "val acc", "test acc"],
+            [[t["name"], _arch_text(t["arch"]), _number(t["params"]), _accuracy(t["val_accuracy"]),
+              _accuracy(t["test_accuracy"])] for t in summary["teachers"]])]
+    if summary["failure_reasons"]:
+        parts += ["<h2>Trials that did not complete</h2>",
+                  _table(["state", "reason", "count"],
+                         [[r["state"], r["reason"], r["count"]] for r in summary["failure_reasons"]])]
+    if complete:
+        parts += ["<h2>Search progress</h2>", _image(folder, "hypervolume.png", "front hypervolume by trial"),
+                  "<h2>Parameter importance</h2>", _image(folder, "importance.png", "parameter importance"),
+                  "<h2>Temperature and KD weight</h2>", _image(folder, "effects.png", "parameter effects")]
+    parts += ["<h2>Search space</h2>", _table(["parameter", "type", "range / choices", "only when"],
+                                              _space_rows(summary["search_space"]))]
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>autokd report: {_e(name)}</title><style>{CSS}</style></head>"
+            f"<body><main>{''.join(parts)}</main></body></html>\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic folder replacement
+
+
+@contextmanager
+def _staging(folder: Path) -> Iterator[Path]:
+    """A temporary folder beside `folder`; on success it replaces `folder`, on error it is removed."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.building-"))
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; a report is meant to be read
+    try:
+        yield staging
+        old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+        if folder.exists():
+            folder.rename(old)  # directories cannot be replaced in one rename; this keeps the gap to two renames
+        staging.rename(folder)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,390 @@
+"""The search: Optuna proposes, Ray Tune runs, the Optuna storage remembers.
+
+This is the only module that imports Ray. The flow::
+
+    study.yaml -> data + teachers (cached outputs, put in Ray's object store once)
+               -> Tuner(_AutokdSearcher over the space, reuse_actors=True) -> trials call distill.fit
+               -> Optuna storage (COMPLETE / FAIL with reason / PRUNED: infeasible or stopped early)
+
+Fixes to stock OptunaSearch, all in `_AutokdSearcher`: a size constraint is checked before a
+trial trains (infeasible configs never reach Ray); a NaN, an exception or a missing metric ends
+the trial FAIL with its reason (stock leaves NaN trials RUNNING and aborts on a missing metric);
+a trial stopped before its last epoch is PRUNED, never COMPLETE. Resume does not use
+`Tuner.restore`: the storage is the truth, orphan RUNNING trials are failed as interrupted and
+their parameters re-queued, and the budget counts what is already done.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import pandas as pd
+
+from autokd.data import load_data
+from autokd.errors import AutokdError, StorageError
+from autokd.results import front_frame, open_storage, study_hypervolume, trials_frame
+from autokd.space import SearchSpace, load_space
+from autokd.spec import StudySpec, TrainConfig, load_study
+from autokd.teachers import prepare_teachers, teacher_outputs
+from autokd.zoo import arch_size
+
+# Stop after this many infeasible proposals in a row: the space and the constraints disagree.
+MAX_INFEASIBLE_IN_A_ROW = 200
+INTERRUPTED = "interrupted: the search stopped before this trial finished (re-queued)"
+
+
+@dataclass
+class SearchResult:
+    study: optuna.Study
+    spec: StudySpec
+    trials: pd.DataFrame
+    pareto: pd.DataFrame
+    wall_seconds: float
+
+
+def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    seed = spec.sampler.seed
+    if spec.sampler.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if spec.sampler.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if spec.sampler.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():  # multivariate/group are "experimental" in Optuna, and much better here
+        warnings.simplefilter("ignore")
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by outcome; `done` is what the budget counts (infeasible and interrupted are not)."""
+    tally = {"complete": 0, "failed": 0, "infeasible": 0, "stopped": 0, "interrupted": 0, "running": 0}
+    for trial in study.get_trials(deepcopy=False):
+        state = trial.state
+        if state == optuna.trial.TrialState.COMPLETE:
+            tally["complete"] += 1
+        elif state == optuna.trial.TrialState.FAIL:
+            tally["interrupted" if trial.user_attrs.get("failure_reason") == INTERRUPTED else "failed"] += 1
+        elif state == optuna.trial.TrialState.PRUNED:
+            infeasible = str(trial.user_attrs.get("pruned_reason", "")).startswith("infeasible")
+            tally["infeasible" if infeasible else "stopped"] += 1
+        else:
+            tally["running"] += 1
+    tally["done"] = tally["complete"] + tally["failed"] + tally["stopped"]
+    return tally
+
+
+def recover_interrupted(study: optuna.Study) -> int:
+    """Fail orphan RUNNING trials (their driver died) and re-queue their parameters."""
+    orphans = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in orphans:
+        study._storage.set_trial_user_attr(trial._trial_id, "failure_reason", INTERRUPTED)
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    return len(orphans)
+
+
+def open_or_create_study(spec: StudySpec, storage_url: str, resume: bool, space_signature: dict) -> optuna.Study:
+    """The study in storage; refuses to mix runs that would not be comparable."""
+    storage = open_storage(storage_url)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if spec.name in names:
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+        if not resume and study.get_trials(deepcopy=False):
+            raise StorageError(f"{spec.source}: name: study {spec.name!r} already has trials in {storage_url}; "
+                               "use --resume to continue it (or give the study another name)")
+        directions = [d.name.lower() for d in study.directions]
+        if directions != spec.directions or study.user_attrs.get("objectives") not in (None, spec.objectives):
+            raise StorageError(f"{spec.source}: objectives: study {spec.name!r} in {storage_url} has objectives "
+                               f"{study.user_attrs.get('objectives')} ({directions}); the file asks for "
+                               f"{spec.objectives}")
+        if study.user_attrs.get("space") not in (None, space_signature):
+            raise StorageError(f"{spec.source}: search_space: differs from the space study {spec.name!r} was "
+                               "started with; resuming would mix two searches (use another study name)")
+        return study
+    return optuna.create_study(study_name=spec.name, storage=storage, directions=spec.directions)
+
+
+# ---------------------------------------------------------------------------------------------
+# The searcher (driver side)
+
+
+def _make_searcher(space: SearchSpace, spec: StudySpec, base: TrainConfig, input_shape, num_classes,
+                   storage_url: str, on_change: Callable[[], None]):
+    from ray.tune.search.optuna import OptunaSearch
+
+    limits = spec.size_limits()
+    metrics = spec.objectives
+
+    class _AutokdSearcher(OptunaSearch):
+        def __init__(self):
+            super().__init__(space=space.suggest, metric=metrics,
+                             mode=["max"] + ["min"] * (len(metrics) - 1), sampler=_sampler(spec),
+                             study_name=spec.name, storage=open_storage(storage_url))
+            self._curves: dict[str, list[float]] = {}
+
+        def suggest(self, trial_id: str) -> dict | None:
+            for _ in range(MAX_INFEASIBLE_IN_A_ROW):
+                ot_trial = self._ot_study.ask()
+                params = self._suggest_from_define_by_run_func(self._space, ot_trial)
+                try:
+                    config = space.apply(base, params)
+                    size = arch_size(config.student, input_shape, num_classes).as_dict()
+                except (AutokdError, ValueError) as error:
+                    self._finish(ot_trial, optuna.trial.TrialState.FAIL, failure_reason=f"invalid config: {error}")
+                    continue
+                config.seed = base.seed + ot_trial.number
+                for key, value in {"config": config.model_dump(), "seed": config.seed, **size}.items():
+                    ot_trial.set_user_attr(key, value)
+                broken = [f"{metric} {size[metric]} > {limit:g}" for metric, limit in limits.items()
+                          if size[metric] > limit]
+                for metric, limit in limits.items():
+                    ot_trial.set_constraint(metric, size[metric] - limit)
+                if broken:  # known before training: never trained, never on the front
+                    self._finish(ot_trial, optuna.trial.TrialState.PRUNED,
+                                 pruned_reason="infeasible: " + ", ".join(broken))
+                    continue
+                self._ot_trials[trial_id] = ot_trial
+                return {"config": config.model_dump(), "trial_number": ot_trial.number, "size": size}
+            raise AutokdError(f"{spec.source}: constraints: {MAX_INFEASIBLE_IN_A_ROW} proposals in a row broke "
+                              f"{spec.constraints}; widen the constraints or shrink the search space")
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if "val_accuracy" in result:
+                self._curves.setdefault(trial_id, []).append(float(result["val_accuracy"]))
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            ot_trial = self._ot_trials.pop(trial_id, None)
+            if ot_trial is None:
+                return
+            result = result or {}
+            curve = self._curves.pop(trial_id, [])
+            attrs = {"val_accuracy_curve": curve, "epochs_trained": result.get("epoch", len(curve)),
+                     "train_seconds": result.get("train_seconds"), "node": result.get("node")}
+            values = [result.get(m) for m in metrics]
+            if result.get("failure_reason") or error:
+                reason = result.get("failure_reason") or "the trial's worker process died or raised (see Ray logs)"
+                self._finish(ot_trial, optuna.trial.TrialState.FAIL, failure_reason=reason, **attrs)
+            elif any(v is None or not math.isfinite(float(v)) for v in values):
+                missing = [m for m, v in zip(metrics, values) if v is None or not math.isfinite(float(v))]
+                self._finish(ot_trial, optuna.trial.TrialState.FAIL,
+                             failure_reason=f"missing or non-finite metric(s) {missing} in the last result", **attrs)
+            elif result.get("epoch", 0) < result.get("epochs", 0):
+                self._finish(ot_trial, optuna.trial.TrialState.PRUNED,
+                             pruned_reason=f"early-stopped at epoch {result['epoch']} of {result['epochs']}", **attrs)
+            else:
+                self._finish(ot_trial, optuna.trial.TrialState.COMPLETE, values=[float(v) for v in values], **attrs)
+
+        def _finish(self, ot_trial, state, values=None, **attrs) -> None:
+            for key, value in attrs.items():
+                if value is not None:
+                    ot_trial.set_user_attr(key, value)
+            self._ot_study.tell(ot_trial, values, state=state)
+            on_change()
+
+    return _AutokdSearcher()
+
+
+# ---------------------------------------------------------------------------------------------
+# The trial (worker side)
+
+
+def injected_fault(trial_number: int) -> str | None:
+    """Faults the fault tests inject: AUTOKD_INJECT_FAULT="3:nan,5:raise,7:oom,9:exit"."""
+    for item in os.environ.get("AUTOKD_INJECT_FAULT", "").split(","):
+        number, _, kind = item.partition(":")
+        if number.strip() == str(trial_number):
+            return kind.strip()
+    return None
+
+
+def _run_trial(trial: dict, data, outputs) -> None:
+    """One trial: build the student, distil with the cached teacher outputs, report every epoch."""
+    import socket
+
+    import torch
+    from ray import tune
+
+    from autokd.distill import fit, resolve_device
+    from autokd.zoo import build_model
+
+    config = TrainConfig.model_validate(trial["config"])
+    report = {**trial["size"], "epochs": config.schedule.epochs, "node": socket.gethostname()}
+    started = time.perf_counter()
+    try:
+        torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
+        device = resolve_device(config.device)
+        student = build_model(config.student, data.input_shape, data.num_classes)
+        chosen = [t.name for t in config.selected_teachers()]
+        source = outputs.select(chosen).to(device) if outputs is not None and chosen else None
+        fault = injected_fault(trial["trial_number"])
+        if fault == "nan":  # an infinite learning rate: the real non-finite path through fit
+            config.schedule.lr = float("inf")
+        if fault == "raise":
+            raise RuntimeError(f"injected fault in trial {trial['trial_number']}")
+
+        def on_epoch(epoch) -> None:
+            if fault == "oom":
+                raise torch.OutOfMemoryError("simulated: CUDA out of memory. Tried to allocate 2.00 GiB")
+            if fault == "exit" and epoch.epoch == 2:
+                os._exit(1)  # the worker process dies mid-trial, as on a node failure
+            tune.report({**report, "val_accuracy": epoch.val_accuracy, "epoch": epoch.epoch,
+                         "train_loss": epoch.train_loss, "train_seconds": time.perf_counter() - started})
+
+        fit(student, data, source, config.distill, config.schedule, seed=config.seed, device=device,
+            on_epoch=on_epoch)
+    except Exception as error:  # the reason goes to the study; the search goes on
+        message = str(error).splitlines()[0] if str(error) else ""
+        tune.report({**report, "failure_reason": f"{type(error).__name__}: {message}"[:500],
+                     "train_seconds": time.perf_counter() - started})
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+class _Progress:
+    """Trials done / failed / infeasible, best accuracy, front size, hypervolume, elapsed and ETA."""
+
+    def __init__(self, study: optuna.Study, spec: StudySpec, budget: int, enabled: bool):
+        self.study, self.spec, self.budget, self.enabled = study, spec, budget, enabled
+        self.started = time.perf_counter()
+        self.done_before = counts(study)["done"]
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+                TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[line]}"),
+                                 transient=False)
+            self._task = self._bar.add_task(spec.name, total=budget, completed=self.done_before, line="")
+            self._bar.start()
+
+    def update(self) -> None:
+        if not self.enabled:
+            return
+        tally = counts(self.study)
+        frame = trials_frame(self.study)
+        complete = frame[frame["state"] == "COMPLETE"]
+        best = complete["val_accuracy"].max() if len(complete) else float("nan")
+        front = int((frame["pareto_rank"] == 0).sum())
+        volume = study_hypervolume(frame, self.spec)
+        line = (f"ok {tally['complete']} failed {tally['failed']} infeasible {tally['infeasible']} "
+                f"stopped {tally['stopped']} | best acc {best:.4f} | front {front} | HV {volume:.4f}")
+        if self._bar is not None:
+            self._bar.update(self._task, completed=min(tally["done"], self.budget), line=line)
+        else:
+            elapsed = time.perf_counter() - self.started
+            new = max(tally["done"] - self.done_before, 1)
+            eta = elapsed / new * max(self.budget - tally["done"], 0)
+            print(f"[{tally['done']}/{self.budget}] {line} | {elapsed:.0f}s elapsed, eta {eta:.0f}s",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _init_ray(address: str | None, spec: StudySpec) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # a failed trial reports no accuracy
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
+                              "configure_logging": True}
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            # A private local cluster: token auth is not needed on loopback and would print warnings.
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            extra = {k: v * spec.resources.concurrency for k, v in spec.resources.custom.items()}
+            ray.init(num_cpus=max(os.cpu_count() or 1, int(spec.resources.cpus_per_trial)), resources=extra or None,
+                     **kwargs)
+    except Exception as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        hint = (" (token authentication: put the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+                if "auth" in first.lower() or "token" in first.lower() else "")
+        raise AutokdError(f"--address {address}: cannot connect to the Ray cluster: {first}{hint}") from None
+
+
+def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str | None = None,
+           address: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> SearchResult:
+    """Run (or continue) a study and return its trials and Pareto front.
+
+    Example::
+
+        import autokd
+        result = autokd.search("studies/digits.yaml", resume=True)
+        print(result.pareto[["trial", "val_accuracy", "params"]])
+    """
+    spec = study if isinstance(study, StudySpec) else load_study(study)
+    space = load_space(spec)
+    storage_url = storage or spec.storage_url()
+    if storage_url.startswith("sqlite:///"):
+        Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    signature = {name: param.model_dump() for name, param in space.params.items()}
+    optuna_study = open_or_create_study(spec, storage_url, resume, signature)
+    optuna_study.set_user_attr("objectives", spec.objectives)
+    optuna_study.set_user_attr("space", signature)
+    optuna_study.set_user_attr("study_spec", spec.model_dump(mode="json"))
+    recovered = recover_interrupted(optuna_study)
+    if recovered:
+        log(f"resume: {recovered} interrupted trial(s) re-queued")
+
+    started = time.perf_counter()
+    data = load_data(spec.data, spec.source)
+    base = spec.train_config()
+    teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=log)
+    outputs = teacher_outputs(teachers, data) if teachers else None
+
+    remaining = spec.budget.trials - counts(optuna_study)["done"]
+    if remaining > 0:
+        _run_tuner(spec, space, base, data, outputs, storage_url, optuna_study, remaining, address, progress)
+    frame = trials_frame(optuna_study)
+    return SearchResult(optuna_study, spec, frame, front_frame(frame), time.perf_counter() - started)
+
+
+def _run_tuner(spec, space, base, data, outputs, storage_url, optuna_study, remaining, address, progress) -> None:
+    from ray import tune
+
+    _init_ray(address or spec.ray_address, spec)
+    bar = _Progress(optuna_study, spec, spec.budget.trials, progress)
+    searcher = _make_searcher(space, spec, base, data.input_shape, data.num_classes, storage_url, bar.update)
+    resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial,
+                 **spec.resources.custom}
+    trainable = tune.with_resources(tune.with_parameters(_run_trial, data=data, outputs=outputs), resources)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, reuse_actors=True,
+                                    max_concurrent_trials=spec.resources.concurrency,
+                                    time_budget_s=spec.budget.time_limit_s,
+                                    scheduler=_scheduler(spec)),
+        run_config=tune.RunConfig(name=spec.name, storage_path=str(Path(spec.cache_dir).resolve() / "ray"),
+                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0),
+                                  checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)),
+    )
+    try:
+        tuner.fit()
+    finally:
+        bar.close()
+        # A trial still open here was cut by the time limit: fail it now rather than leave it RUNNING.
+        recover_interrupted(optuna_study)
+
+
+def _scheduler(spec: StudySpec):
+    from ray.tune.schedulers import FIFOScheduler
+
+    return FIFOScheduler()

@@ -1,0 +1,210 @@
+"""Search spaces: a YAML grammar compiled to an Optuna define-by-run function.
+
+A space maps dotted config keys to what may vary::
+
+    params:
+      distill.temperature: {type: float, low: 1, high: 20, log: true}
+      distill.kind:        {type: categorical, choices: [kl, mse, dkd]}
+      distill.dkd_beta:    {type: float, low: 1, high: 10, when: {distill.kind: [dkd]}}
+      distill.teachers:    {type: teacher_subset}          # a non-empty subset of the study's teachers
+      student.family:      {type: categorical, choices: [mlp, cnn]}
+      student.width:       {type: int, low: 8, high: 256, log: true, when: {student.family: [mlp]}}
+      schedule.epochs:     {type: fixed, value: 5}
+
+A parameter with `when` is suggested only if every named earlier parameter took one of the
+listed values. Optuna parameter names are the dotted keys, so a study reads well in
+optuna-dashboard. A trial's config is the study's defaults with the sampled values applied.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from autokd.errors import ConfigError
+from autokd.spec import DistillSpec, ScheduleSpec, StudySpec, TrainConfig, config_error, read_yaml
+from autokd.zoo import FAMILIES
+
+SECTIONS = ("distill", "schedule", "student")
+SUBSET_SEPARATOR = "+"
+
+
+def _check_range(param):
+    if param.low > param.high:
+        raise ValueError(f"low must be <= high, got low={param.low}, high={param.high}")
+    if param.log and param.low <= 0:
+        raise ValueError(f"log scale needs low > 0, got low={param.low}")
+    return param
+
+
+class _Param(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    when: dict[str, list[Any]] | None = None
+
+
+class FloatParam(_Param):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatParam:
+        return _check_range(self)
+
+
+class IntParam(_Param):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> IntParam:
+        return _check_range(self)
+
+
+class CategoricalParam(_Param):
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+
+class FixedParam(_Param):
+    type: Literal["fixed"]
+    value: Any
+
+
+class TeacherSubsetParam(_Param):
+    type: Literal["teacher_subset"]
+    max_size: int | None = Field(None, gt=0)
+
+
+Param = Annotated[Union[FloatParam, IntParam, CategoricalParam, FixedParam, TeacherSubsetParam],
+                  Field(discriminator="type")]
+_PARAMS = TypeAdapter(dict[str, Param])
+
+
+@dataclass
+class SearchSpace:
+    """A validated space; `suggest(trial)` samples it, `apply(params)` makes a trial's config."""
+
+    params: dict[str, Any]
+    teacher_names: list[str]
+    source: str = "<space>"
+
+    def subsets(self, param: TeacherSubsetParam) -> list[str]:
+        largest = min(param.max_size or len(self.teacher_names), len(self.teacher_names))
+        return [SUBSET_SEPARATOR.join(combo) for size in range(1, largest + 1)
+                for combo in itertools.combinations(self.teacher_names, size)]
+
+    def suggest(self, trial: optuna.Trial) -> None:
+        """The define-by-run function: suggests every active parameter under its dotted name."""
+        for name, param in self.params.items():
+            if param.when and any(trial.params.get(key, _ABSENT) not in allowed
+                                  for key, allowed in param.when.items()):
+                continue
+            if isinstance(param, FloatParam):
+                trial.suggest_float(name, param.low, param.high, log=param.log)
+            elif isinstance(param, IntParam):
+                trial.suggest_int(name, param.low, param.high, log=param.log, step=param.step)
+            elif isinstance(param, CategoricalParam):
+                trial.suggest_categorical(name, param.choices)
+            elif isinstance(param, TeacherSubsetParam):
+                trial.suggest_categorical(name, self.subsets(param))
+
+    def fixed_values(self) -> dict[str, Any]:
+        return {name: p.value for name, p in self.params.items() if isinstance(p, FixedParam)}
+
+    def apply(self, base: TrainConfig, sampled: dict[str, Any]) -> TrainConfig:
+        """`base` with the sampled (and fixed) values set; the student is rebuilt if its family changes."""
+        document = base.model_dump()
+        values = {**self.fixed_values(), **sampled}
+        family = values.get("student.family", document["student"]["family"])
+        if family != document["student"]["family"]:
+            document["student"] = {"family": family}
+        for name, value in values.items():
+            section, key = name.split(".", 1)
+            if name == "distill.teachers" and isinstance(value, str):
+                value = value.split(SUBSET_SEPARATOR)
+            document[section][key] = value
+        return TrainConfig.model_validate(document)
+
+
+_ABSENT = object()
+
+
+def parse_space(document: dict[str, Any], source: str, study: StudySpec) -> SearchSpace:
+    """Validate a space's mapping against the study it will search."""
+    if set(document) - {"params", "description"}:
+        extra = sorted(set(document) - {"params", "description"})[0]
+        raise ConfigError(f"{source}: {extra}: unknown key (allowed: params, description)")
+    if not isinstance(document.get("params"), dict) or not document["params"]:
+        raise ConfigError(f"{source}: params: expected a non-empty mapping of dotted keys to parameters")
+    try:
+        params = _PARAMS.validate_python(document["params"])
+    except ValidationError as error:
+        raise config_error(f"{source}: params", error) from None
+    space = SearchSpace(params, [t.name for t in study.teachers], source)
+    _check_names(space, study)
+    return space
+
+
+def _check_names(space: SearchSpace, study: StudySpec) -> None:
+    seen: list[str] = []
+    families = space.params.get("student.family")
+    for name, param in space.params.items():
+        where = f"{space.source}: params.{name}"
+        section, _, key = name.partition(".")
+        if section not in SECTIONS or not key:
+            raise ConfigError(f"{where}: expected a dotted key starting with one of {list(SECTIONS)}")
+        for condition in (param.when or {}):
+            if condition not in seen:
+                raise ConfigError(f"{where}: when: {condition!r} is not a parameter defined above this one")
+        if section == "distill" and key not in DistillSpec.model_fields:
+            raise ConfigError(f"{where}: unknown key; allowed: {sorted(DistillSpec.model_fields)}")
+        if section == "schedule" and key not in ScheduleSpec.model_fields:
+            raise ConfigError(f"{where}: unknown key; allowed: {sorted(ScheduleSpec.model_fields)}")
+        if isinstance(param, TeacherSubsetParam):
+            if name != "distill.teachers":
+                raise ConfigError(f"{where}: type teacher_subset is only for distill.teachers")
+            if not study.teachers:
+                raise ConfigError(f"{where}: the study has no teachers to choose a subset from")
+        if section == "student" and key != "family":
+            possible = _student_families(param, families, study)
+            missing = [f for f in possible if key not in FAMILIES[f]]
+            if missing:
+                raise ConfigError(f"{where}: family {missing[0]!r} has no parameter {key!r}; "
+                                  f"add when: {{student.family: [...]}} with families that have it")
+        seen.append(name)
+    if isinstance(families, CategoricalParam):
+        unknown = [f for f in families.choices if f not in FAMILIES]
+        if unknown:
+            raise ConfigError(f"{space.source}: params.student.family.choices: must be among "
+                              f"{sorted(FAMILIES)}, got {unknown[0]!r}")
+
+
+def _student_families(param, families, study: StudySpec) -> list[str]:
+    if param.when and "student.family" in param.when:
+        return list(param.when["student.family"])
+    if isinstance(families, CategoricalParam):
+        return list(families.choices)
+    if isinstance(families, FixedParam):
+        return [families.value]
+    return [study.student["family"]]
+
+
+def load_space(study: StudySpec) -> SearchSpace:
+    """The study's search space: inline, or a YAML file relative to the study file."""
+    if isinstance(study.search_space, dict):
+        return parse_space(copy.deepcopy(study.search_space), f"{study.source}: search_space", study)
+    path = study.resolve_path(study.search_space)
+    if not Path(path).is_file():
+        raise ConfigError(f"{study.source}: search_space: file not found: {path}")
+    return parse_space(read_yaml(path), str(path), study)

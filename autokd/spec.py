@@ -1,0 +1,328 @@
+"""Validated models of what users write: a training config and a study.
+
+A *training config* says how to train one student (data, teachers, student, distillation,
+schedule, seed). A *study* is a training config's defaults plus what to search and how
+(search space, objectives, constraints, budget, sampler, resources, storage).
+
+Every error is one line that names the file and the dotted key::
+
+    studies/x.yaml: distill.temperature: must be > 0, got -1
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autokd.errors import ConfigError
+
+SIZE_METRICS = ("params", "bytes_fp32", "bytes_fp16", "macs")
+ACCURACY_METRIC = "val_accuracy"
+_CONSTRAINT = re.compile(r"^\s*(?P<metric>[a-z_0-9]+)\s*<=\s*(?P<limit>[0-9.eE+]+)\s*$")
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(_Strict):
+    name: Literal["digits", "fashion-mnist", "mnist1d", "file"] = "digits"
+    data_dir: str | None = None
+    path: str | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 0
+    train_subset: int | None = Field(None, gt=0)
+    mnist1d_samples: int = Field(4000, ge=100)
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> DataSpec:
+        if self.name == "file" and not self.path:
+            raise ValueError("data.name 'file' needs data.path (a .npz or .pt file with x and y)")
+        return self
+
+
+class ScheduleSpec(_Strict):
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    lr_schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+
+
+class TeacherSpec(_Strict):
+    """A teacher: a zoo architecture trained with `schedule`, or loaded from `checkpoint`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    arch: dict[str, Any]
+    checkpoint: str | None = None
+    schedule: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(epochs=20))
+    seed: int = 0
+
+
+class DistillSpec(_Strict):
+    """Loss = w_ce * CE + w_kd * KD + w_feat * FEAT; independent weights, no ambiguous alpha."""
+
+    teachers: list[str] | None = None  # subset of the study's teachers; None = all of them
+    aggregation: Literal["mean_logits", "mean_probs", "confidence"] = "mean_logits"
+    kind: Literal["kl", "mse", "dkd"] = "kl"
+    temperature: float = Field(4.0, gt=0)
+    w_ce: float = Field(0.1, ge=0)
+    w_kd: float = Field(0.9, ge=0)
+    w_feat: float = Field(0.0, ge=0)
+    dkd_alpha: float = Field(1.0, ge=0)
+    dkd_beta: float = Field(8.0, ge=0)
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> DistillSpec:
+        if self.w_ce + self.w_kd + self.w_feat <= 0:
+            raise ValueError("w_ce + w_kd + w_feat must be > 0 (all loss weights are zero)")
+        return self
+
+
+class _RunFields(_Strict):
+    """What a training config and a study share: how one student is trained."""
+
+    data: DataSpec = Field(default_factory=DataSpec)
+    teachers: list[TeacherSpec] = Field(default_factory=list)
+    student: dict[str, Any] = Field(default_factory=lambda: {"family": "mlp", "depth": 1, "width": 32})
+    distill: DistillSpec = Field(default_factory=DistillSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    augment: list[Literal["shift", "flip"]] = Field(default_factory=list)
+    cache_dir: str = ".cache/autokd"
+
+    @field_validator("student")
+    @classmethod
+    def _student_arch(cls, arch: dict[str, Any]) -> dict[str, Any]:
+        from autokd.zoo import validate_arch
+
+        return validate_arch(arch, where="student", source="")
+
+    @model_validator(mode="after")
+    def _teachers_consistent(self) -> _RunFields:
+        from autokd.zoo import validate_arch
+
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be unique, got {names}")
+        for teacher in self.teachers:
+            teacher.arch = validate_arch(teacher.arch, where="teachers.arch", source="")
+        unknown = sorted(set(self.distill.teachers or []) - set(names))
+        if unknown:
+            raise ValueError(f"distill.teachers: unknown teacher(s) {unknown}; allowed: {names}")
+        if self.distill.teachers == []:
+            raise ValueError("distill.teachers: must name at least one teacher (or be omitted for all)")
+        needs_teacher = self.distill.w_kd > 0 or self.distill.w_feat > 0
+        if needs_teacher and not self.teachers:
+            raise ValueError("distill.w_kd / w_feat > 0 need at least one entry in teachers")
+        return self
+
+    def selected_teachers(self) -> list[TeacherSpec]:
+        chosen = self.distill.teachers
+        return [t for t in self.teachers if chosen is None or t.name in chosen]
+
+
+class TrainConfig(_RunFields):
+    """One student's training, as `autokd export` writes it and `autokd train` reads it."""
+
+    name: str = "run"
+    provenance: dict[str, Any] | None = None
+
+
+class Budget(_Strict):
+    trials: int = Field(30, gt=0)
+    time_limit_s: float | None = Field(None, gt=0)
+
+
+class SamplerSpec(_Strict):
+    name: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    seed: int = 0
+
+
+class Resources(_Strict):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    concurrency: int = Field(2, gt=0)
+    # Extra Ray resources per trial, e.g. {"fake_gpu": 0.25} to test GPU packing on CPU.
+    custom: dict[str, float] = Field(default_factory=dict)
+
+
+class EarlyStoppingSpec(_Strict):
+    kind: Literal["none", "pareto", "asha"] = "none"
+    grace_epochs: int = Field(1, gt=0)
+    eta: int = Field(3, ge=2)
+
+
+class RobustSpec(_Strict):
+    top_k: int = Field(0, ge=0)
+    seeds: int = Field(3, ge=2)
+
+
+class StudySpec(_RunFields):
+    """A search: the run fields are the defaults every trial starts from."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    search_space: str | dict[str, Any]
+    objectives: list[str] = Field(default_factory=lambda: [ACCURACY_METRIC, "params"])
+    constraints: list[str] = Field(default_factory=list)
+    budget: Budget = Field(default_factory=Budget)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    resources: Resources = Field(default_factory=Resources)
+    storage: str | None = None
+    ray_address: str | None = None
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    robust: RobustSpec = Field(default_factory=RobustSpec)
+    # Where the study file lives: relative paths in it are resolved from here. Not user-set.
+    source: str = Field("<study>", exclude=True)
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, objectives: list[str]) -> list[str]:
+        if not objectives or objectives[0] != ACCURACY_METRIC:
+            raise ValueError(f"the first objective must be {ACCURACY_METRIC!r}, got {objectives}")
+        sizes = objectives[1:]
+        if not 1 <= len(sizes) <= 2 or any(s not in SIZE_METRICS for s in sizes):
+            raise ValueError(f"after {ACCURACY_METRIC!r} give one or two of {list(SIZE_METRICS)}, got {sizes}")
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"objectives must not repeat, got {objectives}")
+        return objectives
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, constraints: list[str]) -> list[str]:
+        for text in constraints:
+            match = _CONSTRAINT.match(text)
+            if not match or match["metric"] not in SIZE_METRICS:
+                raise ValueError(f"expected '<metric> <= <number>' with metric in {list(SIZE_METRICS)}, got {text!r}")
+        return constraints
+
+    def size_limits(self) -> dict[str, float]:
+        """Constraints as {metric: upper bound}; checked before a trial trains."""
+        limits: dict[str, float] = {}
+        for text in self.constraints:
+            match = _CONSTRAINT.match(text)
+            assert match is not None  # validated above
+            limits[match["metric"]] = min(float(match["limit"]), limits.get(match["metric"], float("inf")))
+        return limits
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize"] + ["minimize"] * (len(self.objectives) - 1)
+
+    def storage_url(self) -> str:
+        if self.storage:
+            return self.storage
+        folder = Path(self.source).parent if self.source != "<study>" else Path("studies")
+        return f"sqlite:///{folder / (self.name + '.db')}"
+
+    def resolve_path(self, path: str) -> Path:
+        """Paths inside a study file are relative to the file's folder."""
+        candidate = Path(path).expanduser()
+        if candidate.is_absolute() or self.source == "<study>":
+            return candidate
+        return Path(self.source).parent / candidate
+
+    def train_config(self) -> TrainConfig:
+        """The study's default student and distillation settings as a training config."""
+        run_fields = {name: getattr(self, name) for name in _RunFields.model_fields}
+        return TrainConfig(name=f"{self.name}-default", **_plain(run_fields))
+
+
+def _plain(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.model_dump() if isinstance(v, BaseModel) else
+            [x.model_dump() if isinstance(x, BaseModel) else x for x in v] if isinstance(v, list) else v
+            for k, v in fields.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from `path` (safe_load only), or a one-line ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "cannot parse"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected YAML)") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(document).__name__}")
+    return document
+
+
+def config_error(source: str | Path, error: ValidationError) -> ConfigError:
+    """Turn pydantic's first error into `file: dotted.key: what was expected, got X`."""
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "<top level>"
+    kind, message = first["type"], first["msg"]
+    if kind == "extra_forbidden":
+        return ConfigError(f"{source}: {key}: unknown key")
+    if kind == "missing":
+        return ConfigError(f"{source}: {key}: required key is missing")
+    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    message = message[0].lower() + message[1:] if message else message
+    message = message.replace("input should be", "must be").replace("greater than or equal to", ">=")
+    message = message.replace("greater than", ">").replace("less than or equal to", "<=").replace("less than", "<")
+    if kind.endswith("_type") or kind in {"literal_error", "greater_than", "greater_than_equal", "less_than",
+                                         "less_than_equal", "string_pattern_mismatch", "int_from_float",
+                                         "int_parsing", "float_parsing", "bool_parsing"}:
+        return ConfigError(f"{source}: {key}: {message}, got {first.get('input')!r}")
+    return ConfigError(f"{source}: {key}: {message}")
+
+
+def _validate(model: type[BaseModel], document: dict[str, Any], source: str | Path) -> Any:
+    try:
+        return model.model_validate(document)
+    except ValidationError as error:
+        raise config_error(source, error) from None
+    except ConfigError as error:  # raised inside a validator (e.g. by zoo.validate_arch)
+        raise ConfigError(f"{source}{error}" if str(error).startswith(":") else str(error)) from None
+
+
+def _relative_to_file(spec: _RunFields, path: str | Path) -> None:
+    """Data paths written in a config file are relative to that file's folder."""
+    for key in ("path", "data_dir"):
+        value = getattr(spec.data, key)
+        if value and not Path(value).expanduser().is_absolute():
+            setattr(spec.data, key, str(Path(path).parent / value))
+
+
+def load_study(path: str | Path) -> StudySpec:
+    document = read_yaml(path)
+    if "search_space" not in document:
+        raise ConfigError(f"{path}: search_space: required key is missing (is this a training config? "
+                          "use `autokd train`)")
+    document = {**document, "source": str(path)}
+    spec = _validate(StudySpec, document, path)
+    _relative_to_file(spec, path)
+    return spec
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """A training config file, or a study file (its default student is trained)."""
+    document = read_yaml(path)
+    if "search_space" in document:
+        return load_study(path).train_config()
+    config = _validate(TrainConfig, document, path)
+    _relative_to_file(config, path)
+    return config
+
+
+def train_config_from_dict(document: dict[str, Any], source: str = "<config>") -> TrainConfig:
+    return _validate(TrainConfig, document, source)

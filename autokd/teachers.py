@@ -1,0 +1,198 @@
+"""Teachers: trained (or loaded) once, cached by content hash, their outputs cached per sample.
+
+Cache layout, one folder per teacher under ``<cache_dir>/teachers/``::
+
+    <name>-<key12>/model.pt      state_dict (loads with weights_only=True)
+                   meta.json     architecture, schedule, accuracies, size, train seconds
+                   outputs.pt    {"train_logits": [N, C], "train_features": [N, D]}, indexed like data.x_train
+
+The key hashes everything that determines the teacher: architecture, schedule, seed, the
+data's fingerprint (and the checkpoint's bytes for loaded teachers). Files are written to a
+temporary name and renamed, so a crash never leaves a half-written entry that a later run trusts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from autokd.data import Dataset
+from autokd.distill import evaluate, fit
+from autokd.errors import CheckpointError
+from autokd.spec import DistillSpec, TeacherSpec
+from autokd.zoo import ZooModel, build_model, model_size
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Teacher:
+    name: str
+    model: ZooModel
+    meta: dict  # val_accuracy, test_accuracy, params, bytes_fp32, macs, train_seconds, key
+    folder: Path
+
+
+@dataclass
+class CachedTeacherOutputs:
+    """Teacher logits/features for every training sample, sliced by the batch's indices."""
+
+    names: list[str]
+    train_logits: torch.Tensor  # [T, N, C]
+    train_features: list[torch.Tensor]  # T tensors of [N, D_t]
+
+    @property
+    def feature_dim(self) -> int:
+        return sum(f.shape[1] for f in self.train_features)
+
+    def select(self, names: list[str]) -> CachedTeacherOutputs:
+        unknown = sorted(set(names) - set(self.names))
+        if unknown:
+            raise KeyError(f"no cached outputs for teacher(s) {unknown}; have {self.names}")
+        positions = [self.names.index(n) for n in names]
+        return CachedTeacherOutputs(list(names), self.train_logits[positions],
+                                    [self.train_features[p] for p in positions])
+
+    def to(self, device: torch.device | str) -> CachedTeacherOutputs:
+        return CachedTeacherOutputs(self.names, self.train_logits.to(device),
+                                    [f.to(device) for f in self.train_features])
+
+    def for_batch(self, indices: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = indices.to(self.train_logits.device)
+        features = torch.cat([f[indices] for f in self.train_features], dim=1)
+        return self.train_logits[:, indices], features
+
+
+class OnlineTeachers:
+    """Teachers run on the batch itself: needed when augmentation changes the inputs."""
+
+    def __init__(self, models: list[nn.Module]):
+        self.models = [m.eval() for m in models]
+        self.feature_dim = sum(m.feature_dim for m in models)
+
+    @torch.no_grad()
+    def for_batch(self, indices: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = [m.to(inputs.device).forward_features(inputs) for m in self.models]
+        return torch.stack([logits for logits, _ in outputs]), torch.cat([f for _, f in outputs], dim=1)
+
+
+def teacher_key(spec: TeacherSpec, data_fingerprint: str, checkpoint_digest: str | None = None) -> str:
+    """Content hash of everything that determines the teacher's weights."""
+    identity = {"version": CACHE_VERSION, "arch": spec.arch, "schedule": spec.schedule.model_dump(),
+                "seed": spec.seed, "data": data_fingerprint, "checkpoint": checkpoint_digest}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "wb") as stream:
+        stream.write(payload)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    torch.save(obj, temporary)
+    os.replace(temporary, path)
+
+
+def load_state_dict(model: nn.Module, path: Path, what: str) -> None:
+    """Load weights into `model`, or a one-line CheckpointError naming `what` and the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{what}: checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupted or foreign file
+        raise CheckpointError(f"{what}: cannot read checkpoint {path}: {type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else 'corrupted file'}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{what}: {path} holds a {type(state).__name__}, expected a state_dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise CheckpointError(f"{what}: {path} does not match the architecture {model.arch}: {first}") from None
+
+
+def prepare_teachers(specs: list[TeacherSpec], data: Dataset, cache_dir: str | Path,
+                     resolve_path: Callable[[str], Path] = Path, device: str = "auto",
+                     log: Callable[[str], None] = lambda message: None) -> list[Teacher]:
+    """Each teacher from the cache, or trained/loaded now and cached. A second call trains nothing."""
+    root = Path(cache_dir) / "teachers"
+    teachers = []
+    for index, spec in enumerate(specs):
+        checkpoint = resolve_path(spec.checkpoint) if spec.checkpoint else None
+        if checkpoint is not None and not checkpoint.is_file():
+            raise CheckpointError(f"teachers.{index}.checkpoint: file not found: {checkpoint}")
+        key = teacher_key(spec, data.fingerprint(), _file_digest(checkpoint) if checkpoint else None)
+        folder = root / f"{spec.name}-{key[:12]}"
+        model = build_model(spec.arch, data.input_shape, data.num_classes)
+        if (folder / "meta.json").is_file():
+            load_state_dict(model, folder / "model.pt", f"cached teacher {spec.name!r}")
+            meta = json.loads((folder / "meta.json").read_text())
+        else:
+            meta = _train_or_load(spec, index, model, checkpoint, data, device, log)
+            meta["key"] = key
+            atomic_torch_save(model.state_dict(), folder / "model.pt")
+            atomic_write_bytes(folder / "meta.json", json.dumps(meta, indent=2).encode())  # last: marks complete
+        teachers.append(Teacher(spec.name, model.cpu().eval(), meta, folder))
+    return teachers
+
+
+def _train_or_load(spec: TeacherSpec, index: int, model: ZooModel, checkpoint: Path | None,
+                   data: Dataset, device: str, log: Callable[[str], None]) -> dict:
+    started = time.perf_counter()
+    if checkpoint is not None:
+        load_state_dict(model, checkpoint, f"teachers.{index}.checkpoint")
+        log(f"teacher {spec.name}: loaded {checkpoint}")
+    else:
+        log(f"teacher {spec.name}: training {spec.arch['family']} for {spec.schedule.epochs} epochs")
+        fit(model, data, None, DistillSpec(w_ce=1.0, w_kd=0.0), spec.schedule, seed=spec.seed, device=device)
+    model.cpu().eval()
+    size = model_size(model, data.input_shape)
+    meta = {"name": spec.name, "arch": spec.arch, "schedule": spec.schedule.model_dump(), "seed": spec.seed,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "val_accuracy": evaluate(model, data.x_val, data.y_val),
+            "test_accuracy": evaluate(model, data.x_test, data.y_test),
+            "train_seconds": round(time.perf_counter() - started, 3), **size.as_dict()}
+    log(f"teacher {spec.name}: val {meta['val_accuracy']:.4f} test {meta['test_accuracy']:.4f} "
+        f"({meta['train_seconds']:.1f} s)")
+    return meta
+
+
+@torch.no_grad()
+def teacher_outputs(teachers: list[Teacher], data: Dataset, batch_size: int = 2048) -> CachedTeacherOutputs:
+    """Logits and penultimate features of every teacher on every training sample (cached on disk)."""
+    all_logits, all_features = [], []
+    for teacher in teachers:
+        path = teacher.folder / "outputs.pt"
+        cached = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        if cached is None or cached["train_logits"].shape[0] != len(data.y_train):
+            pieces = [teacher.model.forward_features(data.x_train[i:i + batch_size])
+                      for i in range(0, len(data.y_train), batch_size)]
+            cached = {"train_logits": torch.cat([logits for logits, _ in pieces]),
+                      "train_features": torch.cat([features for _, features in pieces])}
+            atomic_torch_save(cached, path)
+        all_logits.append(cached["train_logits"])
+        all_features.append(cached["train_features"])
+    return CachedTeacherOutputs([t.name for t in teachers], torch.stack(all_logits), all_features)

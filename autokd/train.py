@@ -1,0 +1,256 @@
+"""Production training: one config, the same `distill.fit` as the search, a run folder out.
+
+A run folder holds::
+
+    student.pt                state_dict; loads with torch.load(..., weights_only=True)
+    student.torchscript.pt    the student traced in eval mode (torch.jit.load, no autokd needed)
+    student.onnx              the student with a dynamic batch axis, when `onnx` is installed
+    config.yaml               what was trained, replayable with `autokd train`
+    metrics.json              val/test accuracy per seed, mean and std, size, input shape,
+                              classes, train seconds, and what each export wrote (or why not)
+
+It is written to a temporary folder and renamed, so a crash never leaves a half-written run
+that looks complete. `load_student(folder)` rebuilds the trained student from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import statistics
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import yaml
+
+from autokd.data import load_data
+from autokd.distill import evaluate, fit
+from autokd.errors import CheckpointError
+from autokd.spec import TrainConfig, load_train_config
+from autokd.teachers import OnlineTeachers, Teacher, load_state_dict, prepare_teachers, teacher_outputs
+from autokd.zoo import ZooModel, build_model, model_size
+
+STUDENT_FILE = "student.pt"
+TORCHSCRIPT_FILE = "student.torchscript.pt"
+ONNX_FILE = "student.onnx"
+
+
+@dataclass
+class TrainRun:
+    folder: Path
+    student: ZooModel
+    metrics: dict
+
+
+def train(config: TrainConfig | str | Path, out_dir: str | Path | None = None, *, epochs: int | None = None,
+          seeds: int = 1, augment: Sequence[str] | None = None, source: str | None = None,
+          log: Callable[[str], None] = print) -> TrainRun:
+    """Train the config's student (K seeds) and write a run folder; returns the first seed's model.
+
+    Example::
+
+        run = autokd.train("best.yaml", "runs/best", epochs=30)
+        print(run.metrics["test_accuracy_mean"])
+    """
+    config, source = _as_config(config, source)
+    config = config.model_copy(deep=True)
+    if epochs is not None:
+        config.schedule.epochs = epochs
+    if augment is not None:
+        config.augment = list(augment)
+
+    data = load_data(config.data, source)
+    teachers, targets = prepare_targets(config, data, source, log)
+    _check_teachers_match_export(config, teachers, log)
+    per_seed, students = [], []
+    for offset in range(seeds):
+        student, result = fit_config(config, data, targets, seed=config.seed + offset)
+        per_seed.append({"seed": config.seed + offset, "val_accuracy": result.val_accuracy,
+                         "test_accuracy": evaluate(student, data.x_test, data.y_test),
+                         "train_seconds": round(result.train_seconds, 3), "epochs": result.epochs_trained})
+        students.append(student)
+        log(f"seed {config.seed + offset}: val {per_seed[-1]['val_accuracy']:.4f} "
+            f"test {per_seed[-1]['test_accuracy']:.4f} ({result.train_seconds:.1f} s)")
+
+    metrics = {**_summary(per_seed), **model_size(students[0], data.input_shape).as_dict(),
+               "input_shape": list(data.input_shape), "num_classes": data.num_classes, "seeds": per_seed,
+               "teachers": {t.name: {"val_accuracy": t.meta["val_accuracy"], "test_accuracy": t.meta["test_accuracy"],
+                                     "params": t.meta["params"]} for t in teachers}}
+    folder = Path(out_dir) if out_dir else Path("runs") / config.name
+    metrics["exports"] = write_run(folder, students[0], config, metrics)
+    for kind, outcome in metrics["exports"].items():
+        if outcome not in (TORCHSCRIPT_FILE, ONNX_FILE):
+            log(f"{kind} export: {outcome}")
+    return TrainRun(folder, students[0], metrics)
+
+
+def _as_config(config: TrainConfig | str | Path, source: str | None) -> tuple[TrainConfig, str]:
+    """(the config, the file name its errors and relative paths refer to)."""
+    if isinstance(config, TrainConfig):
+        return config, source or "<config>"
+    return load_train_config(config), source or str(config)
+
+
+def _check_teachers_match_export(config: TrainConfig, teachers: list[Teacher], log: Callable[[str], None]) -> None:
+    """Warn when a teacher differs from the one the exported trial learnt from: the trial won't reproduce."""
+    expected = (config.provenance or {}).get("teacher_keys", {})
+    for teacher in teachers:
+        key = teacher.meta.get("key")
+        if teacher.name in expected and key != expected[teacher.name]:
+            log(f"warning: teacher {teacher.name!r} (cache key {str(key)[:12]}) is not the one trial "
+                f"{config.provenance.get('trial')} learnt from ({expected[teacher.name][:12]}); "
+                "accuracy may differ from the search")
+
+
+def prepare_targets(config: TrainConfig, data, source: str = "<config>", log: Callable[[str], None] = print):
+    """The config's teachers (trained/loaded once, cached) and where the student's targets come from.
+
+    Cached outputs are per sample index; augmented inputs need the teachers run on the batch itself.
+    """
+    uses_teachers = config.distill.w_kd > 0 or config.distill.w_feat > 0
+    chosen = config.selected_teachers() if uses_teachers else []
+    base = Path(source).parent if source and not source.startswith("<") else Path(".")
+    teachers = prepare_teachers(chosen, data, config.cache_dir,
+                                lambda path: Path(path) if Path(path).is_absolute() else base / path, log=log)
+    if not teachers:
+        return teachers, None
+    if config.augment:
+        return teachers, OnlineTeachers([t.model for t in teachers])
+    return teachers, teacher_outputs(teachers, data)
+
+
+def fit_config(config: TrainConfig, data, targets, seed: int | None = None):
+    """Build the config's student and train it with `distill.fit`; returns (student in eval mode, FitResult)."""
+    seed = config.seed if seed is None else seed
+    student = build_student(config, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed)
+    result = fit(student, data, targets, config.distill, config.schedule,
+                 seed=seed, device=config.device, augment=config.augment)
+    return student.cpu().eval(), result
+
+
+def build_student(config: TrainConfig | str | Path, *, input_shape: Sequence[int] | None = None,
+                  num_classes: int | None = None, seed: int | None = None) -> ZooModel:
+    """The config's student, freshly initialised from `seed` (default: the config's), for your own loop.
+
+    Without `input_shape`/`num_classes` the config's dataset is loaded to find them. The
+    initial weights depend on the seed only, never on what ran before in the process: the
+    search and `autokd train` build the same student for the same seed.
+
+    Example::
+
+        student = autokd.build_student("best.yaml")                 # train mode, untrained
+        logits, features = student.forward_features(torch.zeros(4, 1, 8, 8))
+    """
+    config, source = _as_config(config, None)
+    if input_shape is None or num_classes is None:
+        data = load_data(config.data, source)
+        input_shape, num_classes = input_shape or data.input_shape, num_classes or data.num_classes
+    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
+        torch.manual_seed(config.seed if seed is None else seed)
+        return build_model(config.student, tuple(input_shape), num_classes)
+
+
+def load_student(run_dir: str | Path) -> ZooModel:
+    """The trained student of a run folder, in eval mode; a one-line CheckpointError if it is unusable.
+
+    Example::
+
+        student = autokd.load_student("runs/best")
+        predictions = student(x).argmax(dim=1)
+    """
+    folder = Path(run_dir)
+    missing = [name for name in ("config.yaml", "metrics.json") if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder}: not an autokd run folder (no {missing[0]})")
+    config = load_train_config(folder / "config.yaml")
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        input_shape, num_classes = tuple(metrics["input_shape"]), int(metrics["num_classes"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{folder / 'metrics.json'}: unreadable or without input_shape/num_classes: "
+                              f"{type(error).__name__}") from None
+    student = build_model(config.student, input_shape, num_classes)
+    load_state_dict(student, folder / STUDENT_FILE, f"run {folder}")
+    return student.eval()
+
+
+def _summary(per_seed: list[dict]) -> dict:
+    summary = {}
+    for key in ("val_accuracy", "test_accuracy", "train_seconds"):
+        values = [row[key] for row in per_seed]
+        summary[key] = values[0]
+        summary[f"{key}_mean"] = statistics.fmean(values)
+        summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return summary
+
+
+def write_run(folder: Path, student: ZooModel, config: TrainConfig, metrics: dict) -> dict[str, str]:
+    """Write the run folder atomically (a temp folder renamed into place); returns what each export wrote.
+
+    `metrics` must hold ``input_shape`` and ``num_classes``: `load_student` rebuilds the model from them.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        torch.save(student.state_dict(), staging / STUDENT_FILE)
+        (staging / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        exports = export_student(student, tuple(metrics["input_shape"]), staging)
+        (staging / "metrics.json").write_text(json.dumps({**metrics, "exports": exports}, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return exports
+
+
+def export_student(student: ZooModel, input_shape: tuple[int, ...], folder: Path) -> dict[str, str]:
+    """Write TorchScript and ONNX copies of `student` into `folder`; {kind: file written, or why not}.
+
+    An exporter failure is recorded, never raised: the state_dict is the checkpoint that matters.
+
+    Example::
+
+        export_student(student, (1, 8, 8), Path("runs/best"))
+        # {"torchscript": "student.torchscript.pt", "onnx": "student.onnx"}
+    """
+    student = student.cpu().eval()
+    example = torch.zeros(2, *input_shape)  # batch 2: torch.export specialises a batch of 1 to a constant
+    outcomes = {}
+    for kind, file, write in (("torchscript", TORCHSCRIPT_FILE, _write_torchscript), ("onnx", ONNX_FILE, _write_onnx)):
+        try:
+            write(student, example, folder / file)
+            outcomes[kind] = file
+        except ImportError as error:
+            outcomes[kind] = f"skipped: {error.name or 'a module'} is not installed"
+        except Exception as error:  # exporters raise many types; the run itself is fine
+            outcomes[kind] = f"failed: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+    return outcomes
+
+
+def _write_torchscript(student: ZooModel, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():  # torch.jit is deprecated upstream but still the one format C++ loads
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(student, example), str(path))
+
+
+def _write_onnx(student: ZooModel, example: torch.Tensor, path: Path) -> None:
+    import onnx  # noqa: F401  (the exporter needs it; without it the export is skipped, not failed)
+
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # the exporter warns about optional torchvision ops
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(student, (example,), str(path), input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                              external_data=False, verbose=False)
+    finally:
+        exporter_log.setLevel(level)

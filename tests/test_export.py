@@ -1,0 +1,200 @@
+"""Export: each rule picks the right COMPLETE trial; impossible asks fail on one line; output round-trips.
+
+The study is synthetic, stored the way search.py writes it (directions, "objectives",
+"study_spec", per-trial "config"/"seed"/sizes), so no training happens here.
+"""
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from autokd.data import load_data
+from autokd.errors import AutokdError
+from autokd.export import export_config
+from autokd.spec import load_study, load_train_config
+from autokd.teachers import prepare_teachers
+from autokd.zoo import arch_size, build_model
+
+TEACHER_ARCH = {"family": "mlp", "depth": 1, "width": 16}
+COMPLETE, FAIL, PRUNED, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                                   optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+
+# number: (state, student width, val accuracy, attrs). MLP 64-w-10 has 75w + 10 params.
+# Front: 0 (610, .80), 1 (1210, .88), 6 (1810, .91), 3 (2410, .95), 5 (4810, .955); its knee is 3.
+TRIALS = {
+    0: (COMPLETE, 8, 0.80, {}),
+    1: (COMPLETE, 16, 0.88, {}),
+    2: (FAIL, 4, None, {"failure_reason": "RuntimeError: boom"}),
+    3: (COMPLETE, 32, 0.95, {}),
+    4: (PRUNED, 128, None, {"pruned_reason": "infeasible: params 9610 > 5000"}),
+    5: (COMPLETE, 64, 0.955, {}),
+    6: (COMPLETE, 24, 0.91, {}),
+    7: (PRUNED, 5, None, {"pruned_reason": "early-stopped at epoch 1 of 3"}),
+    8: (RUNNING, 3, None, {}),
+}
+
+
+def _study_file(tmp_path: Path) -> Path:
+    checkpoint = tmp_path / "ckpt" / "loaded.pt"
+    checkpoint.parent.mkdir()
+    torch.save(build_model(TEACHER_ARCH, (1, 8, 8), 10).state_dict(), checkpoint)
+    document = {
+        "name": "synthetic",
+        "data": {"name": "digits", "val_fraction": 0.15},
+        "teachers": [{"name": "tiny", "arch": TEACHER_ARCH, "schedule": {"epochs": 1}},
+                     {"name": "loaded", "arch": TEACHER_ARCH, "checkpoint": "ckpt/loaded.pt"}],
+        "student": {"family": "mlp", "depth": 1, "width": 8},
+        "schedule": {"epochs": 3, "batch_size": 64},
+        "cache_dir": str(tmp_path / "cache"),
+        "search_space": {"params": {"student.width": {"type": "int", "low": 4, "high": 128}}},
+    }
+    path = tmp_path / "synthetic.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def _trial_config(spec, number: int, width: int) -> dict:
+    """What search.py stores: the study's defaults with the sampled values applied."""
+    config = spec.train_config()
+    config.student = {**config.student, "width": width}
+    config.seed = spec.seed + number
+    if number == 0:  # a CE-only trial: it needs no teacher
+        config.distill = config.distill.model_copy(update={"w_ce": 1.0, "w_kd": 0.0})
+    elif number % 2:  # odd trials learn from the loaded teacher only
+        config.distill.teachers = ["loaded"]
+    return config.model_dump()
+
+
+@pytest.fixture(scope="module")
+def study_file(tmp_path_factory) -> Path:
+    path = _study_file(tmp_path_factory.mktemp("export"))
+    spec = load_study(path)
+    study = optuna.create_study(study_name=spec.name, storage=spec.storage_url(), directions=spec.directions)
+    study.set_user_attr("objectives", spec.objectives)
+    study.set_user_attr("study_spec", spec.model_dump(mode="json"))
+    for number, (state, width, accuracy, extra) in TRIALS.items():
+        size = arch_size({"family": "mlp", "depth": 1, "width": width}, (1, 8, 8), 10).as_dict()
+        attrs = {"config": _trial_config(spec, number, width), "seed": spec.seed + number, **size, **extra}
+        study.add_trial(optuna.trial.create_trial(
+            state=state, values=[accuracy, size["params"]] if state == COMPLETE else None,
+            params={"student.width": width},
+            distributions={"student.width": optuna.distributions.IntDistribution(4, 128)}, user_attrs=attrs))
+    return path
+
+
+@pytest.mark.parametrize("rule, expected", [
+    ({"trial": 5}, 5),
+    ({"max_params": 1500}, 1),
+    ({"max_params": 5000}, 5),
+    ({"max_params": 1000}, 0),
+    ({"max_bytes": 4 * 2410}, 3),
+    ({"max_params": 5000, "max_bytes": 4 * 1810}, 6),
+    ({"min_accuracy": 0.5}, 0),
+    ({"min_accuracy": 0.9}, 6),
+    ({"min_accuracy": 0.95}, 3),
+    ({"knee": True}, 3),
+])
+def test_each_rule_picks_the_trial_chosen_by_hand(study_file, tmp_path, rule, expected):
+    path, chosen = export_config(str(study_file), tmp_path / "best.yaml", **rule)
+    assert chosen == expected
+    assert load_train_config(path).provenance["trial"] == expected
+
+
+def test_exported_config_is_standalone_and_round_trips(study_file, tmp_path):
+    path, _ = export_config(str(study_file), tmp_path / "out" / "best.yaml", trial=3)
+    config = load_train_config(path)
+    stored = optuna.load_study(study_name="synthetic", storage=load_study(study_file).storage_url()).trials[3]
+
+    assert config.seed == stored.user_attrs["seed"] == 3
+    assert config.student == stored.user_attrs["config"]["student"]
+    assert config.schedule.model_dump() == stored.user_attrs["config"]["schedule"]
+    assert [t.name for t in config.teachers] == ["loaded"]  # only the teacher the trial learnt from
+    assert config.teachers[0].checkpoint == str((study_file.parent / "ckpt" / "loaded.pt").resolve())
+    assert Path(config.cache_dir).is_absolute()
+    provenance = config.provenance
+    assert provenance["study"] == "synthetic" and provenance["trial"] == 3
+    assert provenance["val_accuracy"] == 0.95
+    assert (provenance["params"], provenance["bytes_fp32"]) == (2410, 4 * 2410)
+    assert {"storage", "macs", "exported_at"} <= set(provenance)
+    assert not any("test" in key for key in provenance)
+    assert not list(path.parent.glob(".*.tmp"))  # the temp file was renamed, not left behind
+
+
+def test_teacher_keys_match_the_cache_that_training_uses(study_file, tmp_path):
+    path, _ = export_config(str(study_file), tmp_path / "best.yaml", trial=1)
+    config = load_train_config(path)
+    data = load_data(config.data)
+    cached = prepare_teachers(config.teachers, data, config.cache_dir)  # "loaded": no training, just a load
+    assert config.provenance["teacher_keys"] == {t.name: t.meta["key"] for t in cached}
+
+
+def test_ce_only_trial_exports_without_teachers(study_file, tmp_path):
+    path, chosen = export_config(str(study_file), tmp_path / "best.yaml", max_params=1000)
+    config = load_train_config(path)
+    assert chosen == 0 and config.teachers == [] and config.distill.teachers is None
+    assert config.provenance["teacher_keys"] == {}
+
+
+def test_study_opens_by_name_with_storage(study_file, tmp_path):
+    url = load_study(study_file).storage_url()
+    path, chosen = export_config("synthetic", tmp_path / "best.yaml", storage=url, max_params=1000)
+    assert chosen == 0 and load_train_config(path).provenance["storage"] == url
+
+
+def test_relative_checkpoint_unresolvable_by_name_fails_on_one_line(study_file, tmp_path):
+    # Opened by name, the study file's folder is unknown: the stored relative path cannot resolve.
+    url = load_study(study_file).storage_url()
+    with pytest.raises(AutokdError, match=r"^export: study 'synthetic' trial 3: teacher checkpoint not found: "
+                                          r".*ckpt/loaded.pt \(open the study by its YAML file"):
+        export_config("synthetic", tmp_path / "best.yaml", storage=url, trial=3)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("rule, message", [
+    ({"max_params": 500}, "export: --max-params 500: no complete trial has params <= 500 (smallest: 610)"),
+    ({"max_bytes": 100}, "export: --max-bytes 100: no complete trial has bytes_fp32 <= 100 (smallest: 2,440)"),
+    ({"max_params": 10, "max_bytes": 100}, "export: --max-params 10 --max-bytes 100: no complete trial has "
+                                           "params <= 10 and bytes_fp32 <= 100 (smallest: params 610, "
+                                           "bytes_fp32 2,440)"),
+    ({"min_accuracy": 0.99}, "export: --min-accuracy 0.99: no complete trial has val_accuracy >= 0.99 "
+                             "(best: 0.9550)"),
+    ({"trial": 2}, "export: --trial 2: trial 2 is FAIL (RuntimeError: boom); only COMPLETE trials can be exported"),
+    ({"trial": 4}, "export: --trial 4: trial 4 is PRUNED (infeasible: params 9610 > 5000); only COMPLETE"),
+    ({"trial": 7}, "trial 7 is PRUNED (early-stopped at epoch 1 of 3)"),
+    ({"trial": 8}, "export: --trial 8: trial 8 is RUNNING (still running); only COMPLETE"),
+    ({"trial": 42}, "export: --trial 42: study 'synthetic' has no trial 42 (trials 0-8)"),
+    ({}, "export: give exactly one selection rule of --trial, --max-params/--max-bytes, --min-accuracy, "
+         "--knee; got none"),
+    ({"trial": 1, "knee": True}, "got --trial and --knee"),
+    ({"min_accuracy": 0.9, "max_params": 10}, "got --max-params/--max-bytes and --min-accuracy"),
+])
+def test_impossible_or_ambiguous_requests_fail_on_one_line_and_write_nothing(study_file, tmp_path, rule, message):
+    with pytest.raises(AutokdError) as error:
+        export_config(str(study_file), tmp_path / "best.yaml", **rule)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_failed_and_pruned_trials_are_never_candidates(study_file, tmp_path):
+    # Trials 2, 4, 7 and 8 are smaller or bigger than every complete trial; no rule may reach them.
+    picks = {export_config(str(study_file), tmp_path / "best.yaml", **rule)[1]
+             for rule in ({"max_params": 10_000}, {"min_accuracy": 0.0}, {"knee": True},
+                          {"max_params": 700}, {"max_bytes": 40_000})}
+    assert picks.isdisjoint({2, 4, 7, 8})
+
+
+def test_output_that_is_a_folder_is_refused(study_file, tmp_path):
+    with pytest.raises(AutokdError, match=r"--output .*: is a folder; give a file name such as .*best.yaml$"):
+        export_config(str(study_file), tmp_path, knee=True)
+    assert not list(tmp_path.iterdir())
+
+
+def test_study_without_complete_trials_says_so(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'empty.db'}"
+    study = optuna.create_study(study_name="empty", storage=storage, directions=["maximize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(state=FAIL, user_attrs={"failure_reason": "x"}))
+    with pytest.raises(AutokdError, match=r"study 'empty' has no complete trial yet \(1 FAIL\)"):
+        export_config("empty", tmp_path / "best.yaml", storage=storage, knee=True)

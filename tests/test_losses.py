@@ -1,0 +1,225 @@
+"""Distillation losses against values computed by hand (math.exp / math.log) on 2x3 tensors."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autokd.losses import DistillationLoss, ensemble_logits, kd_dkd, kd_kl, kd_mse
+
+STUDENT = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
+TEACHER = [[2.0, 1.0, 0.0], [0.5, 0.5, 1.0]]
+SECOND_TEACHER = [[0.0, 3.0, -1.0], [1.0, 2.0, 0.0]]
+TARGETS = [1, 2]
+
+
+def _tensor(rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def _softmax(row, temperature=1.0):
+    exps = [math.exp(z / temperature) for z in row]
+    return [e / sum(exps) for e in exps]
+
+
+def _kl(p, q):
+    """KL(p || q) = sum_i p_i * log(p_i / q_i)."""
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+
+def _close(tensor, value):
+    return torch.allclose(torch.as_tensor(tensor, dtype=torch.float64), torch.as_tensor(value, dtype=torch.float64),
+                          rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- single KD losses
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_kd_kl_matches_hand_computation_with_t_squared(temperature):
+    per_row = [_kl(_softmax(t, temperature), _softmax(s, temperature)) for s, t in zip(STUDENT, TEACHER)]
+    expected = sum(per_row) / 2 * temperature ** 2  # batchmean, then Hinton's T² factor
+    assert _close(kd_kl(_tensor(STUDENT), _tensor(TEACHER), temperature), expected)
+
+
+def test_kd_kl_is_zero_when_student_equals_teacher():
+    assert _close(kd_kl(_tensor(TEACHER), _tensor(TEACHER), 3.0), 0.0)
+
+
+def test_kd_mse_matches_hand_computation():
+    squared = [(s - t) ** 2 for s_row, t_row in zip(STUDENT, TEACHER) for s, t in zip(s_row, t_row)]
+    assert _close(kd_mse(_tensor(STUDENT), _tensor(TEACHER)), sum(squared) / 6)
+
+
+def _hand_dkd(temperature, alpha, beta):
+    tckd, nckd = [], []
+    for s, t, y in zip(STUDENT, TEACHER, TARGETS):
+        p_s, p_t = _softmax(s, temperature), _softmax(t, temperature)
+        # TCKD: binary distributions (target, all other classes)
+        tckd.append(_kl([p_t[y], 1 - p_t[y]], [p_s[y], 1 - p_s[y]]))
+        # NCKD: distributions over the non-target classes, renormalised
+        others_s = [p for i, p in enumerate(p_s) if i != y]
+        others_t = [p for i, p in enumerate(p_t) if i != y]
+        nckd.append(_kl([p / sum(others_t) for p in others_t], [p / sum(others_s) for p in others_s]))
+    return (alpha * sum(tckd) / 2 + beta * sum(nckd) / 2) * temperature ** 2
+
+
+@pytest.mark.parametrize(("temperature", "alpha", "beta"), [(1.0, 1.0, 8.0), (2.0, 0.5, 2.0), (4.0, 0.0, 1.0)])
+def test_kd_dkd_matches_hand_computation(temperature, alpha, beta):
+    loss = kd_dkd(_tensor(STUDENT), _tensor(TEACHER), torch.tensor(TARGETS), temperature, alpha, beta)
+    assert torch.allclose(loss, torch.tensor(_hand_dkd(temperature, alpha, beta), dtype=torch.float64), rtol=1e-6)
+
+
+def test_kd_dkd_stays_finite_for_confident_logits():
+    confident = torch.tensor([[60.0, -60.0, 0.0]])
+    loss = kd_dkd(confident, -confident, torch.tensor([0]), 1.0, 1.0, 8.0)
+    assert torch.isfinite(loss)
+
+
+# --------------------------------------------------------------------------- teacher ensembles
+
+
+def _two_teachers():
+    return torch.stack([_tensor(TEACHER), _tensor(SECOND_TEACHER)])  # [T=2, B=2, C=3]
+
+
+def test_ensemble_mean_logits():
+    expected = [[(a + b) / 2 for a, b in zip(r1, r2)] for r1, r2 in zip(TEACHER, SECOND_TEACHER)]
+    assert _close(ensemble_logits(_two_teachers(), torch.tensor(TARGETS), "mean_logits", 2.0), expected)
+
+
+def test_ensemble_mean_probs_softmax_is_mean_of_probs():
+    temperature = 2.0
+    result = ensemble_logits(_two_teachers(), torch.tensor(TARGETS), "mean_probs", temperature)
+    mean_probs = [[(a + b) / 2 for a, b in zip(_softmax(r1, temperature), _softmax(r2, temperature))]
+                  for r1, r2 in zip(TEACHER, SECOND_TEACHER)]
+    assert _close(torch.softmax(result / temperature, dim=-1), mean_probs)
+    assert _close(result, [[temperature * math.log(p) for p in row] for row in mean_probs])
+
+
+def test_ensemble_confidence_weights_teachers_by_true_label_probability():
+    temperature = 2.0
+    result = ensemble_logits(_two_teachers(), torch.tensor(TARGETS), "confidence", temperature)
+    expected = []
+    for r1, r2, y in zip(TEACHER, SECOND_TEACHER, TARGETS):
+        p1, p2 = _softmax(r1)[y], _softmax(r2)[y]  # how well each teacher predicts the true label (T=1)
+        w1, w2 = p1 / (p1 + p2), p2 / (p1 + p2)
+        expected.append([w1 * a + w2 * b for a, b in zip(_softmax(r1, temperature), _softmax(r2, temperature))])
+    assert _close(torch.softmax(result / temperature, dim=-1), expected)
+
+
+@pytest.mark.parametrize("method", ["mean_logits", "mean_probs", "confidence"])
+def test_single_teacher_logits_pass_through(method):
+    one = _tensor(TEACHER).unsqueeze(0)
+    assert torch.equal(ensemble_logits(one, torch.tensor(TARGETS), method, 4.0), _tensor(TEACHER))
+
+
+def test_ensemble_rejects_unknown_method_and_missing_targets():
+    with pytest.raises(ValueError, match=r"one of \['confidence', 'mean_logits', 'mean_probs'\], got 'max'"):
+        ensemble_logits(_two_teachers(), torch.tensor(TARGETS), "max", 1.0)
+    with pytest.raises(ValueError, match="targets"):
+        ensemble_logits(_two_teachers(), None, "confidence", 1.0)
+    with pytest.raises(ValueError, match=r"\[teachers, batch, classes\]"):
+        ensemble_logits(_tensor(TEACHER), torch.tensor(TARGETS), "mean_logits", 1.0)
+
+
+# --------------------------------------------------------------------------- DistillationLoss
+
+
+def _hand_cross_entropy():
+    return -sum(math.log(_softmax(s)[y]) for s, y in zip(STUDENT, TARGETS)) / 2
+
+
+def test_total_is_the_weighted_sum_of_its_parts():
+    torch.manual_seed(0)
+    loss_fn = DistillationLoss(w_ce=0.3, w_kd=0.7, w_feat=0.2, kind="kl", temperature=2.0,
+                               student_feature_dim=4, teacher_feature_dim=5).double()
+    student_features, teacher_features = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    total, parts = loss_fn(_tensor(STUDENT), torch.tensor(TARGETS), _two_teachers(), student_features, teacher_features)
+
+    ce = _hand_cross_entropy()
+    kd = kd_kl(_tensor(STUDENT), ensemble_logits(_two_teachers(), None, "mean_logits", 2.0), 2.0).item()
+    feat = ((loss_fn.regressor(student_features) - teacher_features) ** 2).mean().item()
+    assert parts == pytest.approx({"ce": ce, "kd": kd, "feat": feat}, rel=1e-9)
+    assert all(isinstance(value, float) for value in parts.values())
+    assert _close(total, 0.3 * ce + 0.7 * kd + 0.2 * feat)
+
+
+@pytest.mark.parametrize("kind", ["mse", "dkd"])
+def test_kind_selects_the_kd_loss(kind):
+    loss_fn = DistillationLoss(w_ce=0.0, w_kd=1.0, kind=kind, temperature=2.0, dkd_alpha=0.5, dkd_beta=2.0)
+    teachers = _tensor(TEACHER).unsqueeze(0)
+    total, _ = loss_fn(_tensor(STUDENT), torch.tensor(TARGETS), teachers)
+    expected = (_hand_dkd(2.0, 0.5, 2.0) if kind == "dkd"
+                else kd_mse(_tensor(STUDENT), _tensor(TEACHER)).item())
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_zero_weight_terms_are_not_computed():
+    loss_fn = DistillationLoss(w_ce=1.0, w_kd=0.0, w_feat=0.0)
+    poisoned_teachers = torch.full((1, 2, 3), float("nan"))
+    total, parts = loss_fn(_tensor(STUDENT), torch.tensor(TARGETS), poisoned_teachers)
+    assert parts.keys() == {"ce"}
+    assert _close(total, _hand_cross_entropy())
+    assert loss_fn.regressor is None and not list(loss_fn.parameters())
+    total, parts = loss_fn(_tensor(STUDENT), torch.tensor(TARGETS))  # no teacher inputs needed at all
+    assert parts.keys() == {"ce"}
+
+
+def test_feature_regressor_and_student_get_gradients_but_teachers_do_not():
+    loss_fn = DistillationLoss(w_ce=0.0, w_kd=1.0, w_feat=1.0, student_feature_dim=4, teacher_feature_dim=6)
+    student_logits = torch.randn(3, 5, requires_grad=True)
+    student_features = torch.randn(3, 4, requires_grad=True)
+    teacher_logits = torch.randn(2, 3, 5, requires_grad=True)
+    teacher_features = torch.randn(3, 6, requires_grad=True)
+    total, _ = loss_fn(student_logits, torch.tensor([0, 1, 4]), teacher_logits, student_features, teacher_features)
+    total.backward()
+    assert loss_fn.regressor.weight.grad.abs().sum() > 0
+    assert loss_fn.regressor.bias.grad.abs().sum() > 0
+    assert student_features.grad.abs().sum() > 0 and student_logits.grad.abs().sum() > 0
+    assert teacher_logits.grad is None and teacher_features.grad is None
+
+
+def test_missing_teacher_input_for_a_weighted_term_is_an_error():
+    with pytest.raises(ValueError, match="teacher_logits"):
+        DistillationLoss(w_kd=1.0)(_tensor(STUDENT), torch.tensor(TARGETS))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"w_ce": -1.0}, r"w_ce must be a number >= 0, got -1.0"),
+    ({"w_kd": float("nan")}, r"w_kd must be a number >= 0, got nan"),
+    ({"dkd_beta": -2}, r"dkd_beta must be a number >= 0, got -2"),
+    ({"temperature": 0}, r"temperature must be a number > 0, got 0"),
+    ({"temperature": "4"}, r"temperature must be a number > 0, got '4'"),
+    ({"kind": "cosine"}, r"kind must be one of \['dkd', 'kl', 'mse'\], got 'cosine'"),
+    ({"aggregation": "max"}, r"aggregation must be one of \['confidence', 'mean_logits', 'mean_probs'\], got 'max'"),
+    ({"w_feat": 0.5, "student_feature_dim": 8},
+     r"teacher_feature_dim must be an integer >= 1 when w_feat > 0, got None"),
+    ({"w_ce": 0.0}, r"w_ce \+ w_kd \+ w_feat must be > 0"),
+])
+def test_invalid_arguments_name_the_parameter(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DistillationLoss(**kwargs)
+
+
+def test_from_config_reads_a_train_config_a_distill_section_or_a_dict():
+    section = SimpleNamespace(w_ce=0.1, w_kd=0.9, w_feat=0.5, kind="dkd", temperature=3.0,
+                              dkd_alpha=0.5, dkd_beta=4.0, aggregation="confidence", teachers=["a"])
+    expected = {"w_ce": 0.1, "w_kd": 0.9, "w_feat": 0.5, "kind": "dkd", "temperature": 3.0,
+                "dkd_alpha": 0.5, "dkd_beta": 4.0, "aggregation": "confidence"}
+    for cfg in (SimpleNamespace(distill=section), section, dict(vars(section)), {"distill": dict(vars(section))}):
+        loss_fn = DistillationLoss.from_config(cfg, student_feature_dim=8, teacher_feature_dim=16)
+        assert {name: getattr(loss_fn, name) for name in expected} == expected
+        assert loss_fn.regressor.in_features == 8 and loss_fn.regressor.out_features == 16
+
+
+def test_from_config_uses_defaults_for_missing_fields():
+    loss_fn = DistillationLoss.from_config({"w_kd": 0.5})
+    assert (loss_fn.w_ce, loss_fn.w_kd, loss_fn.kind, loss_fn.temperature) == (1.0, 0.5, "kl", 4.0)
+
+
+def test_cross_entropy_term_matches_torch():
+    total, _ = DistillationLoss()(_tensor(STUDENT), torch.tensor(TARGETS))
+    assert _close(total, F.cross_entropy(_tensor(STUDENT), torch.tensor(TARGETS)))

@@ -1,0 +1,97 @@
+"""Search spaces: YAML grammar -> Optuna define-by-run, conditionals, teacher subsets."""
+
+import optuna
+import pytest
+
+from autokd.errors import ConfigError
+from autokd.space import SUBSET_SEPARATOR, parse_space
+from autokd.spec import StudySpec
+
+STUDY = StudySpec.model_validate({
+    "name": "s", "search_space": "unused.yaml",
+    "teachers": [{"name": n, "arch": {"family": "mlp", "width": 16}} for n in ("a", "b", "c")],
+    "student": {"family": "mlp", "depth": 1, "width": 8},
+})
+
+FULL = {"params": {
+    "student.family": {"type": "categorical", "choices": ["mlp", "cnn"]},
+    "student.width": {"type": "int", "low": 4, "high": 64, "log": True, "when": {"student.family": ["mlp"]}},
+    "student.channels": {"type": "int", "low": 2, "high": 8, "when": {"student.family": ["cnn"]}},
+    "distill.kind": {"type": "categorical", "choices": ["kl", "dkd"]},
+    "distill.dkd_beta": {"type": "float", "low": 1, "high": 8, "when": {"distill.kind": ["dkd"]}},
+    "distill.teachers": {"type": "teacher_subset"},
+    "distill.temperature": {"type": "float", "low": 1, "high": 16, "log": True},
+    "schedule.epochs": {"type": "fixed", "value": 3},
+}}
+
+
+def sample(space, n=40):
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    trials = []
+    for _ in range(n):
+        trial = study.ask()
+        space.suggest(trial)
+        trials.append(trial.params)
+        study.tell(trial, [0.5, 1.0])
+    return trials
+
+
+def test_conditionals_only_appear_when_their_condition_holds():
+    space = parse_space(FULL, "space.yaml", STUDY)
+    for params in sample(space):
+        assert ("student.width" in params) == (params["student.family"] == "mlp")
+        assert ("student.channels" in params) == (params["student.family"] == "cnn")
+        assert ("distill.dkd_beta" in params) == (params["distill.kind"] == "dkd")
+
+
+def test_teacher_subsets_are_non_empty_and_cover_all_seven():
+    space = parse_space(FULL, "space.yaml", STUDY)
+    choices = space.subsets(space.params["distill.teachers"])
+    assert len(choices) == 7 and all(choice for choice in choices)
+    assert {len(c.split(SUBSET_SEPARATOR)) for c in choices} == {1, 2, 3}
+
+
+def test_apply_builds_a_valid_config_and_switches_family():
+    space = parse_space(FULL, "space.yaml", STUDY)
+    config = space.apply(STUDY.train_config(), {"student.family": "cnn", "student.channels": 4,
+                                                "distill.kind": "kl", "distill.teachers": "a+c",
+                                                "distill.temperature": 2.5})
+    assert config.student["family"] == "cnn" and config.student["channels"] == 4
+    assert "width" not in config.student  # the mlp's shape does not leak into the cnn
+    assert config.distill.teachers == ["a", "c"] and config.distill.temperature == 2.5
+    assert config.schedule.epochs == 3  # fixed values are applied too
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"distill.temperature": {"type": "float", "low": 5, "high": 1}}, "low must be <= high"),
+    ({"distill.kind": {"type": "categorical", "choices": []}}, "params"),
+    ({"distill.temperature": {"type": "float", "low": 0, "high": 1, "log": True}}, "log scale needs low > 0"),
+    ({"distill.temperature": {"type": "gaussian", "low": 0, "high": 1}}, "params"),
+    ({"distill.t": {"type": "float", "low": 1, "high": 2}}, "params.distill.t: unknown key"),
+    ({"optimizer.lr": {"type": "float", "low": 1, "high": 2}}, "expected a dotted key starting with one of"),
+    ({"distill.temperature": {"type": "float", "low": 1, "high": 2, "when": {"distill.kind": ["kl"]}}},
+     "when: 'distill.kind' is not a parameter defined above this one"),
+    ({"student.family": {"type": "categorical", "choices": ["mlp", "cnn"]},
+      "student.width": {"type": "int", "low": 2, "high": 8}}, "family 'cnn' has no parameter 'width'"),
+    ({"distill.w_ce": {"type": "teacher_subset"}}, "only for distill.teachers"),
+])
+def test_bad_spaces_are_one_line_errors(params, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_space({"params": params}, "space.yaml", STUDY)
+    assert expected in str(error.value) and str(error.value).startswith("space.yaml")
+    assert "\n" not in str(error.value)
+
+
+def test_shipped_spaces_load(tmp_path):
+    from pathlib import Path
+
+    from autokd.space import load_space
+    from autokd.spec import load_study
+
+    for study_file in sorted(Path("studies").glob("*.yaml")):
+        spec = load_study(study_file)
+        space = load_space(spec)
+        assert len(space.params) >= 3
+        config = space.apply(spec.train_config(), sample(space, 1)[0])
+        assert config.student["family"] in {"mlp", "cnn"}
