@@ -130,6 +130,8 @@ def _print_front(front, objectives: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from autokd.spec import SIZE_METRICS
+
     if front is None or len(front) == 0:
         typer.echo("no complete trials yet")
         return
@@ -140,7 +142,7 @@ def _print_front(front, objectives: list[str]) -> None:
     for column in columns:
         table.add_column(column, justify="right")
     for _, row in front.iterrows():
-        table.add_row(*[_cell(row[c]) for c in columns])
+        table.add_row(*[_cell(int(row[c]) if c in SIZE_METRICS else row[c]) for c in columns])
     Console(width=max(120, Console().width)).print(table)
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import optuna
 import pandas as pd
+import torch
 
 from autokd import data as data_module
 from autokd import distill, train
@@ -116,6 +118,16 @@ def _run_baselines(runner: _Runner, config: TrainConfig, trial_number: int) -> d
     return accuracies
 
 
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _gain(accuracy: float, baseline: float) -> float:
     return round(100.0 * (accuracy - baseline), 6)  # percentage points; rounding hides float noise only
 
@@ -127,6 +139,8 @@ class _Runner:
         self.folder = Path(spec.cache_dir) / "evaluations" / spec.name
         self.source = spec.source
         self.log = log
+        # A trial trained with this many threads; the same count keeps CPU results bit-identical.
+        self.threads = max(1, int(spec.resources.cpus_per_trial))
         self._datasets: dict[str, data_module.Dataset] = {}
         self._targets: dict[str, object] = {}
 
@@ -135,7 +149,9 @@ class _Runner:
         if path.is_file():
             return json.loads(path.read_text())
         data = self._dataset(config)
-        student, fitted = train.fit_config(config, data, self._targets_for(config, data))
+        targets = self._targets_for(config, data)
+        with _threads(self.threads):
+            student, fitted = train.fit_config(config, data, targets)
         result = {"trial": trial_number, "kind": kind, "seed": config.seed,
                   "val_accuracy": fitted.val_accuracy,
                   "test_accuracy": distill.evaluate(student, data.x_test, data.y_test),

@@ -484,7 +484,11 @@ def _image(folder: Path, name: str, alt: str) -> str:
 
 
 def _arch_text(arch: dict) -> str:
-    rest = " ".join(f"{k}={v}" for k, v in arch.items() if k != "family")
+    """`mlp depth=1 width=22`: the family and the shape values that differ from its defaults."""
+    from autokd.zoo import FAMILIES
+
+    defaults = FAMILIES.get(arch.get("family"), {})
+    rest = " ".join(f"{k}={v}" for k, v in arch.items() if k != "family" and defaults.get(k, object()) != v)
     return f"{arch.get('family', '?')} {rest}".strip()
 
 
@@ -575,7 +579,7 @@ h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bott
 .sub{color:#5b6573;margin:0 0 16px}.scroll{overflow-x:auto}
 table{border-collapse:collapse;font-size:13px;margin:6px 0}th,td{padding:4px 8px;border-bottom:1px solid #e6e8eb;
 text-align:left;vertical-align:top}th{background:#f0f2f5;white-space:nowrap}tbody tr:nth-child(even){background:#fafbfc}
-tr.knee{background:#fff6d6 !important;font-weight:600}code{font-size:12px;white-space:nowrap}
+tr.knee{background:#fff6d6 !important;font-weight:600}code{font-size:12px}td code{display:inline-block;min-width:22em}
 figure{margin:8px 0}img{max-width:100%;height:auto;border:1px solid #eceef1}
 .notes{background:#fff8e6;border-left:4px solid #f0b429;padding:8px 14px}.empty{color:#8a4b00;font-weight:600}
 """

@@ -109,7 +109,7 @@ def hypervolume_reference(spec: StudySpec) -> list[float]:
 
 def hypervolume_points(frame: pd.DataFrame, spec: StudySpec) -> np.ndarray:
     complete = frame[frame["state"] == "COMPLETE"]
-    points = complete[spec.objectives].to_numpy(float)
+    points = complete[spec.objectives].to_numpy(float, copy=True)
     points[:, 1:] = np.log10(np.maximum(points[:, 1:], 1.0))
     return points
 

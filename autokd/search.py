@@ -34,6 +34,7 @@ from autokd.errors import AutokdError, StorageError
 from autokd.results import front_frame, open_storage, study_hypervolume, trials_frame
 from autokd.space import SearchSpace, load_space
 from autokd.spec import StudySpec, TrainConfig, load_study
+from autokd.stopping import ParetoRungs
 from autokd.teachers import prepare_teachers, teacher_outputs
 from autokd.zoo import arch_size
 
@@ -188,7 +189,10 @@ def _make_searcher(space: SearchSpace, spec: StudySpec, base: TrainConfig, input
                 if value is not None:
                     ot_trial.set_user_attr(key, value)
             self._ot_study.tell(ot_trial, values, state=state)
-            on_change()
+            try:
+                on_change()
+            except Exception as error:  # a display problem must never stop a search
+                logging.getLogger("autokd").warning("progress update failed: %s", error)
 
     return _AutokdSearcher()
 
@@ -208,8 +212,7 @@ def injected_fault(trial_number: int) -> str | None:
 
 def _run_trial(trial: dict, data, outputs) -> None:
     """One trial: build the student, distil with the cached teacher outputs, report every epoch."""
-    import socket
-
+    import ray
     import torch
     from ray import tune
 
@@ -217,12 +220,12 @@ def _run_trial(trial: dict, data, outputs) -> None:
     from autokd.zoo import build_model
 
     config = TrainConfig.model_validate(trial["config"])
-    report = {**trial["size"], "epochs": config.schedule.epochs, "node": socket.gethostname()}
+    report = {**trial["size"], "epochs": config.schedule.epochs, "node": ray.get_runtime_context().get_node_id()}
     started = time.perf_counter()
     try:
         torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
         device = resolve_device(config.device)
-        student = build_model(config.student, data.input_shape, data.num_classes)
+        student = build_model(config.student, data.input_shape, data.num_classes, seed=config.seed)
         chosen = [t.name for t in config.selected_teachers()]
         source = outputs.select(chosen).to(device) if outputs is not None and chosen else None
         fault = injected_fault(trial["trial_number"])
@@ -330,6 +333,7 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
         result = autokd.search("studies/digits.yaml", resume=True)
         print(result.pareto[["trial", "val_accuracy", "params"]])
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = study if isinstance(study, StudySpec) else load_study(study)
     space = load_space(spec)
     storage_url = storage or spec.storage_url()
@@ -385,6 +389,27 @@ def _run_tuner(spec, space, base, data, outputs, storage_url, optuna_study, rema
 
 
 def _scheduler(spec: StudySpec):
-    from ray.tune.schedulers import FIFOScheduler
+    """No stopping, Pareto-aware successive halving, or stock ASHA on accuracy (for comparison)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-    return FIFOScheduler()
+    stopping = spec.early_stopping
+    if stopping.kind == "asha":
+        return ASHAScheduler(time_attr="epoch", metric="val_accuracy", mode="max", max_t=spec.schedule.epochs,
+                             grace_period=stopping.grace_epochs, reduction_factor=stopping.eta)
+    if stopping.kind == "none":
+        return FIFOScheduler()
+
+    class _ParetoRungScheduler(FIFOScheduler):
+        def __init__(self):
+            super().__init__()
+            self.rungs = ParetoRungs(stopping.grace_epochs, stopping.eta, spec.schedule.epochs)
+            self.size_metric = spec.objectives[1]
+
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+            if "val_accuracy" not in result or result.get("epoch", 0) >= result.get("epochs", 0):
+                return TrialScheduler.CONTINUE
+            keep = self.rungs.keep_training(trial.trial_id, result["epoch"], result["val_accuracy"],
+                                            result[self.size_metric])
+            return TrialScheduler.CONTINUE if keep else TrialScheduler.STOP
+
+    return _ParetoRungScheduler()

@@ -31,7 +31,7 @@ from autokd.errors import CheckpointError
 from autokd.spec import DistillSpec, TeacherSpec
 from autokd.zoo import ZooModel, build_model, model_size
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: teacher init seeded by its own seed
 
 
 @dataclass
@@ -146,7 +146,7 @@ def prepare_teachers(specs: list[TeacherSpec], data: Dataset, cache_dir: str | P
             raise CheckpointError(f"teachers.{index}.checkpoint: file not found: {checkpoint}")
         key = teacher_key(spec, data.fingerprint(), _file_digest(checkpoint) if checkpoint else None)
         folder = root / f"{spec.name}-{key[:12]}"
-        model = build_model(spec.arch, data.input_shape, data.num_classes)
+        model = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)
         if (folder / "meta.json").is_file():
             load_state_dict(model, folder / "model.pt", f"cached teacher {spec.name!r}")
             meta = json.loads((folder / "meta.json").read_text())

@@ -138,8 +138,8 @@ def build_student(config: TrainConfig | str | Path, *, input_shape: Sequence[int
     """The config's student, freshly initialised from `seed` (default: the config's), for your own loop.
 
     Without `input_shape`/`num_classes` the config's dataset is loaded to find them. The
-    initial weights depend on the seed only, never on what ran before in the process: the
-    search and `autokd train` build the same student for the same seed.
+    initial weights depend on the seed only (`zoo.build_model(seed=)`), so the search and
+    `autokd train` start from the same student for the same seed.
 
     Example::
 
@@ -150,9 +150,7 @@ def build_student(config: TrainConfig | str | Path, *, input_shape: Sequence[int
     if input_shape is None or num_classes is None:
         data = load_data(config.data, source)
         input_shape, num_classes = input_shape or data.input_shape, num_classes or data.num_classes
-    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
-        torch.manual_seed(config.seed if seed is None else seed)
-        return build_model(config.student, tuple(input_shape), num_classes)
+    return build_model(config.student, tuple(input_shape), num_classes, seed=config.seed if seed is None else seed)
 
 
 def load_student(run_dir: str | Path) -> ZooModel:

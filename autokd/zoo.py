@@ -138,13 +138,20 @@ class ZooModel(nn.Module):
         return self.head(features), features
 
 
-def build_model(arch: dict, input_shape: tuple, num_classes: int, *,
+def build_model(arch: dict, input_shape: tuple, num_classes: int, *, seed: int | None = None,
                 where: str = "student", source: str = "<arch>") -> ZooModel:
-    """The validated `arch` as a `ZooModel` for samples of `input_shape` (channels first)."""
+    """The validated `arch` as a `ZooModel` for samples of `input_shape` (channels first).
+
+    With `seed`, the initial weights depend on the seed alone, not on the caller's RNG state
+    (a reused Ray worker has consumed random numbers before; a trial must still replay exactly).
+    """
     arch = validate_arch(arch, where=where, source=source)
     input_shape = tuple(int(d) for d in input_shape)
-    body, feature_dim = _BUILDERS[arch["family"]](arch, input_shape)
-    return ZooModel(arch, body, feature_dim, num_classes)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        body, feature_dim = _BUILDERS[arch["family"]](arch, input_shape)
+        return ZooModel(arch, body, feature_dim, num_classes)
 
 
 def _mlp_body(arch: dict, input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:

@@ -33,7 +33,7 @@ TRIALS = {
     5: (COMPLETE, 64, 0.955, {}),
     6: (COMPLETE, 24, 0.91, {}),
     7: (PRUNED, 5, None, {"pruned_reason": "early-stopped at epoch 1 of 3"}),
-    8: (RUNNING, 3, None, {}),
+    8: (RUNNING, 6, None, {}),
 }
 
 

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -257,4 +256,3 @@ def test_page_renders_in_headless_chromium(built, tmp_path):
     assert '<img src="data:image/png;base64,' in dom
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[0] > 1000 and pixels[..., :3].std() > 0.05  # not blank, not one colour
-    shutil.copy(shot, folder.parent / "screenshot.png")  # kept beside the report for a human look

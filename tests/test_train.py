@@ -194,16 +194,9 @@ def test_two_seeds_report_mean_and_std(tmp_path, cache_dir):
 
 
 @pytest.mark.slow
-def test_augmentation_runs_the_teachers_online(cache_dir, digits):
+def test_augmentation_runs_the_teachers_online(tmp_path, cache_dir, digits):
     _, targets = prepare_targets(tiny_config(cache_dir, augment=["shift"]), digits, log=quiet)
     assert isinstance(targets, OnlineTeachers)  # cached outputs would not match the shifted inputs
-
-
-# distill.augment_batch builds its shift index with shape [B, ..] instead of [1, ..]; the fix is
-# `shape = [1] * (len(spatial) + 1)`. Strict: once fixed, this xfail fails and must be removed.
-@pytest.mark.xfail(raises=RuntimeError, strict=True, reason="distill.augment_batch 'shift' index bug")
-@pytest.mark.slow
-def test_training_with_shift_augmentation(tmp_path, cache_dir):
     run = train(tiny_config(cache_dir), tmp_path / "shift", augment=["shift"], log=quiet)
     assert yaml.safe_load((run.folder / "config.yaml").read_text())["augment"] == ["shift"]
     assert 0 < run.metrics["val_accuracy"] <= 1
