@@ -26,7 +26,7 @@ from autokd.errors import AutokdError
 from autokd.pareto import knee_index, select_index
 from autokd.results import study_and_spec
 from autokd.spec import StudySpec, TrainConfig, load_train_config, train_config_from_dict
-from autokd.teachers import _file_digest, teacher_key
+from autokd.teachers import file_digest, teacher_key
 
 RULE_FLAGS = "--trial, --max-params/--max-bytes, --min-accuracy, --knee"
 COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -199,7 +199,7 @@ def _teacher_keys(config: TrainConfig, where: str) -> dict[str, str]:
         raise AutokdError(f"export: {where}: teacher checkpoint not found: {missing[0]} (open the study by its "
                           "YAML file so that relative checkpoint paths resolve)")
     fingerprint = load_data(config.data, where).fingerprint()
-    return {t.name: teacher_key(t, fingerprint, _file_digest(Path(t.checkpoint)) if t.checkpoint else None)
+    return {t.name: teacher_key(t, fingerprint, file_digest(Path(t.checkpoint)) if t.checkpoint else None)
             for t in config.teachers}
 
 

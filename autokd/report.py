@@ -346,16 +346,15 @@ def _summary(study_arg: str, storage: str | None, spec: StudySpec, snapshot: opt
         "hypervolume_reference": hypervolume_reference(spec),
         "hypervolume_space": ["val_accuracy", *(f"log10 {name}" for name in spec.objectives[1:])],
         "knee_trial": knee,
-        "front": [_front_row(row, position, knee, spec, all_teachers, _export_command(study_arg, storage, row.trial))
-                  for position, row in enumerate(front.itertuples(index=False), start=1)],
+        "front": [_front_row(row, position, knee, spec, all_teachers, _export_command(study_arg, storage, row["trial"]))
+                  for position, row in enumerate(front.to_dict("records"), start=1)],
         "importance": importances,
         "notes": notes,
     }
 
 
-def _front_row(row, position: int, knee: int | None, spec: StudySpec, all_teachers: list[str],
+def _front_row(values: dict[str, Any], position: int, knee: int | None, spec: StudySpec, all_teachers: list[str],
                export_command: str) -> dict[str, Any]:
-    values = row._asdict()
     config = json.loads(values["config"]) if isinstance(values.get("config"), str) else {}
     settings = config.get("distill", {})
     uses_teachers = settings.get("w_kd", 0) > 0 or settings.get("w_feat", 0) > 0
@@ -414,7 +413,7 @@ def _versions(snapshot: optuna.Study) -> dict[str, str]:
 def _device(frame: pd.DataFrame) -> dict[str, Any]:
     import torch
 
-    nodes = sorted({str(n) for n in frame.get("node", pd.Series(dtype=object)).dropna()})
+    nodes = sorted({str(node) for node in frame["node"].dropna()})
     accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
     return {"report_machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, "
                               f"accelerator: {accelerator}",

@@ -56,7 +56,9 @@ def study_and_spec(study: str, storage: str | None = None) -> tuple[optuna.Study
     except KeyError:
         raise StorageError(f"{study}: no study named {name!r} in {url}") from None
     if spec is None and "study_spec" in loaded.user_attrs:
-        spec = StudySpec.model_validate({**loaded.user_attrs["study_spec"], "source": study})
+        # Relative paths in the spec stay relative to the study file it came from.
+        source = loaded.user_attrs.get("study_file", study)
+        spec = StudySpec.model_validate({**loaded.user_attrs["study_spec"], "source": source})
     return loaded, spec
 
 
@@ -74,7 +76,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
-        return pd.DataFrame(columns=["trial", "state", *objectives, *TRIAL_ATTRS, "config", "pareto_rank"])
+        columns = ["trial", "state", *objectives, *[a for a in TRIAL_ATTRS if a not in objectives], "config"]
+        return pd.DataFrame(columns=[*columns, "pareto_rank"])
     frame["pareto_rank"] = pareto_rank_column(frame, objectives, study.directions)
     return frame
 

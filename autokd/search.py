@@ -344,6 +344,7 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     optuna_study.set_user_attr("objectives", spec.objectives)
     optuna_study.set_user_attr("space", signature)
     optuna_study.set_user_attr("study_spec", spec.model_dump(mode="json"))
+    optuna_study.set_user_attr("study_file", str(Path(spec.source).resolve()))
     recovered = recover_interrupted(optuna_study)
     if recovered:
         log(f"resume: {recovered} interrupted trial(s) re-queued")
@@ -357,6 +358,8 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     remaining = spec.budget.trials - counts(optuna_study)["done"]
     if remaining > 0:
         _run_tuner(spec, space, base, data, outputs, storage_url, optuna_study, remaining, address, progress)
+    if spec.robust.top_k > 0:
+        _rerun_front_with_seeds(spec, optuna_study, data, outputs, address, log)
     frame = trials_frame(optuna_study)
     return SearchResult(optuna_study, spec, frame, front_frame(frame), time.perf_counter() - started)
 
@@ -386,6 +389,54 @@ def _run_tuner(spec, space, base, data, outputs, storage_url, optuna_study, rema
         bar.close()
         # A trial still open here was cut by the time limit: fail it now rather than leave it RUNNING.
         recover_interrupted(optuna_study)
+
+
+def robust_seeds(trial_seed: int, count: int) -> list[int]:
+    """The trial's own seed first, then count-1 fresh ones far from other trials' seeds."""
+    return [trial_seed] + [trial_seed + 100_003 * k for k in range(1, count)]
+
+
+def _val_accuracy_with_seed(config_dict: dict, seed: int, data, outputs) -> float:
+    """One re-run of a trial's config with another seed (a Ray task)."""
+    import torch
+
+    from autokd.distill import fit
+    from autokd.zoo import build_model
+
+    torch.set_num_threads(1)
+    config = TrainConfig.model_validate(config_dict)
+    chosen = [t.name for t in config.selected_teachers()]
+    source = outputs.select(chosen) if outputs is not None and chosen else None
+    student = build_model(config.student, data.input_shape, data.num_classes, seed=seed)
+    return fit(student, data, source, config.distill, config.schedule, seed=seed, device=config.device).val_accuracy
+
+
+def _rerun_front_with_seeds(spec: StudySpec, study: optuna.Study, data, outputs, address, log) -> None:
+    """Re-run the top-K front configs with S seeds; stored as study attrs `robust.<trial>` (resumable)."""
+    import ray
+
+    frame = trials_frame(study)
+    front = frame[frame["pareto_rank"] == 0].sort_values("val_accuracy", ascending=False).head(spec.robust.top_k)
+    todo = [int(n) for n in front["trial"] if f"robust.{int(n)}" not in study.user_attrs]
+    if not todo:
+        return
+    _init_ray(address or spec.ray_address, spec)
+    log(f"robust front: re-running {len(todo)} front config(s) with {spec.robust.seeds} seeds")
+    task = ray.remote(num_cpus=spec.resources.cpus_per_trial)(_val_accuracy_with_seed)
+    data_ref, outputs_ref = ray.put(data), ray.put(outputs)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    pending = {}
+    for number in todo:
+        trial = trials[number]
+        seeds = robust_seeds(trial.user_attrs["seed"], spec.robust.seeds)
+        pending[number] = (seeds, [trial.values[0]] + [task.remote(trial.user_attrs["config"], seed, data_ref,
+                                                                    outputs_ref) for seed in seeds[1:]])
+    for number, (seeds, results) in pending.items():
+        accuracies = [results[0]] + ray.get(results[1:])
+        mean = sum(accuracies) / len(accuracies)
+        std = (sum((a - mean) ** 2 for a in accuracies) / (len(accuracies) - 1)) ** 0.5
+        study.set_user_attr(f"robust.{number}", {"seeds": seeds, "val_accuracies": accuracies,
+                                                 "mean": mean, "std": std})
 
 
 def _scheduler(spec: StudySpec):

@@ -92,7 +92,7 @@ def teacher_key(spec: TeacherSpec, data_fingerprint: str, checkpoint_digest: str
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -120,9 +120,9 @@ def load_state_dict(model: nn.Module, path: Path, what: str) -> None:
         raise CheckpointError(f"{what}: checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a corrupted or foreign file
-        raise CheckpointError(f"{what}: cannot read checkpoint {path}: {type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else 'corrupted file'}") from None
+    except Exception:  # torch raises many types for a corrupted or foreign file
+        raise CheckpointError(f"{what}: cannot read checkpoint {path}: not a PyTorch state_dict "
+                              "(corrupted, truncated, or contains pickled objects)") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -144,7 +144,7 @@ def prepare_teachers(specs: list[TeacherSpec], data: Dataset, cache_dir: str | P
         checkpoint = resolve_path(spec.checkpoint) if spec.checkpoint else None
         if checkpoint is not None and not checkpoint.is_file():
             raise CheckpointError(f"teachers.{index}.checkpoint: file not found: {checkpoint}")
-        key = teacher_key(spec, data.fingerprint(), _file_digest(checkpoint) if checkpoint else None)
+        key = teacher_key(spec, data.fingerprint(), file_digest(checkpoint) if checkpoint else None)
         folder = root / f"{spec.name}-{key[:12]}"
         model = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)
         if (folder / "meta.json").is_file():
@@ -167,7 +167,9 @@ def _train_or_load(spec: TeacherSpec, index: int, model: ZooModel, checkpoint: P
         log(f"teacher {spec.name}: loaded {checkpoint}")
     else:
         log(f"teacher {spec.name}: training {spec.arch['family']} for {spec.schedule.epochs} epochs")
-        fit(model, data, None, DistillSpec(w_ce=1.0, w_kd=0.0), spec.schedule, seed=spec.seed, device=device)
+        fit(model, data, None, DistillSpec(w_ce=1.0, w_kd=0.0), spec.schedule, seed=spec.seed, device=device,
+            on_epoch=lambda epoch: log(f"teacher {spec.name}: epoch {epoch.epoch}/{spec.schedule.epochs} "
+                                       f"val {epoch.val_accuracy:.4f} ({epoch.seconds:.1f} s)"))
     model.cpu().eval()
     size = model_size(model, data.input_shape)
     meta = {"name": spec.name, "arch": spec.arch, "schedule": spec.schedule.model_dump(), "seed": spec.seed,

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from autokd import evaluation, train
+from autokd import train
 from autokd.data import load_data
 from autokd.distill import fit
 from autokd.evaluation import evaluate_front
