@@ -50,7 +50,8 @@ def teachers(study: Path = typer.Argument(..., help="Study or training config YA
 
     spec = load_study(study)
     data = load_data(spec.data, str(study))
-    cached = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=typer.echo)
+    cached = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=typer.echo,
+                              source=str(study))
     teacher_outputs(cached, data)
     for teacher in cached:
         meta = teacher.meta
@@ -155,14 +156,31 @@ def _cell(value) -> str:
 
 
 def main() -> None:
+    try:  # typer >= 0.24 vendors its own copy of click
+        from typer._click import exceptions as click_errors
+    except ImportError:
+        from click import exceptions as click_errors
+
     try:
-        app()
+        # standalone_mode=False: a bad flag raises here instead of printing click's multi-line box.
+        exit_code = app(standalone_mode=False)
     except AutokdError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except click_errors.NoArgsIsHelpError as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except click_errors.UsageError as error:
+        command = error.ctx.command_path.replace("python -m autokd.cli", "autokd") if error.ctx else "autokd"
+        print(f"error: {command}: {error.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt:
         print("interrupted: finished trials are saved; continue with --resume", file=sys.stderr)
         sys.exit(130)
+    sys.exit(exit_code if isinstance(exit_code, int) else 0)
 
 
 if __name__ == "__main__":

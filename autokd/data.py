@@ -297,7 +297,12 @@ def _load_file(spec: Any, source: str) -> _Arrays:
     shapes = {split: x.shape[1:] for split, (x, _) in splits.items()}
     if len(set(shapes.values())) > 1:
         raise DataError(f"{source}: data.path: {path}: x arrays differ in per-sample shape: {shapes}")
-    num_classes = int(max(y.max(initial=0) for _, y in splits.values())) + 1
+    # Classes are what training shows; a val/test label beyond them has no logit trained for it.
+    num_classes = int(splits[""][1].max(initial=0)) + 1
+    for split, (_, y) in splits.items():
+        if split and len(y) and y.max() >= num_classes:
+            raise DataError(f"{source}: data.path: {path}: y{split} holds class {int(y.max())}, but the training "
+                            f"labels y only have classes 0..{num_classes - 1}")
 
     x, y = splits[""]
     arrays = (

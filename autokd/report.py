@@ -318,7 +318,7 @@ def _plot_effects(path: Path, frame: pd.DataFrame, spec: StudySpec) -> bool:
 def _summary(study_arg: str, storage: str | None, spec: StudySpec, snapshot: optuna.Study, frame: pd.DataFrame,
              front: pd.DataFrame, teachers: list[dict], importances: dict, knee: int | None,
              notes: list[str]) -> dict[str, Any]:
-    from autokd.search import counts
+    from autokd.results import counts
 
     trials = snapshot.get_trials(deepcopy=False)
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]

@@ -17,6 +17,7 @@ from autokd.errors import StorageError
 from autokd.pareto import pareto_ranks
 from autokd.spec import StudySpec, load_study
 
+INTERRUPTED = "interrupted: the search stopped before this trial finished (re-queued)"
 TRIAL_ATTRS = ("seed", "params", "bytes_fp32", "bytes_fp16", "macs", "train_seconds", "epochs_trained",
                "node", "failure_reason", "pruned_reason")
 
@@ -124,3 +125,21 @@ def study_hypervolume(frame: pd.DataFrame, spec: StudySpec) -> float:
     if len(points) == 0:
         return 0.0
     return float(hypervolume(points, spec.directions, hypervolume_reference(spec)))
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by outcome; `done` is what the budget counts (infeasible and interrupted are not)."""
+    tally = {"complete": 0, "failed": 0, "infeasible": 0, "stopped": 0, "interrupted": 0, "running": 0}
+    for trial in study.get_trials(deepcopy=False):
+        state = trial.state
+        if state == optuna.trial.TrialState.COMPLETE:
+            tally["complete"] += 1
+        elif state == optuna.trial.TrialState.FAIL:
+            tally["interrupted" if trial.user_attrs.get("failure_reason") == INTERRUPTED else "failed"] += 1
+        elif state == optuna.trial.TrialState.PRUNED:
+            infeasible = str(trial.user_attrs.get("pruned_reason", "")).startswith("infeasible")
+            tally["infeasible" if infeasible else "stopped"] += 1
+        else:
+            tally["running"] += 1
+    tally["done"] = tally["complete"] + tally["failed"] + tally["stopped"]
+    return tally

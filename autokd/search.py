@@ -31,16 +31,15 @@ import pandas as pd
 
 from autokd.data import load_data
 from autokd.errors import AutokdError, StorageError
-from autokd.results import front_frame, open_storage, study_hypervolume, trials_frame
+from autokd.results import INTERRUPTED, counts, front_frame, open_storage, study_hypervolume, trials_frame
 from autokd.space import SearchSpace, load_space
 from autokd.spec import StudySpec, TrainConfig, load_study
 from autokd.stopping import ParetoRungs
-from autokd.teachers import prepare_teachers, teacher_outputs
+from autokd.teachers import check_teachers, prepare_teachers, teacher_outputs
 from autokd.zoo import arch_size
 
 # Stop after this many infeasible proposals in a row: the space and the constraints disagree.
 MAX_INFEASIBLE_IN_A_ROW = 200
-INTERRUPTED = "interrupted: the search stopped before this trial finished (re-queued)"
 
 
 @dataclass
@@ -52,8 +51,11 @@ class SearchResult:
     wall_seconds: float
 
 
-def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    seed = spec.sampler.seed
+def _sampler(spec: StudySpec, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler. A resumed driver offsets the seed by the trials already in storage:
+    a sampler restarted with its first seed would replay the first driver's random draws and
+    train the same configs again."""
+    seed = spec.sampler.seed + trials_so_far
     if spec.sampler.name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     if spec.sampler.name == "gp":
@@ -63,24 +65,6 @@ def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():  # multivariate/group are "experimental" in Optuna, and much better here
         warnings.simplefilter("ignore")
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
-
-
-def counts(study: optuna.Study) -> dict[str, int]:
-    """Trials by outcome; `done` is what the budget counts (infeasible and interrupted are not)."""
-    tally = {"complete": 0, "failed": 0, "infeasible": 0, "stopped": 0, "interrupted": 0, "running": 0}
-    for trial in study.get_trials(deepcopy=False):
-        state = trial.state
-        if state == optuna.trial.TrialState.COMPLETE:
-            tally["complete"] += 1
-        elif state == optuna.trial.TrialState.FAIL:
-            tally["interrupted" if trial.user_attrs.get("failure_reason") == INTERRUPTED else "failed"] += 1
-        elif state == optuna.trial.TrialState.PRUNED:
-            infeasible = str(trial.user_attrs.get("pruned_reason", "")).startswith("infeasible")
-            tally["infeasible" if infeasible else "stopped"] += 1
-        else:
-            tally["running"] += 1
-    tally["done"] = tally["complete"] + tally["failed"] + tally["stopped"]
-    return tally
 
 
 def recover_interrupted(study: optuna.Study) -> int:
@@ -119,7 +103,7 @@ def open_or_create_study(spec: StudySpec, storage_url: str, resume: bool, space_
 
 
 def _make_searcher(space: SearchSpace, spec: StudySpec, base: TrainConfig, input_shape, num_classes,
-                   storage_url: str, on_change: Callable[[], None]):
+                   storage_url: str, trials_so_far: int, on_change: Callable[[], None]):
     from ray.tune.search.optuna import OptunaSearch
 
     limits = spec.size_limits()
@@ -128,7 +112,8 @@ def _make_searcher(space: SearchSpace, spec: StudySpec, base: TrainConfig, input
     class _AutokdSearcher(OptunaSearch):
         def __init__(self):
             super().__init__(space=space.suggest, metric=metrics,
-                             mode=["max"] + ["min"] * (len(metrics) - 1), sampler=_sampler(spec),
+                             mode=["max"] + ["min"] * (len(metrics) - 1),
+                             sampler=_sampler(spec, trials_so_far),
                              study_name=spec.name, storage=open_storage(storage_url))
             self._curves: dict[str, list[float]] = {}
 
@@ -334,13 +319,20 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
         print(result.pareto[["trial", "val_accuracy", "params"]])
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Everything the user gave is checked before the storage is touched: bad input writes nothing.
     spec = study if isinstance(study, StudySpec) else load_study(study)
     space = load_space(spec)
     storage_url = storage or spec.storage_url()
+    data = load_data(spec.data, spec.source)
+    check_teachers(spec.teachers, data, spec.resolve_path, source=spec.source)
+    signature = {name: param.model_dump() for name, param in space.params.items()}
     if storage_url.startswith("sqlite:///"):
         Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    signature = {name: param.model_dump() for name, param in space.params.items()}
     optuna_study = open_or_create_study(spec, storage_url, resume, signature)
+
+    started = time.perf_counter()
+    teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=log, source=spec.source)
+    outputs = teacher_outputs(teachers, data) if teachers else None
     optuna_study.set_user_attr("objectives", spec.objectives)
     optuna_study.set_user_attr("space", signature)
     optuna_study.set_user_attr("study_spec", spec.model_dump(mode="json"))
@@ -348,12 +340,7 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     recovered = recover_interrupted(optuna_study)
     if recovered:
         log(f"resume: {recovered} interrupted trial(s) re-queued")
-
-    started = time.perf_counter()
-    data = load_data(spec.data, spec.source)
     base = spec.train_config()
-    teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=log)
-    outputs = teacher_outputs(teachers, data) if teachers else None
 
     remaining = spec.budget.trials - counts(optuna_study)["done"]
     if remaining > 0:
@@ -369,7 +356,9 @@ def _run_tuner(spec, space, base, data, outputs, storage_url, optuna_study, rema
 
     _init_ray(address or spec.ray_address, spec)
     bar = _Progress(optuna_study, spec, spec.budget.trials, progress)
-    searcher = _make_searcher(space, spec, base, data.input_shape, data.num_classes, storage_url, bar.update)
+    trials_so_far = len(optuna_study.get_trials(deepcopy=False))
+    searcher = _make_searcher(space, spec, base, data.input_shape, data.num_classes, storage_url, trials_so_far,
+                              bar.update)
     resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial,
                  **spec.resources.custom}
     trainable = tune.with_resources(tune.with_parameters(_run_trial, data=data, outputs=outputs), resources)

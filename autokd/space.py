@@ -28,7 +28,8 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from autokd.errors import ConfigError
-from autokd.spec import DistillSpec, ScheduleSpec, StudySpec, TrainConfig, config_error, read_yaml
+from autokd.spec import (DistillSpec, ScheduleSpec, StudySpec, TrainConfig, config_error, describe_validation_error,
+                         read_yaml)
 from autokd.zoo import FAMILIES
 
 SECTIONS = ("distill", "schedule", "student")
@@ -153,6 +154,7 @@ def parse_space(document: dict[str, Any], source: str, study: StudySpec) -> Sear
         raise config_error(f"{source}: params", error) from None
     space = SearchSpace(params, [t.name for t in study.teachers], source)
     _check_names(space, study)
+    _check_values(space, study)
     return space
 
 
@@ -188,6 +190,32 @@ def _check_names(space: SearchSpace, study: StudySpec) -> None:
         if unknown:
             raise ConfigError(f"{space.source}: params.student.family.choices: must be among "
                               f"{sorted(FAMILIES)}, got {unknown[0]!r}")
+
+
+def _check_values(space: SearchSpace, study: StudySpec) -> None:
+    """Every bound, choice and fixed value must be a valid value of its config key (e.g. temperature > 0)."""
+    base = study.train_config()
+    families = space.params.get("student.family")
+    for name, param in space.params.items():
+        if isinstance(param, TeacherSubsetParam):
+            continue
+        candidates = {"float": ["low", "high"], "int": ["low", "high"]}.get(param.type)
+        labelled = ([(label, getattr(param, label)) for label in candidates] if candidates else
+                    [("choices", c) for c in param.choices] if isinstance(param, CategoricalParam) else
+                    [("value", param.value)])
+        section, _, key = name.partition(".")
+        for label, value in labelled:
+            values = {name: value}
+            if section == "student" and key != "family":
+                values["student.family"] = _student_families(param, families, study)[0]
+            try:
+                space.apply(base, values)
+            except ValidationError as error:
+                _, reason = describe_validation_error(error)
+                raise ConfigError(f"{space.source}: params.{name}.{label}: {reason}") from None
+            except ConfigError as error:  # raised by zoo.validate_arch for a student shape
+                reason = str(error).rsplit(": ", 1)[-1]
+                raise ConfigError(f"{space.source}: params.{name}.{label}: {reason}") from None
 
 
 def _student_families(param, families, study: StudySpec) -> list[str]:

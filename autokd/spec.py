@@ -266,15 +266,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return document
 
 
-def config_error(source: str | Path, error: ValidationError) -> ConfigError:
-    """Turn pydantic's first error into `file: dotted.key: what was expected, got X`."""
+def describe_validation_error(error: ValidationError) -> tuple[str, str]:
+    """Pydantic's first error as (dotted key, what was expected [, got X])."""
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "<top level>"
     kind, message = first["type"], first["msg"]
     if kind == "extra_forbidden":
-        return ConfigError(f"{source}: {key}: unknown key")
+        return key, "unknown key"
     if kind == "missing":
-        return ConfigError(f"{source}: {key}: required key is missing")
+        return key, "required key is missing"
     message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     message = message[0].lower() + message[1:] if message else message
     message = message.replace("input should be", "must be").replace("greater than or equal to", ">=")
@@ -282,7 +282,13 @@ def config_error(source: str | Path, error: ValidationError) -> ConfigError:
     if kind.endswith("_type") or kind in {"literal_error", "greater_than", "greater_than_equal", "less_than",
                                          "less_than_equal", "string_pattern_mismatch", "int_from_float",
                                          "int_parsing", "float_parsing", "bool_parsing"}:
-        return ConfigError(f"{source}: {key}: {message}, got {first.get('input')!r}")
+        return key, f"{message}, got {first.get('input')!r}"
+    return key, message
+
+
+def config_error(source: str | Path, error: ValidationError) -> ConfigError:
+    """Turn pydantic's first error into `file: dotted.key: what was expected, got X`."""
+    key, message = describe_validation_error(error)
     return ConfigError(f"{source}: {key}: {message}")
 
 

@@ -134,16 +134,27 @@ def load_state_dict(model: nn.Module, path: Path, what: str) -> None:
         raise CheckpointError(f"{what}: {path} does not match the architecture {model.arch}: {first}") from None
 
 
+def check_teachers(specs: list[TeacherSpec], data: Dataset, resolve_path: Callable[[str], Path] = Path,
+                   source: str = "<study>") -> None:
+    """Every checkpoint teacher exists, reads as a state_dict and fits its architecture; writes nothing."""
+    for index, spec in enumerate(specs):
+        if spec.checkpoint:
+            model = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)
+            load_state_dict(model, resolve_path(spec.checkpoint), f"{source}: teachers.{index}.checkpoint")
+
+
 def prepare_teachers(specs: list[TeacherSpec], data: Dataset, cache_dir: str | Path,
                      resolve_path: Callable[[str], Path] = Path, device: str = "auto",
-                     log: Callable[[str], None] = lambda message: None) -> list[Teacher]:
-    """Each teacher from the cache, or trained/loaded now and cached. A second call trains nothing."""
+                     log: Callable[[str], None] = lambda message: None, source: str = "<study>") -> list[Teacher]:
+    """Each teacher from the cache, or trained/loaded now and cached. A second call trains nothing.
+
+    All checkpoints are checked before anything is trained or written.
+    """
+    check_teachers(specs, data, resolve_path, source)
     root = Path(cache_dir) / "teachers"
     teachers = []
     for index, spec in enumerate(specs):
         checkpoint = resolve_path(spec.checkpoint) if spec.checkpoint else None
-        if checkpoint is not None and not checkpoint.is_file():
-            raise CheckpointError(f"teachers.{index}.checkpoint: file not found: {checkpoint}")
         key = teacher_key(spec, data.fingerprint(), file_digest(checkpoint) if checkpoint else None)
         folder = root / f"{spec.name}-{key[:12]}"
         model = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)

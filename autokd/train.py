@@ -116,7 +116,8 @@ def prepare_targets(config: TrainConfig, data, source: str = "<config>", log: Ca
     chosen = config.selected_teachers() if uses_teachers else []
     base = Path(source).parent if source and not source.startswith("<") else Path(".")
     teachers = prepare_teachers(chosen, data, config.cache_dir,
-                                lambda path: Path(path) if Path(path).is_absolute() else base / path, log=log)
+                                lambda path: Path(path) if Path(path).is_absolute() else base / path, log=log,
+                                source=source)
     if not teachers:
         return teachers, None
     if config.augment:

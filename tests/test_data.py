@@ -281,13 +281,22 @@ def test_pt_round_trip_keeps_given_splits(tmp_path):
     x = torch.randn(40, 3, 4, 4)
     torch.save(
         {"x": x, "y": torch.arange(40) % 3, "x_val": x[:5], "y_val": torch.zeros(5, dtype=torch.long),
-         "x_test": x[:7], "y_test": torch.full((7,), 4)},
+         "x_test": x[:7], "y_test": torch.full((7,), 2)},
         tmp_path / "d.pt",
     )
     data = load_data(spec("file", path=str(tmp_path / "d.pt")))
-    assert data.input_shape == (3, 4, 4) and data.num_classes == 5  # max label over all splits + 1
+    assert data.input_shape == (3, 4, 4) and data.num_classes == 3  # max training label + 1
     assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (40, 5, 7)
     assert torch.allclose(data.x_train * x.std() + x.mean(), x, atol=1e-5)  # order kept, only normalised
+
+
+def test_a_test_class_the_training_labels_never_have_is_refused(tmp_path):
+    x = np.zeros((20, 4), dtype=np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(20) % 3, x_test=x[:5], y_test=np.array([0, 1, 2, 3, 0]))
+    with pytest.raises(DataError) as error:
+        load_data(spec("file", path=str(tmp_path / "d.npz")), "s.yaml")
+    assert str(error.value) == (f"s.yaml: data.path: {tmp_path / 'd.npz'}: y_test holds class 3, but the training "
+                                "labels y only have classes 0..2")
 
 
 def test_flat_features_and_whole_float_labels(tmp_path):

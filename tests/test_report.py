@@ -3,7 +3,6 @@
 import hashlib
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -220,15 +219,6 @@ def test_a_crash_leaves_the_previous_report_untouched(tmp_path, monkeypatch):
         build_report(str(path), out=folder, evaluate_test=False, log=lambda m: None)
     assert (folder / "index.html").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
-
-
-@pytest.mark.slow
-def test_thousand_trials_build_in_ten_seconds(tmp_path):
-    path, _ = write_study(tmp_path, n_complete=1000)
-    build_report(str(path), out=tmp_path / "warm", evaluate_test=False, baselines=False, log=lambda m: None)
-    started = time.perf_counter()  # teachers are cached now, as after a search
-    build_report(str(path), out=tmp_path / "out", evaluate_test=False, baselines=False, log=lambda m: None)
-    assert time.perf_counter() - started <= 10.0
 
 
 CHROMIUM = "/usr/bin/chromium"

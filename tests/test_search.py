@@ -128,7 +128,8 @@ def test_search_runs_on_a_two_node_cluster(tmp_path):
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
-        study_file = tiny_study(tmp_path, trials=6, epochs=4)
+        # Trials of a few seconds: the two concurrent trials overlap, so both nodes get an actor.
+        study_file = tiny_study(tmp_path, trials=6, epochs=10)
         result = autokd.search(study_file, address=cluster.address, progress=False, log=lambda message: None)
         nodes = {t.user_attrs["node"] for t in result.study.get_trials() if t.state == States.COMPLETE}
         assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s)"

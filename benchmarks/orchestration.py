@@ -1,0 +1,232 @@
+"""Orchestration overhead: the same trials through `autokd.search` (Ray Tune) and plain in-process Optuna.
+
+Arm (a) runs a digits study through `autokd.search.search` (OptunaSearch in the driver, Ray
+Tune workers, concurrency 2, 1 CPU each). Arm (b) trains the very configs that (a) sampled,
+enqueued into an in-memory Optuna study and run by ``study.optimize(objective, n_jobs=2)`` in
+threads with ``torch.set_num_threads(1)``, through `train.fit_config` (the same `distill.fit`).
+Training is deterministic on CPU for a fixed seed, so (b) must reproduce (a)'s val accuracy for
+every trial: that check proves both arms trained the same configs.
+
+Figures (medians over repeats; the arms alternate a, b, a, b, ... so background load hits both):
+- ``wall_ratio``: wall(a) / wall(b), Ray start-up excluded (it is measured on its own);
+  ``wall_ratio_with_startup`` counts it in (a).
+- ``efficiency``: sum of the trials' ``train_seconds`` / (wall(a) x concurrency), from (a) alone,
+  Ray start-up excluded; ``efficiency_with_startup`` includes it.
+- ``ray_startup_s``: `search._init_ray` on a fresh (shut down) Ray.
+
+Teachers are trained/cached and Ray is warmed up (a 2-trial search) before anything is timed.
+
+    python benchmarks/orchestration.py            # 20 trials of ~3 s, 3 repeats (~4 min)
+    python benchmarks/orchestration.py --quick    # 4 short trials, 1 repeat (a smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, write_result  # noqa: E402  (common puts the repo on sys.path)
+
+import optuna  # noqa: E402
+import torch  # noqa: E402
+
+from autokd.data import load_data  # noqa: E402
+from autokd.space import load_space  # noqa: E402
+from autokd.spec import StudySpec, load_study  # noqa: E402
+from autokd.teachers import prepare_teachers, teacher_outputs  # noqa: E402
+from autokd.train import fit_config  # noqa: E402
+
+WALL_RATIO_TARGET = 1.15
+EFFICIENCY_TARGET = 0.85
+CONCURRENCY = 2
+
+# The student is fixed so that every trial costs about the same (~3 s at 1 thread on digits);
+# the distillation settings, the teachers and the learning rate vary.
+SPACE = {"params": {
+    "distill.teachers": {"type": "teacher_subset"},
+    "distill.kind": {"type": "categorical", "choices": ["kl", "mse", "dkd"]},
+    "distill.temperature": {"type": "float", "low": 1.0, "high": 8.0, "log": True,
+                            "when": {"distill.kind": ["kl", "dkd"]}},
+    "distill.w_ce": {"type": "float", "low": 0.0, "high": 1.0},
+    "distill.w_kd": {"type": "float", "low": 0.1, "high": 1.0},
+    "schedule.lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True},
+}}
+STUDENT = {"family": "cnn", "stages": 2, "channels": 8, "head_width": 32}
+
+
+def study_spec(folder: Path, name: str, trials: int, epochs: int, seed: int) -> StudySpec:
+    """A digits study with the repo's digits teachers (cached in the repo's default cache)."""
+    digits = load_study(REPO / "studies" / "digits.yaml")
+    return StudySpec.model_validate({
+        "name": name,
+        "data": digits.data.model_dump(),
+        "teachers": [t.model_dump() for t in digits.teachers],
+        "student": STUDENT,
+        "schedule": {"epochs": epochs, "batch_size": 64, "lr": 0.003},
+        "search_space": SPACE,
+        "budget": {"trials": trials},
+        "sampler": {"name": "tpe", "seed": seed},
+        "resources": {"cpus_per_trial": 1, "concurrency": CONCURRENCY},
+        "cache_dir": str(REPO / ".cache" / "autokd"),
+        "storage": f"sqlite:///{folder / (name + '.db')}",
+        "source": str(folder / f"{name}.yaml"),
+    })
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+def warm_up(folder: Path, epochs: int) -> None:
+    """Teachers trained and their outputs cached; Ray, Tune and the workers' imports warmed."""
+    import ray
+
+    from autokd.search import search
+
+    spec = study_spec(folder, "warmup", trials=2, epochs=min(epochs, 2), seed=99)
+    data = load_data(spec.data, spec.source)
+    teacher_outputs(prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=print), data)
+    search(spec, progress=False, log=quiet)
+    ray.shutdown()
+
+
+def run_search_arm(spec: StudySpec) -> dict:
+    """Arm (a): Ray start-up timed on its own, then `autokd.search` timed."""
+    import ray
+
+    from autokd.search import _init_ray, search
+
+    if ray.is_initialized():
+        ray.shutdown()
+    started = time.perf_counter()
+    _init_ray(None, spec)
+    startup = time.perf_counter() - started
+    started = time.perf_counter()
+    result = search(spec, progress=False, log=quiet)
+    wall = time.perf_counter() - started
+    ray.shutdown()
+    trials = result.study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) != len(trials):
+        states = [t.state.name for t in trials]
+        raise RuntimeError(f"arm (a): every trial must complete, got {states}")
+    train_seconds = sum(t.user_attrs["train_seconds"] for t in complete)
+    return {"wall_s": wall, "ray_startup_s": startup, "train_seconds_sum": train_seconds,
+            "trial_seconds_median": statistics.median(t.user_attrs["train_seconds"] for t in complete),
+            "efficiency": train_seconds / (wall * CONCURRENCY),
+            "efficiency_with_startup": train_seconds / ((wall + startup) * CONCURRENCY),
+            "trials": [{"number": t.number, "params": t.params, "seed": t.user_attrs["seed"],
+                        "config": t.user_attrs["config"], "val_accuracy": t.values[0]} for t in complete]}
+
+
+def run_inprocess_arm(spec: StudySpec, sampled: list[dict]) -> dict:
+    """Arm (b): the same configs, enqueued into plain Optuna and run with n_jobs=2 threads."""
+    started = time.perf_counter()
+    torch.set_num_threads(1)
+    data = load_data(spec.data, spec.source)
+    teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=quiet)
+    outputs = teacher_outputs(teachers, data)
+    space = load_space(spec)
+    base = spec.train_config()
+    study = optuna.create_study(directions=spec.directions, sampler=optuna.samplers.RandomSampler(seed=0))
+    for trial in sampled:
+        study.enqueue_trial(trial["params"], user_attrs={"a_number": trial["number"], "seed": trial["seed"]})
+    mismatched: list[int] = []
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        space.suggest(trial)
+        config = space.apply(base, trial.params)
+        config.seed = trial.user_attrs["seed"]
+        reference = next(t for t in sampled if t["number"] == trial.user_attrs["a_number"])
+        if config.model_dump() != reference["config"]:
+            mismatched.append(reference["number"])
+        chosen = [t.name for t in config.selected_teachers()]
+        targets = outputs.select(chosen) if chosen else None
+        trial_started = time.perf_counter()
+        student, result = fit_config(config, data, targets, seed=config.seed)
+        trial.set_user_attr("train_seconds", time.perf_counter() - trial_started)
+        return result.val_accuracy, float(sum(p.numel() for p in student.parameters()))
+
+    study.optimize(objective, n_trials=len(sampled), n_jobs=CONCURRENCY)
+    wall = time.perf_counter() - started
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state != optuna.trial.TrialState.COMPLETE for t in trials):
+        raise RuntimeError(f"arm (b): every trial must complete, got {[t.state.name for t in trials]}")
+    accuracy = {t.user_attrs["a_number"]: t.values[0] for t in trials}
+    same = sum(accuracy[s["number"]] == s["val_accuracy"] for s in sampled)
+    return {"wall_s": wall, "train_seconds_sum": sum(t.user_attrs["train_seconds"] for t in trials),
+            "configs_mismatched": mismatched, "same_val_accuracy": same}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 short trials, 1 repeat: a smoke run")
+    parser.add_argument("--trials", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (15 ~ 3 s on digits)")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    trials = args.trials or (4 if args.quick else 20)
+    epochs = args.epochs or (3 if args.quick else 15)
+    repeats = args.repeats or (1 if args.quick else 3)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("ray").setLevel(logging.ERROR)
+
+    with tempfile.TemporaryDirectory(prefix="autokd-orchestration-") as tmp:
+        folder = Path(tmp)
+        warm_up(folder, epochs)
+        rows = []
+        for repeat in range(repeats):
+            spec = study_spec(folder, f"orch{repeat}", trials, epochs, seed=repeat)
+            a = run_search_arm(spec)
+            time.sleep(1.0)  # let Ray's processes exit before the next arm
+            b = run_inprocess_arm(spec, a["trials"])
+            row = {"repeat": repeat, "wall_a_s": a["wall_s"], "wall_b_s": b["wall_s"],
+                   "ray_startup_s": a["ray_startup_s"], "wall_ratio": a["wall_s"] / b["wall_s"],
+                   "wall_ratio_with_startup": (a["wall_s"] + a["ray_startup_s"]) / b["wall_s"],
+                   "efficiency": a["efficiency"], "efficiency_with_startup": a["efficiency_with_startup"],
+                   "train_seconds_sum_a": a["train_seconds_sum"], "train_seconds_sum_b": b["train_seconds_sum"],
+                   "trial_seconds_median_a": a["trial_seconds_median"],
+                   "same_val_accuracy": f"{b['same_val_accuracy']}/{len(a['trials'])}",
+                   "configs_mismatched": b["configs_mismatched"]}
+            rows.append(row)
+            print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                  flush=True)
+
+    def median(key: str) -> float:
+        return round(statistics.median(r[key] for r in rows), 4)
+
+    figures = {"wall_ratio": median("wall_ratio"), "efficiency": median("efficiency"),
+               "ray_startup_s": median("ray_startup_s"), "wall_ratio_with_startup": median("wall_ratio_with_startup"),
+               "efficiency_with_startup": median("efficiency_with_startup"), "wall_a_s": median("wall_a_s"),
+               "wall_b_s": median("wall_b_s"), "trial_seconds_median": median("trial_seconds_median_a")}
+    targets = {"wall_ratio": f"<= {WALL_RATIO_TARGET}", "efficiency": f">= {EFFICIENCY_TARGET}"}
+    met = {"wall_ratio": figures["wall_ratio"] <= WALL_RATIO_TARGET,
+           "efficiency": figures["efficiency"] >= EFFICIENCY_TARGET}
+    reproduced = all(r["same_val_accuracy"].split("/")[0] == r["same_val_accuracy"].split("/")[1]
+                     and not r["configs_mismatched"] for r in rows)
+    note = (f"{trials} trials x {epochs} epochs of a fixed {STUDENT['family']} student on digits, concurrency "
+            f"{CONCURRENCY} x 1 CPU, {repeats} repeat(s), arms alternated (a then b) per repeat; medians. "
+            "wall_ratio and efficiency exclude Ray start-up (ray_startup_s, measured on its own); the "
+            "*_with_startup figures include it. Arm (b) reproduced arm (a)'s val accuracy for "
+            + ("every trial (same configs, same seeds)." if reproduced else "NOT every trial: see repeats."))
+    if not all(met.values()):
+        missed = [f"{k} {figures[k]} (target {targets[k]})" for k, ok in met.items() if not ok]
+        note += " Missed: " + ", ".join(missed) + "."
+    for key, value in figures.items():
+        print(f"{key}: {value}")
+    command = "python benchmarks/orchestration.py" + (" --quick" if args.quick else "")
+    write_result("orchestration", {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
+                                   "note": note, "settings": {"trials": trials, "epochs": epochs,
+                                                              "repeats": repeats, "concurrency": CONCURRENCY,
+                                                              "cpus_per_trial": 1, "student": STUDENT,
+                                                              "space": SPACE["params"]},
+                                   "repeats": rows}, command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Pareto-aware early stopping: `stopping.ParetoRungs` by hand, then a real search that stops trials."""
+
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+import pytest
+
+from autokd.stopping import ParetoRungs
+from conftest import run_cli, tiny_study
+
+States = optuna.trial.TrialState
+
+
+# ---------------------------------------------------------------------------------------------
+# Milestones
+
+
+@pytest.mark.parametrize("grace, eta, max_epochs, expected", [
+    (1, 2, 4, [1, 2]),          # the last epoch is never a rung: a trial that reaches it completes
+    (1, 2, 8, [1, 2, 4]),
+    (1, 3, 27, [1, 3, 9]),
+    (2, 2, 8, [2, 4]),
+    (2, 3, 20, [2, 6, 18]),
+    (3, 2, 3, []),              # grace at or past the schedule: nothing is ever stopped
+    (5, 2, 4, []),
+])
+def test_milestones_are_grace_times_powers_of_eta_below_the_last_epoch(grace, eta, max_epochs, expected):
+    assert ParetoRungs(grace, eta, max_epochs).milestones == expected
+
+
+@pytest.mark.parametrize("grace, eta", [(0, 2), (-1, 3), (1, 1), (2, 0)])
+def test_bad_grace_or_eta_is_refused(grace, eta):
+    with pytest.raises(ValueError, match="grace_epochs must be >= 1 and eta >= 2"):
+        ParetoRungs(grace, eta, 10)
+
+
+def test_epochs_that_are_not_milestones_never_stop_a_trial():
+    rungs = ParetoRungs(grace_epochs=2, eta=2, max_epochs=8)  # milestones [2, 4]
+    for epoch in (1, 3, 5, 6, 7, 8, 9):
+        for k in range(5):  # even a hopeless trial with many hopeless peers goes on between rungs
+            assert rungs.keep_training(f"t{k}", epoch, accuracy=0.01 * k, size=1e6 - k)
+
+
+def test_no_milestones_means_every_result_continues():
+    rungs = ParetoRungs(grace_epochs=4, eta=2, max_epochs=4)
+    assert all(rungs.keep_training(f"t{k}", 4, 0.1, 10 ** k) for k in range(6))
+
+
+# ---------------------------------------------------------------------------------------------
+# The asynchronous "too few peers" rule
+
+
+def test_first_eta_minus_one_trials_at_a_rung_always_continue():
+    rungs = ParetoRungs(grace_epochs=1, eta=4, max_epochs=16)
+    # Three terrible, huge trials arrive first: with fewer than eta at the rung nobody is judged.
+    assert rungs.keep_training("a", 1, accuracy=0.10, size=90_000)
+    assert rungs.keep_training("b", 1, accuracy=0.11, size=80_000)
+    assert rungs.keep_training("c", 1, accuracy=0.12, size=70_000)
+    # The fourth is judged against the three: it dominates them all and is the top 1/4.
+    assert rungs.keep_training("d", 1, accuracy=0.90, size=1_000)
+    # A fifth dominated one is now judged and stopped (ceil(5/4) = 2 survive: d, then c).
+    assert not rungs.keep_training("e", 1, accuracy=0.05, size=95_000)
+
+
+def test_each_rung_counts_its_own_peers():
+    rungs = ParetoRungs(grace_epochs=1, eta=2, max_epochs=8)  # milestones [1, 2, 4]
+    assert rungs.keep_training("a", 1, 0.9, 100)
+    assert not rungs.keep_training("b", 1, 0.5, 1000)   # dominated by a at rung 1
+    # At rung 2, a is alone: peers from rung 1 do not count, so even a poor result continues.
+    assert rungs.keep_training("a", 2, 0.1, 100)
+
+
+# ---------------------------------------------------------------------------------------------
+# Top 1/eta by non-dominated rank
+
+
+def test_top_one_over_eta_by_rank_then_accuracy_when_all_have_the_same_size():
+    """Equal sizes make the comparison plain accuracy: the top ceil(n/eta) so far continue."""
+    rungs = ParetoRungs(grace_epochs=1, eta=2, max_epochs=4)
+    assert rungs.keep_training("a", 1, 0.90, 1000)        # alone: too few peers
+    assert not rungs.keep_training("b", 1, 0.80, 1000)    # 2 at the rung: ceil(2/2)=1 survives (a)
+    assert rungs.keep_training("c", 1, 0.85, 1000)        # 3: ceil(3/2)=2 survive (a, c)
+    assert not rungs.keep_training("d", 1, 0.70, 1000)    # 4: ceil(4/2)=2 survive (a, c)
+    assert rungs.keep_training("e", 1, 0.95, 1000)        # 5: best so far
+
+
+def test_eta_three_keeps_a_third():
+    rungs = ParetoRungs(grace_epochs=1, eta=3, max_epochs=9)
+    decisions = [rungs.keep_training(f"t{k}", 1, accuracy, 5000)
+                 for k, accuracy in enumerate([0.50, 0.40, 0.30, 0.60, 0.20, 0.10])]
+    # t0, t1: too few peers. t2 (3 at rung, 1 survives: t0) stops. t3 best. t4 (5, 2 survive) stops.
+    # t5 (6, 2 survive: t3, t0) stops.
+    assert decisions == [True, True, False, True, False, False]
+
+
+def test_a_small_weak_student_survives_against_big_accurate_ones():
+    """Stock ASHA would stop it (lowest accuracy); by Pareto rank it is on the rung's front."""
+    rungs = ParetoRungs(grace_epochs=1, eta=2, max_epochs=8)
+    assert rungs.keep_training("big-1", 1, accuracy=0.95, size=50_000)
+    assert not rungs.keep_training("big-2", 1, accuracy=0.94, size=60_000)  # dominated by big-1
+    assert not rungs.keep_training("big-3", 1, accuracy=0.93, size=70_000)  # dominated twice
+    # 4 at the rung, ceil(4/2)=2 survive. The tiny student is non-dominated (smallest by far),
+    # so it ranks on the first front with big-1 and continues despite the lowest accuracy.
+    assert rungs.keep_training("tiny", 1, accuracy=0.55, size=300)
+    # A second small student that the tiny one dominates is not so lucky.
+    assert not rungs.keep_training("small-dominated", 1, accuracy=0.50, size=400)
+
+
+def test_a_big_student_dominated_by_a_smaller_more_accurate_one_is_stopped():
+    rungs = ParetoRungs(grace_epochs=1, eta=2, max_epochs=8)
+    assert rungs.keep_training("small-good", 1, accuracy=0.90, size=1_000)
+    assert not rungs.keep_training("big-bad", 1, accuracy=0.85, size=100_000)
+
+
+def test_front_members_beyond_the_quota_are_cut_by_accuracy():
+    """When the first front alone exceeds ceil(n/eta), its most accurate members go on."""
+    rungs = ParetoRungs(grace_epochs=1, eta=4, max_epochs=16)
+    # Four mutually non-dominated trials (accuracy grows with size): all rank 0, quota ceil(4/4)=1.
+    assert rungs.keep_training("s1", 1, 0.60, 100)
+    assert rungs.keep_training("s2", 1, 0.70, 1_000)
+    assert rungs.keep_training("s3", 1, 0.80, 10_000)
+    assert rungs.keep_training("s4", 1, 0.90, 100_000)   # most accurate of the front: position 0
+    assert not rungs.keep_training("s5", 1, 0.65, 500)    # rank 0 too, but 4th by accuracy; quota 2
+
+
+def test_a_trial_reporting_twice_at_a_rung_is_counted_once():
+    rungs = ParetoRungs(grace_epochs=1, eta=2, max_epochs=4)
+    assert rungs.keep_training("a", 1, 0.9, 100)
+    assert rungs.keep_training("a", 1, 0.9, 100)   # the same trial again: still alone at the rung
+    assert not rungs.keep_training("b", 1, 0.5, 1000)
+
+
+# ---------------------------------------------------------------------------------------------
+# A real search with Pareto early stopping
+
+
+@pytest.mark.slow
+def test_search_with_pareto_stopping_prunes_trials_and_keeps_them_off_the_front(tmp_path):
+    from autokd.results import front_frame, trials_frame
+
+    epochs = 8
+    study_file = tiny_study(tmp_path, name="stop", trials=10, epochs=epochs,
+                            early_stopping={"kind": "pareto", "grace_epochs": 1, "eta": 2})
+    run_cli("search", study_file, "--no-report", "--no-progress", check=True, timeout=600)
+
+    study = optuna.load_study(study_name="stop", storage=f"sqlite:///{tmp_path / 'stop.db'}")
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state in (States.RUNNING, States.FAIL)]
+    stopped = [t for t in trials if t.state == States.PRUNED]
+    complete = [t for t in trials if t.state == States.COMPLETE]
+    assert stopped, "Pareto stopping (grace 1, eta 2) stopped no trial of 10"
+    assert complete, "every trial was stopped: none reached the last epoch"
+    milestones = ParetoRungs(1, 2, epochs).milestones
+    for trial in stopped:
+        reason = trial.user_attrs["pruned_reason"]
+        assert reason.startswith("early-stopped at epoch "), reason
+        epoch = int(reason.split()[3])
+        assert epoch in milestones and reason.endswith(f"of {epochs}"), reason
+        assert trial.user_attrs["epochs_trained"] == epoch < epochs
+        assert trial.values is None
+    for trial in complete:
+        assert trial.user_attrs["epochs_trained"] == epochs
+
+    frame = trials_frame(study)
+    front = front_frame(frame)
+    pruned_numbers = {t.number for t in stopped}
+    assert len(front) > 0
+    assert set(front["state"]) == {"COMPLETE"}
+    assert not pruned_numbers & set(front["trial"])
+    assert frame.loc[frame["state"] == "PRUNED", "pareto_rank"].isna().all()
+
+    report = pytest.importorskip("autokd.report")
+    if hasattr(report, "build_report"):
+        folder = report.build_report(study_file, out=tmp_path / "report", baselines=False, evaluate_test=False,
+                                     log=lambda message: None)
+        pareto = pd.read_csv(folder / "pareto.csv")
+        assert len(pareto) == len(front)
+        assert not pruned_numbers & set(pareto["trial"])
+        assert set(pareto["state"]) == {"COMPLETE"}
