@@ -19,7 +19,7 @@ from autokd.spec import StudySpec, load_study
 
 INTERRUPTED = "interrupted: the search stopped before this trial finished (re-queued)"
 TRIAL_ATTRS = ("seed", "params", "bytes_fp32", "bytes_fp16", "macs", "train_seconds", "epochs_trained",
-               "node", "failure_reason", "pruned_reason")
+               "node", "driver", "failure_reason", "pruned_reason")
 
 
 def open_storage(url: str, source: str = "--storage") -> optuna.storages.BaseStorage:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import sys
 import time
 import warnings
@@ -38,6 +39,10 @@ from autokd.stopping import ParetoRungs
 from autokd.teachers import check_teachers, prepare_teachers, teacher_outputs
 from autokd.zoo import arch_size
 
+DRIVER = f"{socket.gethostname()}:{os.getpid()}"
+# A driver on another host whose heartbeat is older than this is taken for dead.
+DRIVER_STALE_S = 600.0
+HEARTBEAT_EVERY_S = 30.0
 # Stop after this many infeasible proposals in a row: the space and the constraints disagree.
 MAX_INFEASIBLE_IN_A_ROW = 200
 
@@ -67,9 +72,40 @@ def _sampler(spec: StudySpec, trials_so_far: int = 0) -> optuna.samplers.BaseSam
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
 
 
-def recover_interrupted(study: optuna.Study) -> int:
-    """Fail orphan RUNNING trials (their driver died) and re-queue their parameters."""
-    orphans = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+def driver_alive(driver: str | None, heartbeats: dict[str, float], now: float | None = None) -> bool:
+    """Is the driver that started a trial still running? Same host: its PID; other hosts: its heartbeat."""
+    if not driver:
+        return False
+    host, _, pid = driver.rpartition(":")
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError):
+            return True
+        return True
+    last = heartbeats.get(driver)
+    return last is not None and (now or time.time()) - last < DRIVER_STALE_S
+
+
+def beat(study: optuna.Study) -> None:
+    """Tell other drivers sharing the study that this one is alive."""
+    study.set_user_attr(f"heartbeat.{DRIVER}", time.time())
+
+
+def recover_interrupted(study: optuna.Study, own_only: bool = False) -> int:
+    """Fail orphan RUNNING trials (their driver died) and re-queue their parameters.
+
+    Trials of other live drivers adding to the same study are left alone; with `own_only`,
+    only this driver's open trials are recovered (e.g. trials cut by the time limit).
+    """
+    attrs = study.user_attrs
+    heartbeats = {key.removeprefix("heartbeat."): value for key, value in attrs.items()
+                  if key.startswith("heartbeat.")}
+    orphans = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+               if (t.user_attrs.get("driver") == DRIVER if own_only
+                   else not driver_alive(t.user_attrs.get("driver"), heartbeats))]
     for trial in orphans:
         study._storage.set_trial_user_attr(trial._trial_id, "failure_reason", INTERRUPTED)
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
@@ -95,7 +131,13 @@ def open_or_create_study(spec: StudySpec, storage_url: str, resume: bool, space_
             raise StorageError(f"{spec.source}: search_space: differs from the space study {spec.name!r} was "
                                "started with; resuming would mix two searches (use another study name)")
         return study
-    return optuna.create_study(study_name=spec.name, storage=storage, directions=spec.directions)
+    try:
+        return optuna.create_study(study_name=spec.name, storage=storage, directions=spec.directions)
+    except optuna.exceptions.DuplicatedStudyError:  # another driver created it a moment ago
+        if not resume:
+            raise StorageError(f"{spec.source}: name: study {spec.name!r} was just created in {storage_url} by "
+                               "another driver; use --resume to add trials to it") from None
+        return optuna.load_study(study_name=spec.name, storage=storage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +158,7 @@ def _make_searcher(space: SearchSpace, spec: StudySpec, base: TrainConfig, input
                              sampler=_sampler(spec, trials_so_far),
                              study_name=spec.name, storage=open_storage(storage_url))
             self._curves: dict[str, list[float]] = {}
+            self._last_beat = time.monotonic()
 
         def suggest(self, trial_id: str) -> dict | None:
             for _ in range(MAX_INFEASIBLE_IN_A_ROW):
@@ -128,7 +171,9 @@ def _make_searcher(space: SearchSpace, spec: StudySpec, base: TrainConfig, input
                     self._finish(ot_trial, optuna.trial.TrialState.FAIL, failure_reason=f"invalid config: {error}")
                     continue
                 config.seed = base.seed + ot_trial.number
-                for key, value in {"config": config.model_dump(), "seed": config.seed, **size}.items():
+                # `driver` tells apart the trials of several drivers adding to one shared study.
+                for key, value in {"config": config.model_dump(), "seed": config.seed, "driver": DRIVER,
+                                   **size}.items():
                     ot_trial.set_user_attr(key, value)
                 broken = [f"{metric} {size[metric]} > {limit:g}" for metric, limit in limits.items()
                           if size[metric] > limit]
@@ -146,6 +191,12 @@ def _make_searcher(space: SearchSpace, spec: StudySpec, base: TrainConfig, input
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if "val_accuracy" in result:
                 self._curves.setdefault(trial_id, []).append(float(result["val_accuracy"]))
+            self._beat()
+
+        def _beat(self) -> None:
+            if time.monotonic() - self._last_beat > HEARTBEAT_EVERY_S:
+                beat(self._ot_study)
+                self._last_beat = time.monotonic()
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             ot_trial = self._ot_trials.pop(trial_id, None)
@@ -174,6 +225,7 @@ def _make_searcher(space: SearchSpace, spec: StudySpec, base: TrainConfig, input
                 if value is not None:
                     ot_trial.set_user_attr(key, value)
             self._ot_study.tell(ot_trial, values, state=state)
+            self._beat()
             try:
                 on_change()
             except Exception as error:  # a display problem must never stop a search
@@ -187,7 +239,7 @@ def _make_searcher(space: SearchSpace, spec: StudySpec, base: TrainConfig, input
 
 
 def injected_fault(trial_number: int) -> str | None:
-    """Faults the fault tests inject: AUTOKD_INJECT_FAULT="3:nan,5:raise,7:oom,9:exit"."""
+    """Faults the fault tests inject: AUTOKD_INJECT_FAULT="3:nan,4:build,5:raise,7:oom,9:exit"."""
     for item in os.environ.get("AUTOKD_INJECT_FAULT", "").split(","):
         number, _, kind = item.partition(":")
         if number.strip() == str(trial_number):
@@ -210,10 +262,12 @@ def _run_trial(trial: dict, data, outputs) -> None:
     try:
         torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
         device = resolve_device(config.device)
-        student = build_model(config.student, data.input_shape, data.num_classes, seed=config.seed)
+        fault = injected_fault(trial["trial_number"])
+        # "build": an architecture the zoo rejects, past the spec's validation (as a broken zoo entry would be).
+        arch = {**config.student, "width": -1} if fault == "build" else config.student
+        student = build_model(arch, data.input_shape, data.num_classes, seed=config.seed)
         chosen = [t.name for t in config.selected_teachers()]
         source = outputs.select(chosen).to(device) if outputs is not None and chosen else None
-        fault = injected_fault(trial["trial_number"])
         if fault == "nan":  # an infinite learning rate: the real non-finite path through fit
             config.schedule.lr = float("inf")
         if fault == "raise":
@@ -337,6 +391,7 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     optuna_study.set_user_attr("space", signature)
     optuna_study.set_user_attr("study_spec", spec.model_dump(mode="json"))
     optuna_study.set_user_attr("study_file", str(Path(spec.source).resolve()))
+    beat(optuna_study)
     recovered = recover_interrupted(optuna_study)
     if recovered:
         log(f"resume: {recovered} interrupted trial(s) re-queued")
@@ -377,7 +432,7 @@ def _run_tuner(spec, space, base, data, outputs, storage_url, optuna_study, rema
     finally:
         bar.close()
         # A trial still open here was cut by the time limit: fail it now rather than leave it RUNNING.
-        recover_interrupted(optuna_study)
+        recover_interrupted(optuna_study, own_only=True)
 
 
 def robust_seeds(trial_seed: int, count: int) -> list[int]:

@@ -61,3 +61,56 @@ def run_cli(*args, env: dict | None = None, timeout: float = 300, check: bool = 
 @pytest.fixture
 def study_file(tmp_path):
     return tiny_study(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# A real PostgreSQL server for the storage tests (Debian's `postgresql`, installed by .ci/run)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _as_postgres(*command: str) -> None:
+    """Run a PostgreSQL binary; as root through the `postgres` user (the server refuses root)."""
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL cluster on a free loopback port; yields its base URL."""
+    import glob
+    import shutil
+    import tempfile
+
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb:
+        pytest.skip("PostgreSQL is not installed (`.ci/run` installs Debian's postgresql)")
+    bin_dir = Path(initdb[-1]).parent
+    folder = Path(tempfile.mkdtemp(prefix="autokd-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    port = _free_port()
+    _as_postgres(str(bin_dir / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres",
+                 "-E", "UTF8", "--no-sync")
+    _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "server.log"), "-w",
+                 "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        yield {"url": f"postgresql+psycopg2://postgres@127.0.0.1:{port}", "bin_dir": bin_dir, "port": port}
+    finally:
+        _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """A fresh, empty database on the test server, one per test."""
+    name = "autokd_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    _as_postgres(str(postgres_server["bin_dir"] / "createdb"), "-h", "127.0.0.1", "-p",
+                 str(postgres_server["port"]), "-U", "postgres", name)
+    return f"{postgres_server['url']}/{name}"
