@@ -27,8 +27,9 @@ class TeacherSource(Protocol):
 
     feature_dim: int
 
-    def for_batch(self, indices: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(teacher_logits [T, B, C], teacher_features [B, D]) for the training samples `indices`."""
+    def for_batch(self, indices: torch.Tensor, inputs: torch.Tensor,
+                  features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(teacher_logits [T, B, C], teacher_features [B, D] or None) for the training samples `indices`."""
         ...
 
 
@@ -147,12 +148,14 @@ def fit(
         student.train()
         loss_sum, loss_count = torch.zeros((), device=device), 0
         for step, indices in enumerate(batches(len(y_train), schedule.batch_size, generator)):
-            inputs, targets = x_train[indices.to(device)], y_train[indices.to(device)]
+            indices = indices.to(device)
+            inputs, targets = x_train[indices], y_train[indices]
             if augment:
                 inputs = augment_batch(inputs.cpu(), augment, generator).to(device)
             teacher_logits = teacher_features = None
             if use_teachers:
-                teacher_logits, teacher_features = teacher_outputs.for_batch(indices, inputs)
+                teacher_logits, teacher_features = teacher_outputs.for_batch(indices, inputs,
+                                                                             features=loss_config.w_feat > 0)
             with autocast:
                 logits, features = student.forward_features(inputs)
                 loss, _ = loss_fn(logits.float(), targets, teacher_logits,

@@ -7,6 +7,7 @@ search is still writing (every read is a fresh query).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +18,33 @@ from autokd.errors import StorageError
 from autokd.pareto import pareto_ranks
 from autokd.spec import StudySpec, load_study
 
+SCHEMA_RACE_RETRIES = 5
 INTERRUPTED = "interrupted: the search stopped before this trial finished (re-queued)"
 TRIAL_ATTRS = ("seed", "params", "bytes_fp32", "bytes_fp16", "macs", "train_seconds", "epochs_trained",
-               "node", "driver", "failure_reason", "pruned_reason")
+               "node", "device", "driver", "failure_reason", "pruned_reason")
 
 
 def open_storage(url: str, source: str = "--storage") -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`, or a one-line StorageError."""
-    try:
-        if url.endswith((".log", ".journal")) and "://" not in url:
-            backend = optuna.storages.journal.JournalFileBackend(url)
-            return optuna.storages.JournalStorage(backend)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=None, engine_kwargs=_engine_kwargs(url))
-    except Exception as error:  # SQLAlchemy raises many kinds for a bad URL or unreachable server
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise StorageError(f"{source}: cannot open storage {url!r}: {message}") from None
+    import sqlalchemy.exc
+
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            if url.endswith((".log", ".journal")) and "://" not in url:
+                backend = optuna.storages.journal.JournalFileBackend(url)
+                return optuna.storages.JournalStorage(backend)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=None, engine_kwargs=_engine_kwargs(url))
+        except sqlalchemy.exc.IntegrityError:
+            # Two drivers creating the schema of a new database at once: one loses the race on
+            # PostgreSQL's catalog; a moment later the schema is there and opening it succeeds.
+            if attempt == SCHEMA_RACE_RETRIES:
+                raise StorageError(f"{source}: cannot open storage {url!r}: schema creation kept conflicting "
+                                   "with another process") from None
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as error:  # SQLAlchemy raises many kinds for a bad URL or unreachable server
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise StorageError(f"{source}: cannot open storage {url!r}: {message}") from None
+    raise AssertionError("unreachable")
 
 
 def _engine_kwargs(url: str) -> dict:

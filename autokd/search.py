@@ -205,7 +205,8 @@ def _make_searcher(space: SearchSpace, spec: StudySpec, base: TrainConfig, input
             result = result or {}
             curve = self._curves.pop(trial_id, [])
             attrs = {"val_accuracy_curve": curve, "epochs_trained": result.get("epoch", len(curve)),
-                     "train_seconds": result.get("train_seconds"), "node": result.get("node")}
+                     "train_seconds": result.get("train_seconds"), "node": result.get("node"),
+                     "device": result.get("device")}
             values = [result.get(m) for m in metrics]
             if result.get("failure_reason") or error:
                 reason = result.get("failure_reason") or "the trial's worker process died or raised (see Ray logs)"
@@ -262,6 +263,7 @@ def _run_trial(trial: dict, data, outputs) -> None:
     try:
         torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
         device = resolve_device(config.device)
+        report["device"] = str(device)
         fault = injected_fault(trial["trial_number"])
         # "build": an architecture the zoo rejects, past the spec's validation (as a broken zoo entry would be).
         arch = {**config.student, "width": -1} if fault == "build" else config.student
@@ -352,14 +354,18 @@ def _init_ray(address: str | None, spec: StudySpec) -> None:
         else:
             # A private local cluster: token auth is not needed on loopback and would print warnings.
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            extra = {k: v * spec.resources.concurrency for k, v in spec.resources.custom.items()}
+            # Ray takes whole-number totals only; round up what `concurrency` trials would hold at once.
+            extra = {k: float(math.ceil(round(v * spec.resources.concurrency, 6)))
+                     for k, v in spec.resources.custom.items()}
             ray.init(num_cpus=max(os.cpu_count() or 1, int(spec.resources.cpus_per_trial)), resources=extra or None,
                      **kwargs)
     except Exception as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         hint = (" (token authentication: put the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
                 if "auth" in first.lower() or "token" in first.lower() else "")
-        raise AutokdError(f"--address {address}: cannot connect to the Ray cluster: {first}{hint}") from None
+        where = f"--address {address}: cannot connect to the Ray cluster" if address else \
+            "cannot start a local Ray instance"
+        raise AutokdError(f"{where}: {first}{hint}") from None
 
 
 def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str | None = None,

@@ -66,10 +66,12 @@ class CachedTeacherOutputs:
         return CachedTeacherOutputs(self.names, self.train_logits.to(device),
                                     [f.to(device) for f in self.train_features])
 
-    def for_batch(self, indices: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def for_batch(self, indices: torch.Tensor, inputs: torch.Tensor,
+                  features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         indices = indices.to(self.train_logits.device)
-        features = torch.cat([f[indices] for f in self.train_features], dim=1)
-        return self.train_logits[:, indices], features
+        # Gathering random feature rows is a cache miss per sample: only when a feature loss reads them.
+        gathered = torch.cat([f[indices] for f in self.train_features], dim=1) if features else None
+        return self.train_logits[:, indices], gathered
 
 
 class OnlineTeachers:
@@ -80,9 +82,11 @@ class OnlineTeachers:
         self.feature_dim = sum(m.feature_dim for m in models)
 
     @torch.no_grad()
-    def for_batch(self, indices: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def for_batch(self, indices: torch.Tensor, inputs: torch.Tensor,
+                  features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         outputs = [m.to(inputs.device).forward_features(inputs) for m in self.models]
-        return torch.stack([logits for logits, _ in outputs]), torch.cat([f for _, f in outputs], dim=1)
+        gathered = torch.cat([f for _, f in outputs], dim=1) if features else None
+        return torch.stack([logits for logits, _ in outputs]), gathered
 
 
 def teacher_key(spec: TeacherSpec, data_fingerprint: str, checkpoint_digest: str | None = None) -> str:

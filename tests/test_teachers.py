@@ -40,6 +40,7 @@ def test_cached_outputs_of_a_shuffled_batch_equal_a_fresh_teacher_forward(digits
     torch.testing.assert_close(cached_features, fresh_features, rtol=1e-5, atol=1e-5)
     # A misaligned cache would pair a sample with another sample's targets: that must differ.
     assert not torch.allclose(cached.for_batch(indices.roll(1), inputs)[0], fresh_logits)
+    assert cached.for_batch(indices, inputs, features=False)[1] is None  # no gather when no feature loss reads it
 
 
 def test_second_call_trains_nothing_and_reads_the_outputs_from_disk(digits, tmp_path):

@@ -1,0 +1,135 @@
+"""Turn benchmarks/results/*.json into BENCHMARKS.md and the README's headline table.
+
+Nothing here measures anything: every number comes from a result file that a script in
+benchmarks/ wrote, with its command and the machine it ran on.
+
+    python benchmarks/render.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from common import REPO, RESULTS
+
+# (result file stem, title, the issue it answers), in reading order.
+SECTIONS = [
+    ("orchestration", "Orchestration overhead: autokd search (Ray Tune) vs in-process Optuna", "issue 6.1"),
+    ("trial_cost", "Trial cost vs a bare PyTorch loop; cached vs online teachers", "issue 6.2"),
+    ("search_quality", "Search quality: hypervolume of TPE vs random vs NSGA-II", "issue 6.3"),
+    ("distillation_gain", "Distillation gain on Fashion-MNIST: searched vs CE-only vs vanilla KD", "issue 6.4"),
+    ("gpu_sharing", "Students sharing one GPU through fractional resources", "issue 6.5"),
+    ("early_stopping", "Pareto-aware early stopping vs none vs stock ASHA at equal compute", "issue 8"),
+    ("production_train", "Production training of exported configs", "issue 5"),
+    ("report_speed", "Report build time for 1,000 trials", "issue 4"),
+]
+README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+LONG_LIST = 8  # lists longer than this (curves) stay in the JSON file
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested figures as (dotted.key, scalar or short list) rows; long curves are left out."""
+    if isinstance(value, dict):
+        rows = []
+        for key, item in value.items():
+            rows += flatten(item, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(value, list) and len(value) > LONG_LIST:
+        return []
+    return [(prefix, value)]
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(cell(v) for v in value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def machine_line(machine: dict) -> str:
+    gpu = machine.get("gpu") or "no GPU"
+    return (f"{machine.get('cpu')} ({machine.get('cores')} cores), {gpu}; Python {machine.get('python')}, "
+            f"torch {machine.get('torch')}, Ray {machine.get('ray')}, Optuna {machine.get('optuna')}; "
+            f"{machine.get('date')}")
+
+
+def lookup(figures: dict, key: str) -> Any:
+    """figures[key], or the value at a dotted path, or None."""
+    node: Any = figures
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def section(stem: str, title: str, issue: str, result: dict) -> str:
+    lines = [f"## {title}", "", f"*{issue}* — `{result.get('command')}`", "",
+             f"Machine: {machine_line(result.get('machine', {}))}", ""]
+    if result.get("quick"):
+        lines += ["> **Smoke run (`--quick`)**: small settings; not the full benchmark.", ""]
+    targets, met = result.get("targets", {}), result.get("met", {})
+    if targets:
+        lines += ["| target | measured | met |", "|---|---|---|"]
+        for key, target in targets.items():
+            measured = lookup(result.get("figures", {}), key)
+            shown = cell(measured) if measured is not None and not isinstance(measured, dict) else "see below"
+            lines.append(f"| `{key}` {cell(target)} | {shown} | {cell(met.get(key))} |")
+        lines.append("")
+    if result.get("note"):
+        lines += [result["note"], ""]
+    rows = flatten(result.get("figures", {}))
+    if rows:
+        lines += ["<details><summary>All figures</summary>", "", "| figure | value |", "|---|---|"]
+        lines += [f"| `{key}` | {cell(value)} |" for key, value in rows]
+        lines += ["", "</details>", ""]
+    lines += [f"Raw: [`benchmarks/results/{stem}.json`](benchmarks/results/{stem}.json)", ""]
+    return "\n".join(lines)
+
+
+def headline_table(results: dict[str, dict]) -> str:
+    lines = ["| benchmark | target | measured | met |", "|---|---|---|---|"]
+    for stem, title, _ in SECTIONS:
+        result = results.get(stem)
+        if result is None:
+            lines.append(f"| {title} | — | not run yet | — |")
+            continue
+        quick = " (smoke run)" if result.get("quick") else ""
+        for key, target in result.get("targets", {}).items():
+            measured = lookup(result.get("figures", {}), key)
+            shown = cell(measured) if measured is not None and not isinstance(measured, dict) else "BENCHMARKS.md"
+            lines.append(f"| {title}{quick} | `{key}` {cell(target)} | {shown} | {cell(result.get('met', {}).get(key))} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    results = {path.stem: json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))}
+    body = ["# Benchmarks", "",
+            "Every figure below comes from a script in `benchmarks/` that wrote `benchmarks/results/<name>.json`; "
+            "this page is generated from those files by `python benchmarks/render.py` (`make bench` reruns "
+            "everything). Ratios are measured side by side in one run; the machines are noisy.", ""]
+    for stem, title, issue in SECTIONS:
+        if stem in results:
+            body.append(section(stem, title, issue, results[stem]))
+        else:
+            body += [f"## {title}", "", f"*{issue}* — not run yet: no `benchmarks/results/{stem}.json`.", ""]
+    (REPO / "BENCHMARKS.md").write_text("\n".join(body))
+
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    block = f"{README_START}\n{headline_table(results)}\n{README_END}"
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    readme.write_text(pattern.sub(lambda _: block, text) if pattern.search(text) else text)
+    print(f"wrote {REPO / 'BENCHMARKS.md'} and the README's headline table")
+
+
+if __name__ == "__main__":
+    main()
