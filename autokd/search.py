@@ -62,7 +62,8 @@ def _sampler(spec: StudySpec, trials_so_far: int = 0) -> optuna.samplers.BaseSam
     train the same configs again."""
     seed = spec.sampler.seed + trials_so_far
     if spec.sampler.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        # Optuna's default population (50) would make a 30-40 trial study one random generation.
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=nsga2_population(spec.budget.trials))
     if spec.sampler.name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     if spec.sampler.name == "random":
@@ -92,6 +93,11 @@ def driver_alive(driver: str | None, heartbeats: dict[str, float], now: float | 
 def beat(study: optuna.Study) -> None:
     """Tell other drivers sharing the study that this one is alive."""
     study.set_user_attr(f"heartbeat.{DRIVER}", time.time())
+
+
+def nsga2_population(trials: int) -> int:
+    """A quarter of the budget (4 to 50), so that NSGA-II runs several generations."""
+    return max(4, min(50, trials // 4))
 
 
 def recover_interrupted(study: optuna.Study, own_only: bool = False) -> int:

@@ -97,3 +97,9 @@ def test_a_trial_is_orphaned_only_when_its_driver_is_gone():
     assert driver_alive(remote, {remote: 1000.0}, now=1000.0 + DRIVER_STALE_S - 1)
     assert not driver_alive(remote, {remote: 1000.0}, now=1000.0 + DRIVER_STALE_S + 1)
     assert not driver_alive(remote, {}, now=1000.0)
+
+
+def test_nsga2_runs_several_generations_within_the_budget():
+    from autokd.search import nsga2_population
+
+    assert [nsga2_population(n) for n in (8, 30, 40, 400, 1000)] == [4, 7, 10, 50, 50]
