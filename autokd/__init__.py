@@ -15,17 +15,19 @@ from autokd.distill import FitResult, evaluate, fit
 from autokd.errors import AutokdError, CheckpointError, ConfigError, DataError, NonFiniteLossError, StorageError
 from autokd.losses import DistillationLoss
 from autokd.pareto import hypervolume, knee_index, pareto_front_mask, pareto_ranks
+# `search` and `train` are functions named like their modules: imported eagerly, or the first
+# `import autokd.search` anywhere would rebind `autokd.search` to the module (Ray itself is imported lazily).
+from autokd.search import SearchResult, search
 from autokd.spec import StudySpec, TrainConfig, load_study, load_train_config
+from autokd.train import build_student, load_student, train
 from autokd.zoo import ModelSize, build_model, model_size
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # search/report/export/train pull in Ray, matplotlib or the ONNX exporter: import on first use.
-    lazy = {"search": "autokd.search", "SearchResult": "autokd.search", "build_report": "autokd.report",
-            "export_config": "autokd.export", "train": "autokd.train", "load_student": "autokd.train",
-            "build_student": "autokd.train"}
+    # The report and export pull in matplotlib and the ONNX exporter: imported on first use.
+    lazy = {"build_report": "autokd.report", "export_config": "autokd.export"}
     if name in lazy:
         import importlib
 

@@ -103,3 +103,10 @@ def test_nsga2_runs_several_generations_within_the_budget():
     from autokd.search import nsga2_population
 
     assert [nsga2_population(n) for n in (8, 30, 40, 400, 1000)] == [4, 7, 10, 50, 50]
+
+
+def test_the_public_search_is_the_function_even_after_its_module_is_imported():
+    import autokd.search  # noqa: F401 - binds the submodule on the package, as any `from autokd.search import` does
+    import autokd
+
+    assert callable(autokd.search) and callable(autokd.train)
