@@ -349,6 +349,9 @@ def _init_ray(address: str | None, spec: StudySpec) -> None:
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # a failed trial reports no accuracy
+    # Results live in the Optuna study; Tune's default CSV/JSON/TensorBoard loggers only cost time
+    # (orchestration benchmark: wall ratio against in-process Optuna 1.45 -> 1.13 without them).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
