@@ -2,16 +2,13 @@
 
 `resources: {custom: {fake_gpu: 0.5}, concurrency: 2}` makes `search._init_ray` create
 0.5 x 2 = 1 `fake_gpu` on the private cluster; two trials each holding half of it must then
-really train at the same time, and each trial's device must resolve to the CPU here.
+really train at the same time, and each trial must record that it ran on the CPU (its `device`
+user attr, the device its worker resolved).
 
 When a trial really ran: from its completion time back by its `train_seconds` (measured in the
 worker). Optuna's own `datetime_start` is set when the driver *proposes* the trial, which can be
 long before Ray has the resources to start it, so overlapping [datetime_start, datetime_complete]
 alone would not prove concurrency.
-
-A trial does not record the device it resolved, so the device is checked where it is decided: each
-trial's stored `config.device` goes through `distill.resolve_device` (what `search._run_trial`
-calls) in a Ray worker holding the same half `fake_gpu`, which must also get no GPU ids from Ray.
 """
 
 from __future__ import annotations
@@ -43,13 +40,6 @@ def test_two_trials_share_one_fake_gpu_and_train_at_the_same_time(tmp_path):
 
     import autokd
 
-    def device_in_worker(device_setting: str) -> tuple[str, list]:
-        """A trial's device as a worker holding half a fake GPU resolves it, and the GPU ids Ray gave it.
-        (Nested, so that Ray ships it by value: workers cannot import this test module.)"""
-        from autokd.distill import resolve_device
-
-        return str(resolve_device(device_setting)), list(ray.get_gpu_ids())
-
     study_file = tiny_study(tmp_path, trials=2, epochs=25,
                             teachers=[{"name": "t-mlp", "arch": {"family": "mlp", "depth": 1, "width": 32},
                                        "schedule": {"epochs": 2}}],
@@ -75,8 +65,7 @@ def test_two_trials_share_one_fake_gpu_and_train_at_the_same_time(tmp_path):
             f"trials 0 and 1 trained together for {trained_together:.2f} s of {shorter:.2f} s: "
             "the fractional fake_gpu did not let them run at the same time")
 
-        probe = ray.remote(num_cpus=1, resources={FAKE_GPU: 0.5})(device_in_worker)
-        resolved = ray.get([probe.remote(trial.user_attrs["config"]["device"]) for trial in complete])
-        assert resolved == [("cpu", [])] * len(complete), f"(device, Ray GPU ids) per trial: {resolved}"
+        devices = {trial.number: trial.user_attrs.get("device") for trial in complete}
+        assert all(device == "cpu" for device in devices.values()), f"device per trial: {devices}"
     finally:
         ray.shutdown()
