@@ -71,6 +71,21 @@ def lookup(figures: dict, key: str) -> Any:
     return node
 
 
+def met_cell(met: dict, key: str) -> str:
+    """Whether a target was met; per dataset when a benchmark reports it so."""
+    if key in met:
+        return cell(met[key])
+    nested = {name: value[key] for name, value in met.items() if isinstance(value, dict) and key in value}
+    return ", ".join(f"{name}: {cell(value)}" for name, value in nested.items()) if nested else "—"
+
+
+def measured_cell(figures: dict, key: str) -> str:
+    measured = lookup(figures, key)
+    structured = isinstance(measured, dict) or (isinstance(measured, list) and
+                                                any(isinstance(v, (dict, list)) for v in measured))
+    return "see BENCHMARKS.md" if measured is None or structured else cell(measured)
+
+
 def section(stem: str, title: str, issue: str, result: dict) -> str:
     lines = [f"## {title}", "", f"*{issue}* — `{result.get('command')}`", "",
              f"Machine: {machine_line(result.get('machine', {}))}", ""]
@@ -80,9 +95,8 @@ def section(stem: str, title: str, issue: str, result: dict) -> str:
     if targets:
         lines += ["| target | measured | met |", "|---|---|---|"]
         for key, target in targets.items():
-            measured = lookup(result.get("figures", {}), key)
-            shown = cell(measured) if measured is not None and not isinstance(measured, dict) else "see below"
-            lines.append(f"| `{key}` {cell(target)} | {shown} | {cell(met.get(key))} |")
+            shown = measured_cell(result.get("figures", {}), key).replace("see BENCHMARKS.md", "see below")
+            lines.append(f"| `{key}` {cell(target)} | {shown} | {met_cell(met, key)} |")
         lines.append("")
     if result.get("note"):
         lines += [result["note"], ""]
@@ -104,9 +118,8 @@ def headline_table(results: dict[str, dict]) -> str:
             continue
         quick = " (smoke run)" if result.get("quick") else ""
         for key, target in result.get("targets", {}).items():
-            measured = lookup(result.get("figures", {}), key)
-            shown = cell(measured) if measured is not None and not isinstance(measured, dict) else "BENCHMARKS.md"
-            lines.append(f"| {title}{quick} | `{key}` {cell(target)} | {shown} | {cell(result.get('met', {}).get(key))} |")
+            shown = measured_cell(result.get("figures", {}), key)
+            lines.append(f"| {title}{quick} | `{key}` {cell(target)} | {shown} | {met_cell(result.get('met', {}), key)} |")
     return "\n".join(lines)
 
 
