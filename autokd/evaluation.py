@@ -25,9 +25,10 @@ import pandas as pd
 import torch
 
 from autokd import data as data_module
-from autokd import distill, train
+from autokd import distill
 from autokd.spec import DistillSpec, StudySpec, TrainConfig
 from autokd.teachers import atomic_write_bytes
+from autokd.train import fit_config, prepare_targets
 
 # What a baseline replaces in the trial's distillation settings (teacher subset kept for KD).
 CE_ONLY = {"w_ce": 1.0, "w_kd": 0.0, "w_feat": 0.0}
@@ -151,7 +152,7 @@ class _Runner:
         data = self._dataset(config)
         targets = self._targets_for(config, data)
         with _threads(self.threads):
-            student, fitted = train.fit_config(config, data, targets)
+            student, fitted = fit_config(config, data, targets)
         result = {"trial": trial_number, "kind": kind, "seed": config.seed,
                   "val_accuracy": fitted.val_accuracy,
                   "test_accuracy": distill.evaluate(student, data.x_test, data.y_test),
@@ -173,5 +174,5 @@ class _Runner:
         key = json.dumps({"teachers": chosen, "augment": config.augment, "data": config.data.model_dump()},
                          sort_keys=True)
         if key not in self._targets:
-            _, self._targets[key] = train.prepare_targets(config, data, self.source, self.log)
+            _, self._targets[key] = prepare_targets(config, data, self.source, self.log)
         return self._targets[key]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from autokd import train
+from autokd import evaluation
 from autokd.data import load_data
 from autokd.distill import fit
 from autokd.evaluation import evaluate_front
@@ -109,7 +109,7 @@ def test_second_call_hits_the_cache_and_trains_nothing(searched, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("evaluate_front trained a model although every evaluation was cached")
 
-    monkeypatch.setattr(train, "fit_config", no_training)
+    monkeypatch.setattr(evaluation, "fit_config", no_training)
     pd.testing.assert_frame_equal(evaluate_front(study, spec, [0, 1], log=lambda m: None), first)
 
 
