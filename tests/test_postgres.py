@@ -3,10 +3,13 @@ and a report read while a search writes. The server is started by the `postgres_
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 
 import optuna
+import pandas as pd
 import pytest
 
 from conftest import AUTOKD, REPO, run_cli, tiny_study
@@ -21,7 +24,8 @@ def _trials(url: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
 
 def _start_search(study_file, url: str) -> subprocess.Popen:
     return subprocess.Popen([*AUTOKD, "search", str(study_file), "--storage", url, "--resume", "--no-report",
-                             "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def _wait_for_complete(url: str, count: int, timeout: float = 240) -> None:
@@ -74,7 +78,8 @@ def test_two_drivers_add_to_one_study_at_the_same_time(tmp_path, postgres_url):
 
 
 def test_report_reads_the_study_while_a_search_writes_it(tmp_path, postgres_url):
-    study_file = tiny_study(tmp_path, trials=10, epochs=8)
+    # A budget far beyond what runs during the test: the search is still writing when the report reads.
+    study_file = tiny_study(tmp_path, trials=500, epochs=8)
     driver = _start_search(study_file, postgres_url)
     try:
         _wait_for_complete(postgres_url, 2)
@@ -82,10 +87,11 @@ def test_report_reads_the_study_while_a_search_writes_it(tmp_path, postgres_url)
                          check=True)
         still_running = driver.poll() is None
     finally:
-        output = driver.communicate(timeout=400)[0]
-    assert driver.returncode == 0, output
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its Ray processes
+        driver.communicate(timeout=60)
+    assert still_running, "the search stopped before the report was built: the test did not overlap them"
     assert "report:" in report.stdout
-    front = (tmp_path / "report" / "pareto.csv").read_text().splitlines()
-    assert len(front) >= 2, "the report must show the front as it was (header + at least one row)"
-    assert still_running, "the search finished before the report ran: the test did not overlap them"
-    assert sum(t.state == States.COMPLETE for t in _trials(postgres_url)) == 10
+    front = pd.read_csv(tmp_path / "report" / "pareto.csv")
+    assert len(front) >= 1, "the report must show the front as it was when read"
+    complete = {t.number for t in _trials(postgres_url) if t.state == States.COMPLETE}
+    assert set(front["trial"]) <= complete
