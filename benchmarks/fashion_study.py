@@ -103,8 +103,10 @@ def run_search(spec: StudySpec, log: Callable[[str], None] = print) -> tuple[opt
     wall = time.perf_counter() - started
     ray.shutdown()  # give the cores back before the evaluation trains anything
     complete = result.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    span = max(t.datetime_complete for t in complete) - min(t.datetime_start for t in complete)
     return result.study, {"wall_s_this_run": round(wall, 1), "trials_trained_this_run": len(complete) - before,
                           "complete_trials": len(complete), "front_size": len(result.pareto),
+                          "study_wall_s": round(span.total_seconds(), 1),  # first trial start to last end
                           "trial_train_seconds_sum": round(sum(t.user_attrs["train_seconds"] for t in complete), 1)}
 
 

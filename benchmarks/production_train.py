@@ -21,7 +21,7 @@
 The study is the one `distillation_gain.py` searched (`fashion_study.py`; run that first), or
 any other given as ``--study NAME --storage URL``.
 
-    python benchmarks/production_train.py             # 3 trials + the knee at 3x epochs, 3 seeds (~10-20 min)
+    python benchmarks/production_train.py             # 3 trials + the knee at 3x epochs, 3 seeds (~25 min)
     python benchmarks/production_train.py --quick     # the quick study, 2 trials, 1 seed (a smoke run)
 """
 
