@@ -163,7 +163,7 @@ def main() -> None:
 
     try:
         # standalone_mode=False: a bad flag raises here instead of printing click's multi-line box.
-        exit_code = app(standalone_mode=False)
+        exit_code = app(standalone_mode=False, prog_name="autokd")
     except AutokdError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -171,7 +171,7 @@ def main() -> None:
         error.show()
         sys.exit(error.exit_code)
     except click_errors.UsageError as error:
-        command = error.ctx.command_path.replace("python -m autokd.cli", "autokd") if error.ctx else "autokd"
+        command = error.ctx.command_path if error.ctx else "autokd"
         print(f"error: {command}: {error.format_message()}", file=sys.stderr)
         sys.exit(2)
     except typer.Abort:

@@ -140,6 +140,12 @@ def study_hypervolume(frame: pd.DataFrame, spec: StudySpec) -> float:
     return float(hypervolume(points, spec.directions, hypervolume_reference(spec)))
 
 
+def trained_epochs(study: optuna.Study) -> int:
+    """Epochs trained by the study's finished trials: the compute `budget.epochs` counts."""
+    return sum(int(t.user_attrs.get("epochs_trained") or 0) for t in study.get_trials(deepcopy=False)
+               if t.state.is_finished())
+
+
 def counts(study: optuna.Study) -> dict[str, int]:
     """Trials by outcome; `done` is what the budget counts (infeasible and interrupted are not)."""
     tally = {"complete": 0, "failed": 0, "infeasible": 0, "stopped": 0, "interrupted": 0, "running": 0}

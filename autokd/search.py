@@ -32,7 +32,8 @@ import pandas as pd
 
 from autokd.data import load_data
 from autokd.errors import AutokdError, StorageError
-from autokd.results import INTERRUPTED, counts, front_frame, open_storage, study_hypervolume, trials_frame
+from autokd.results import (INTERRUPTED, counts, front_frame, open_storage, study_hypervolume, trained_epochs,
+                            trials_frame)
 from autokd.space import SearchSpace, load_space
 from autokd.spec import StudySpec, TrainConfig, load_study
 from autokd.stopping import ParetoRungs
@@ -165,8 +166,11 @@ def _make_searcher(space: SearchSpace, spec: StudySpec, base: TrainConfig, input
                              study_name=spec.name, storage=open_storage(storage_url))
             self._curves: dict[str, list[float]] = {}
             self._last_beat = time.monotonic()
+            self._epochs_trained = trained_epochs(self._ot_study)
 
         def suggest(self, trial_id: str) -> dict | None:
+            if spec.budget.epochs is not None and self._epochs_trained >= spec.budget.epochs:
+                return self.FINISHED
             for _ in range(MAX_INFEASIBLE_IN_A_ROW):
                 ot_trial = self._ot_study.ask()
                 params = self._suggest_from_define_by_run_func(self._space, ot_trial)
@@ -197,6 +201,7 @@ def _make_searcher(space: SearchSpace, spec: StudySpec, base: TrainConfig, input
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if "val_accuracy" in result:
                 self._curves.setdefault(trial_id, []).append(float(result["val_accuracy"]))
+                self._epochs_trained += 1
             self._beat()
 
         def _beat(self) -> None:
@@ -210,6 +215,10 @@ def _make_searcher(space: SearchSpace, spec: StudySpec, base: TrainConfig, input
                 return
             result = result or {}
             curve = self._curves.pop(trial_id, [])
+            if "val_accuracy" in result and result.get("epoch", 0) > len(curve):
+                # Tune skips on_trial_result for the result a scheduler stops the trial on.
+                curve.append(float(result["val_accuracy"]))
+                self._epochs_trained += 1
             attrs = {"val_accuracy_curve": curve, "epochs_trained": result.get("epoch", len(curve)),
                      "train_seconds": result.get("train_seconds"), "node": result.get("node"),
                      "device": result.get("device")}
@@ -413,7 +422,8 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     base = spec.train_config()
 
     remaining = spec.budget.trials - counts(optuna_study)["done"]
-    if remaining > 0:
+    compute_left = spec.budget.epochs is None or trained_epochs(optuna_study) < spec.budget.epochs
+    if remaining > 0 and compute_left:
         _run_tuner(spec, space, base, data, outputs, storage_url, optuna_study, remaining, address, progress)
     if spec.robust.top_k > 0:
         _rerun_front_with_seeds(spec, optuna_study, data, outputs, address, log)
@@ -437,7 +447,7 @@ def _run_tuner(spec, space, base, data, outputs, storage_url, optuna_study, rema
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, reuse_actors=True,
                                     max_concurrent_trials=spec.resources.concurrency,
                                     time_budget_s=spec.budget.time_limit_s,
-                                    scheduler=_scheduler(spec)),
+                                    scheduler=_scheduler(spec, optuna_study)),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(Path(spec.cache_dir).resolve() / "ray"),
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=0),
                                   checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)),
@@ -498,7 +508,7 @@ def _rerun_front_with_seeds(spec: StudySpec, study: optuna.Study, data, outputs,
                                                  "mean": mean, "std": std})
 
 
-def _scheduler(spec: StudySpec):
+def _scheduler(spec: StudySpec, study: optuna.Study):
     """No stopping, Pareto-aware successive halving, or stock ASHA on accuracy (for comparison)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
@@ -514,12 +524,30 @@ def _scheduler(spec: StudySpec):
             super().__init__()
             self.rungs = ParetoRungs(stopping.grace_epochs, stopping.eta, spec.schedule.epochs)
             self.size_metric = spec.objectives[1]
+            self._curves: dict[str, list[float]] = {}
+            # A resumed study's rungs and front are its stored trials', not empty.
+            for stored in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE,
+                                                                   optuna.trial.TrialState.PRUNED]):
+                curve, size = stored.user_attrs.get("val_accuracy_curve"), stored.user_attrs.get(self.size_metric)
+                if curve and size is not None:
+                    self.rungs.finished(f"stored-{stored.number}", curve, size)
 
         def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-            if "val_accuracy" not in result or result.get("epoch", 0) >= result.get("epochs", 0):
+            if "val_accuracy" not in result:
+                return TrialScheduler.CONTINUE
+            self._curves.setdefault(trial.trial_id, []).append(float(result["val_accuracy"]))
+            if result.get("epoch", 0) >= result.get("epochs", 0):
                 return TrialScheduler.CONTINUE
             keep = self.rungs.keep_training(trial.trial_id, result["epoch"], result["val_accuracy"],
                                             result[self.size_metric])
             return TrialScheduler.CONTINUE if keep else TrialScheduler.STOP
+
+        def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+            curve = self._curves.pop(trial.trial_id, [])
+            if result and self.size_metric in result and "failure_reason" not in result:
+                self.rungs.finished(trial.trial_id, curve, result[self.size_metric])
+
+        def on_trial_remove(self, tune_controller, trial) -> None:
+            self._curves.pop(trial.trial_id, None)
 
     return _ParetoRungScheduler()

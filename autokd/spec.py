@@ -141,6 +141,9 @@ class TrainConfig(_RunFields):
 class Budget(_Strict):
     trials: int = Field(30, gt=0)
     time_limit_s: float | None = Field(None, gt=0)
+    # Compute: no new trial starts once the trials have trained this many epochs in all
+    # (early-stopped ones count what they trained); running trials finish.
+    epochs: int | None = Field(None, gt=0)
 
 
 class SamplerSpec(_Strict):

@@ -9,9 +9,9 @@ sampler (tpe), 3 seeds each, on digits and Fashion-MNIST:
 - ``asha``: ``{kind: asha, grace_epochs: 1, eta: 3}``, stock ASHA on accuracy alone.
 
 Compute is the sum of the ``epochs_trained`` user attr over the trials that trained. The none
-arm spends C = N x E epochs. The stopping arms get ceil(C / e) trials, where e is the epochs a
-trial costs on average under synchronous successive halving with these rungs, so that they
-spend at least about C; every arm is then compared at compute C. HV is autokd's (val
+arm spends C = N x E epochs. The stopping arms get the study key ``budget.epochs: C`` (no trial
+starts once C epochs were trained; running ones finish) and up to 10 N trials; every arm is
+then compared at compute C. HV is autokd's (val
 accuracy, log10 params, the fixed reference of `results.hypervolume_reference`) over COMPLETE
 trials only: an early-stopped trial is PRUNED and never counts. An arm's HV-vs-compute curve
 takes its trained trials in completion order; at compute c it is the HV of the COMPLETE trials
@@ -27,16 +27,15 @@ last (partial) accuracy; autokd records them PRUNED.
 Cheap settings as in search_quality.py (Fashion-MNIST on a stratified 8000-sample
 `data.train_subset`, the subset's teachers trained once and cached in .cache/autokd).
 
-    python benchmarks/early_stopping.py            # digits 9 epochs x 18 trials, Fashion 6 x 9, 3 seeds (~30 min, shared 2 cores)
+    python benchmarks/early_stopping.py            # digits 9 epochs x 40 trials, Fashion 6 x 18, 3 seeds (~35 min, 2 cores)
     python benchmarks/early_stopping.py --quick    # 1 seed, 3 full-fidelity trials' worth (a smoke run)
-    python benchmarks/early_stopping.py --digits-trials 18 --fashion-trials 9 --seeds 3
+    python benchmarks/early_stopping.py --digits-trials 40 --fashion-trials 18 --seeds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import statistics
 import sys
 import tempfile
@@ -52,7 +51,6 @@ import pandas as pd  # noqa: E402
 from autokd.pareto import pareto_ranks  # noqa: E402
 from autokd.results import hypervolume_reference, study_hypervolume, trials_frame  # noqa: E402
 from autokd.spec import StudySpec  # noqa: E402
-from autokd.stopping import ParetoRungs  # noqa: E402
 from search_quality import (CONCURRENCY, DATASETS, DEFAULT_SAMPLER, SIZE_LIMIT, SPACE, first_reaching,  # noqa: E402
                             mean_std, prepare_dataset, quiet, study_spec, trained_mask)
 
@@ -62,15 +60,9 @@ FRACTION_TARGET = 0.5
 CURVE_POINTS = 24
 
 
-def sh_epochs_per_trial(epochs: int) -> float:
-    """Average epochs a trial trains under synchronous successive halving with these rungs."""
-    milestones = ParetoRungs(GRACE_EPOCHS, ETA, epochs).milestones
-    steps = [*milestones, epochs]
-    return steps[0] + sum((steps[i] - steps[i - 1]) / ETA ** i for i in range(1, len(steps)))
-
-
-def arm_trials(arm: str, trials: int, epochs: int) -> int:
-    return trials if arm == "none" else math.ceil(trials * epochs / sh_epochs_per_trial(epochs))
+def arm_trials(arm: str, trials: int) -> int:
+    """The none arm's N; the stopping arms stop at the compute budget C long before 10 N trials."""
+    return trials if arm == "none" else 10 * trials
 
 
 def completion_frame(study: optuna.Study) -> pd.DataFrame:
@@ -102,8 +94,8 @@ def run_arm(folder: Path, dataset: str, arm: str, seed: int, trials: int, epochs
 
     name = f"es-{dataset}-{arm}-s{seed}"
     stopping = {"kind": arm, "grace_epochs": GRACE_EPOCHS, "eta": ETA}
-    spec = study_spec(folder, dataset, name, trials=arm_trials(arm, trials, epochs), epochs=epochs,
-                      sampler=DEFAULT_SAMPLER, seed=seed, early_stopping=stopping)
+    spec = study_spec(folder, dataset, name, trials=arm_trials(arm, trials), epochs=epochs,
+                      sampler=DEFAULT_SAMPLER, seed=seed, early_stopping=stopping, compute_epochs=trials * epochs)
     started = time.perf_counter()
     result = search(spec, progress=False, log=quiet)
     wall = time.perf_counter() - started
@@ -130,7 +122,7 @@ def dataset_figures(runs: dict[str, list[dict]], trials: int, epochs: int) -> di
     return {
         "epochs_per_trial": epochs,
         "compute_budget_epochs": budget,
-        "trials": {arm: arm_trials(arm, trials, epochs) for arm in runs},
+        "trials_trained_per_seed": {arm: [len(r["trained"]) for r in rs] for arm, rs in runs.items()},
         "hv_at_budget": {arm: mean_std([hv_at(r["trained"], r["spec"], budget) for r in rs]) for arm, rs in runs.items()},
         "none_final_hv_mean": round(none_final, 4),
         "fraction_of_none_compute_to_reach_none_final": {
@@ -174,8 +166,10 @@ def dataset_note(dataset: str, f: dict, met: dict) -> str:
     spans = {arm: f["front_span_decades_at_budget"][arm]["mean"] for arm in ARMS}
     hv = {arm: f["hv_at_budget"][arm]["mean"] for arm in ARMS}
     spent = {arm: statistics.fmean(f["compute_spent_epochs_per_seed"][arm]) for arm in ARMS}
-    text = (f"{dataset}: C = {f['compute_budget_epochs']:.0f} epochs ({f['trials']['none']} trials x "
-            f"{f['epochs_per_trial']}); pareto and asha ran {f['trials']['pareto']} trials and spent "
+    trained = {arm: statistics.fmean(f["trials_trained_per_seed"][arm]) for arm in ARMS}
+    text = (f"{dataset}: C = {f['compute_budget_epochs']:.0f} epochs ({trained['none']:.0f} trials x "
+            f"{f['epochs_per_trial']}); pareto and asha trained {trained['pareto']:.0f} and {trained['asha']:.0f} "
+            f"trials and spent "
             f"{spent['pareto']:.0f} and {spent['asha']:.0f} epochs per seed (curves cut at C). HV at C none "
             f"{hv['none']}, pareto {hv['pareto']}, asha {hv['asha']}. ")
     if met["pareto_fraction_to_reach_none_hv"]:
@@ -201,8 +195,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     args = parser.parse_args()
-    trials = {"digits": args.digits_trials or (3 if args.quick else 18),
-              "fashion_mnist": args.fashion_trials or (3 if args.quick else 9)}
+    trials = {"digits": args.digits_trials or (3 if args.quick else 40),
+              "fashion_mnist": args.fashion_trials or (3 if args.quick else 18)}
     epochs = {"digits": args.digits_epochs, "fashion_mnist": args.fashion_epochs}
     seeds = args.seeds or (1 if args.quick else 3)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -81,7 +81,7 @@ DATASETS = {
 
 
 def study_spec(folder: Path, dataset: str, name: str, *, trials: int, epochs: int, sampler: str, seed: int,
-               early_stopping: dict | None = None) -> StudySpec:
+               early_stopping: dict | None = None, compute_epochs: int | None = None) -> StudySpec:
     """A study on `dataset` with its study file's split and teachers, the benchmark space and budget."""
     settings = DATASETS[dataset]
     study = load_study(REPO / settings["study"])
@@ -97,7 +97,7 @@ def study_spec(folder: Path, dataset: str, name: str, *, trials: int, epochs: in
         "search_space": SPACE,
         "objectives": ["val_accuracy", "params"],
         "constraints": [f"params <= {SIZE_LIMIT}"],
-        "budget": {"trials": trials},
+        "budget": {"trials": trials, "epochs": compute_epochs},
         "sampler": {"name": sampler, "seed": seed},
         "resources": {"cpus_per_trial": 1, "concurrency": CONCURRENCY},
         "early_stopping": early_stopping or {"kind": "none"},
