@@ -6,15 +6,15 @@ comparison at a rung is a Pareto one over (accuracy at this rung, size). A trial
 past a rung when either holds:
 
 - it is in the top 1/eta of its rung by non-dominated rank, ties within a front broken by
-  crowding distance (NSGA-II's), so the smallest and the most accurate of a front always go
-  on and small students compete with small students;
+  crowding distance (NSGA-II's), so the smallest and the most accurate of a front go first
+  and small students compete with small students;
 - the full-fidelity front can still move because of it: no trial already on that front was
   at least as accurate at this same epoch with no more parameters.
 
-It stops only when both say no. The second rule is what makes stopping pay: in replays of
-recorded learning curves it let the front reach no-stopping's hypervolume with about a third
-less compute than the rung rule alone, which spends epochs on trials the finished front
-already beats (benchmarks/early_stopping.py measures the real thing). Pure logic, no Ray:
+It stops only when both say no. The rung rule alone spends epochs on trials the finished
+front already beats; the front rule alone has no say before the first trial finishes.
+benchmarks/stopping_replay.py measures each rule (and an oracle) on recorded curves,
+benchmarks/early_stopping.py the real searches. Pure logic, no Ray:
 `search.py` wraps it in a Ray Tune scheduler and seeds it from the study on resume.
 
     >>> rungs = ParetoRungs(grace_epochs=1, eta=2, max_epochs=4)

@@ -16,6 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # distillation_gain runs the Fashion-MNIST search that production_train reuses, so it goes first.
 SCRIPTS = ["report_speed.py", "trial_cost.py", "orchestration.py", "search_quality.py", "early_stopping.py",
+           "stopping_replay.py",
            "distillation_gain.py", "production_train.py", "gpu_sharing.py"]
 
 
