@@ -199,8 +199,9 @@ def _make_searcher(space: SearchSpace, spec: StudySpec, base: TrainConfig, input
                               f"{spec.constraints}; widen the constraints or shrink the search space")
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if "val_accuracy" in result:
-                self._curves.setdefault(trial_id, []).append(float(result["val_accuracy"]))
+            curve = self._curves.setdefault(trial_id, [])
+            if "val_accuracy" in result and result.get("epoch", len(curve) + 1) > len(curve):  # once per epoch
+                curve.append(float(result["val_accuracy"]))
                 self._epochs_trained += 1
             self._beat()
 
@@ -535,7 +536,9 @@ def _scheduler(spec: StudySpec, study: optuna.Study):
         def on_trial_result(self, tune_controller, trial, result: dict) -> str:
             if "val_accuracy" not in result:
                 return TrialScheduler.CONTINUE
-            self._curves.setdefault(trial.trial_id, []).append(float(result["val_accuracy"]))
+            curve = self._curves.setdefault(trial.trial_id, [])
+            if result["epoch"] > len(curve):  # once per epoch
+                curve.append(float(result["val_accuracy"]))
             if result.get("epoch", 0) >= result.get("epochs", 0):
                 return TrialScheduler.CONTINUE
             keep = self.rungs.keep_training(trial.trial_id, result["epoch"], result["val_accuracy"],
