@@ -208,6 +208,15 @@ class StudySpec(_RunFields):
                 raise ValueError(f"expected '<metric> <= <number>' with metric in {list(SIZE_METRICS)}, got {text!r}")
         return constraints
 
+    @model_validator(mode="after")
+    def _stopping_follows_the_budget(self) -> "StudySpec":
+        # With a compute budget and no stopping kind given, stop early: at equal compute Pareto-aware
+        # stopping found the better front (benchmarks/early_stopping.py). A trial budget keeps
+        # meaning full trainings unless the study asks otherwise.
+        if self.budget.epochs is not None and "kind" not in self.early_stopping.model_fields_set:
+            self.early_stopping = self.early_stopping.model_copy(update={"kind": "pareto"})
+        return self
+
     def size_limits(self) -> dict[str, float]:
         """Constraints as {metric: upper bound}; checked before a trial trains."""
         limits: dict[str, float] = {}

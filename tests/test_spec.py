@@ -40,6 +40,21 @@ def test_valid_study_loads_with_defaults(tmp_path):
     assert config.distill.temperature == 4.0 and config.teachers[0].name == "t1"
 
 
+@pytest.mark.parametrize("budget, early_stopping, expected", [
+    ({"trials": 5}, None, "none"),                                   # a trial budget buys full trainings
+    ({"trials": 5, "epochs": 100}, None, "pareto"),                  # a compute budget stops early
+    ({"trials": 5, "epochs": 100}, {"eta": 2}, "pareto"),            # ... keeping the given rung settings
+    ({"trials": 5, "epochs": 100}, {"kind": "none"}, "none"),        # unless the study says otherwise
+    ({"trials": 5}, {"kind": "asha"}, "asha"),
+])
+def test_early_stopping_kind_follows_the_budget_unless_given(tmp_path, budget, early_stopping, expected):
+    document = {**VALID, "budget": budget, **({"early_stopping": early_stopping} if early_stopping else {})}
+    spec = load_study(write(tmp_path, document))
+    assert spec.early_stopping.kind == expected
+    if early_stopping and "eta" in early_stopping:
+        assert spec.early_stopping.eta == early_stopping["eta"]
+
+
 @pytest.mark.parametrize("dotted, value, expected", [
     ("distill.temperature", -1, "distill.temperature: must be > 0, got -1"),
     ("distill.temperature", 0, "distill.temperature: must be > 0, got 0"),
@@ -48,6 +63,7 @@ def test_valid_study_loads_with_defaults(tmp_path):
     ("schedule.epochs", "ten", "schedule.epochs: must be a valid integer"),
     ("budget.trials", 0, "budget.trials: must be > 0, got 0"),
     ("budget.trials", -3, "budget.trials: must be > 0, got -3"),
+    ("budget.epochs", 0, "budget.epochs: must be > 0, got 0"),
     ("sampler.name", "cmaes", "sampler.name: must be 'tpe', 'nsga2', 'gp' or 'random', got 'cmaes'"),
     ("objectives", ["params"], "objectives: the first objective must be 'val_accuracy'"),
     ("constraints", ["params < 5"], "constraints: expected '<metric> <= <number>'"),
