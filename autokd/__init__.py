@@ -14,11 +14,13 @@ from autokd.data import Dataset, load_data
 from autokd.distill import FitResult, evaluate, fit
 from autokd.errors import AutokdError, CheckpointError, ConfigError, DataError, NonFiniteLossError, StorageError
 from autokd.losses import DistillationLoss
-from autokd.pareto import hypervolume, knee_index, pareto_front_mask, pareto_ranks
+from autokd.pareto import first_dominators, hypervolume, knee_index, pareto_front_mask, pareto_ranks
+from autokd.results import front_frame, robust_frame, trials_frame
 # `search` and `train` are functions named like their modules: imported eagerly, or the first
 # `import autokd.search` anywhere would rebind `autokd.search` to the module (Ray itself is imported lazily).
 from autokd.search import SearchResult, search
 from autokd.spec import StudySpec, TrainConfig, load_study, load_train_config
+from autokd.stopping import ParetoRungs
 from autokd.train import build_student, load_student, train
 from autokd.zoo import ModelSize, build_model, model_size
 
@@ -37,8 +39,8 @@ def __getattr__(name):
 
 __all__ = [
     "AutokdError", "CheckpointError", "ConfigError", "DataError", "Dataset", "DistillationLoss", "FitResult",
-    "ModelSize", "NonFiniteLossError", "SearchResult", "StorageError", "StudySpec", "TrainConfig",
-    "build_model", "build_report", "build_student", "evaluate", "export_config", "fit", "hypervolume",
-    "knee_index", "load_data", "load_student", "load_study", "load_train_config", "model_size",
-    "pareto_front_mask", "pareto_ranks", "search", "train",
+    "ModelSize", "NonFiniteLossError", "ParetoRungs", "SearchResult", "StorageError", "StudySpec", "TrainConfig",
+    "build_model", "build_report", "build_student", "evaluate", "export_config", "first_dominators", "fit",
+    "front_frame", "hypervolume", "knee_index", "load_data", "load_student", "load_study", "load_train_config",
+    "model_size", "pareto_front_mask", "pareto_ranks", "robust_frame", "search", "train", "trials_frame",
 ]

@@ -99,14 +99,21 @@ def report(study: str = typer.Argument(..., help="Study YAML file, or the study'
 def show(study: str = typer.Argument(..., help="Study YAML file, or the study's name with --storage."),
          storage: Optional[str] = STORAGE) -> None:
     """Print the Pareto front as a terminal table."""
-    from autokd.results import front_frame, study_and_spec, trials_frame
+    from autokd.results import front_frame, robust_frame, study_and_spec, trials_frame
 
     optuna_study, spec = study_and_spec(study, storage)
     frame = trials_frame(optuna_study)
     objectives = optuna_study.user_attrs.get("objectives", ["val_accuracy", "params"])
     states = frame["state"].value_counts().to_dict() if len(frame) else {}
     typer.echo(f"study {optuna_study.study_name}: {len(frame)} trials {states}")
-    _print_front(front_frame(frame) if len(frame) else frame, objectives)
+    front = front_frame(frame) if len(frame) else frame
+    robust = robust_frame(optuna_study, frame) if len(frame) else None
+    if robust is not None and len(robust):
+        # mean ± std over the re-run seeds; "lucky": off the front by mean (see `results.robust_frame`)
+        robust["robust"] = [f"{r['mean']:.4f}±{r['std']:.4f}" + ("" if r["front_by_mean"] else " lucky")
+                            for _, r in robust.iterrows()]
+        front = front.merge(robust[["trial", "robust"]], on="trial", how="left").fillna({"robust": ""})
+    _print_front(front, objectives)
 
 
 @app.command()
@@ -138,13 +145,13 @@ def _print_front(front, objectives: list[str]) -> None:
         return
     table = Table(title="Pareto front (validation accuracy vs size)")
     columns = ["trial", *objectives] + [c for c in ("params", "macs", "student.family", "distill.kind",
-                                                    "distill.temperature", "distill.teachers")
+                                                    "distill.temperature", "distill.teachers", "robust")
                                         if c in front.columns and c not in objectives]
     for column in columns:
         table.add_column(column, justify="right")
     for _, row in front.iterrows():
         table.add_row(*[_cell(int(row[c]) if c in SIZE_METRICS else row[c]) for c in columns])
-    Console(width=max(120, Console().width)).print(table)
+    Console(width=max(150, Console().width)).print(table)
 
 
 def _cell(value) -> str:

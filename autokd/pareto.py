@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "first_dominators",
     "hypervolume",
     "knee_index",
     "pareto_front_mask",
@@ -117,6 +118,16 @@ def pareto_front_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarr
     [True, True, False]
     """
     return pareto_ranks(values, directions) == 0
+
+
+def first_dominators(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """For every row, the index of the first row that dominates it, or -1 when none does.
+
+    >>> first_dominators([[0.9, 100], [0.8, 50], [0.7, 80], [0.6, 90]], ["maximize", "minimize"]).tolist()
+    [-1, -1, 1, 1]
+    """
+    dominated_by = _dominated_by_matrix(_loss_values(values, directions))
+    return np.where(dominated_by.any(axis=1), dominated_by.argmax(axis=1), -1)
 
 
 # --------------------------------------------------------------------------- hypervolume

@@ -50,7 +50,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 from autokd.errors import AutokdError, StorageError
 from autokd.evaluation import EVALUATION_COLUMNS, evaluate_front
 from autokd.pareto import hypervolume, knee_index, pareto_front_mask
-from autokd.results import (front_frame, hypervolume_points, hypervolume_reference, study_and_spec,
+from autokd.results import (front_frame, hypervolume_points, hypervolume_reference, robust_frame, study_and_spec,
                             study_hypervolume, trials_frame)
 from autokd.spec import StudySpec
 
@@ -81,6 +81,11 @@ def build_report(study: str | Path, storage: str | None = None, out: str | Path 
     frame = trials_frame(snapshot)
     notes: list[str] = []
     front = _front_with_tests(frame, snapshot, spec, evaluate_test, baselines, notes, log)
+    robust = robust_frame(snapshot, frame)
+    if len(robust):
+        columns = {"mean": "robust_mean", "std": "robust_std", "seeds": "robust_seeds",
+                   "front_by_mean": "robust_front_by_mean"}
+        front = front.merge(robust[["trial", *columns]].rename(columns=columns), on="trial", how="left")
     teachers = _teacher_rows(spec, notes, log)
     folder = Path(out) if out is not None else Path("reports") / spec.name
 
@@ -94,6 +99,7 @@ def build_report(study: str | Path, storage: str | None = None, out: str | Path 
         if not _plot_effects(staging / "effects.png", frame, spec):
             notes.append(f"effects plot skipped: no complete trial has {' or '.join(EFFECT_PARAMS)}")
         summary = _summary(str(study), storage, spec, snapshot, frame, front, teachers, importances, knee, notes)
+        summary["robust"] = robust.to_dict("records")
         frame.to_csv(staging / "trials.csv", index=False)
         front.to_csv(staging / "pareto.csv", index=False)
         (staging / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
@@ -547,6 +553,23 @@ def _front_table(summary: dict) -> str:
     return _table(headers, rows, code_columns=(len(headers) - 1,), row_classes=classes)
 
 
+def _robust_table(summary: dict) -> str:
+    """The re-run front configs by mean val accuracy; those that need their lucky seed are marked."""
+    size = summary["objectives"][1]
+    rows = []
+    for rank, row in enumerate(summary["robust"], start=1):
+        verdict = ("on the front by mean" if row["front_by_mean"] else
+                   f"off the front by mean (trial {row['beaten_by']} is as accurate and no larger): "
+                   "its place rests on one seed")
+        rows.append([rank, row["trial"], _number(row[size]), _accuracy(row["val_accuracy"]),
+                     f"{_accuracy(row['mean'])} ± {_accuracy(row['std'])}",
+                     ", ".join(_accuracy(a) for a in row["val_accuracies"]), verdict])
+    seeds = summary["robust"][0]["seeds"]
+    return (f"<p>The top front configs by val accuracy, re-run with {_e(seeds)} seeds (the search's seed first) "
+            "and ranked by mean; ± is the standard deviation over the seeds.</p>"
+            + _table(["#", "trial", size, "val acc (search)", "mean ± std", "per seed", "verdict"], rows))
+
+
 def _space_rows(space: Any) -> list[list[Any]]:
     if not isinstance(space, dict):
         return [[str(space), "file", "", ""]]
@@ -605,6 +628,8 @@ def render_html(summary: dict, folder: Path) -> str:
                   "over the same student trained with cross-entropy only and with vanilla KD (KL, T=4, "
                   "w_kd 0.9, w_ce 0.1), same schedule and seed.</p>",
                   _front_table(summary)]
+    if summary["robust"]:
+        parts += ["<h2>Robust front</h2>", _robust_table(summary)]
     if summary["teachers"]:
         parts += ["<h2>Teachers</h2>", _table(
             ["name", "architecture", "params", "val acc", "test acc"],

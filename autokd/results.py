@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 
 from autokd.errors import StorageError
-from autokd.pareto import pareto_ranks
+from autokd.pareto import first_dominators, pareto_ranks
 from autokd.spec import StudySpec, load_study
 
 SCHEMA_RACE_RETRIES = 5
@@ -111,6 +111,39 @@ def front_frame(frame: pd.DataFrame) -> pd.DataFrame:
     front = frame[frame["pareto_rank"] == 0]
     size_column = next(c for c in ("params", "bytes_fp32", "macs") if c in front.columns)
     return front.sort_values([size_column, "trial"]).reset_index(drop=True)
+
+
+def robust_frame(study: optuna.Study, frame: pd.DataFrame) -> pd.DataFrame:
+    """The front configs re-run with several seeds (`robust.top_k`), ranked by mean val accuracy.
+
+    Columns: trial, the size objectives, val_accuracy (the search's seed), the per-seed
+    accuracies, mean, std, seeds, and `front_by_mean`: whether the config is still on the front
+    of the re-run configs when each is placed at its mean. False means its place on the search's
+    front rests on one lucky seed: by mean, another re-run config is at least as accurate and no
+    larger. `beaten_by` names that config.
+    """
+    objectives = study.user_attrs.get("objectives", ["val_accuracy", "params"])
+    rows = []
+    for key, value in study.user_attrs.items():
+        if not key.startswith("robust."):
+            continue
+        number = int(key.removeprefix("robust."))
+        match = frame[frame["trial"] == number]
+        if match.empty:
+            continue
+        trial = match.iloc[0]
+        rows.append({"trial": number, **{name: trial[name] for name in objectives},
+                     "val_accuracies": value["val_accuracies"], "seeds": len(value["seeds"]),
+                     "mean": value["mean"], "std": value["std"]})
+    columns = ["trial", *objectives, "val_accuracies", "seeds", "mean", "std", "front_by_mean", "beaten_by"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    robust = pd.DataFrame(rows)
+    directions = ["maximize"] + ["minimize"] * (len(objectives) - 1)
+    dominators = first_dominators(robust[["mean", *objectives[1:]]].to_numpy(float), directions)
+    robust["front_by_mean"] = dominators < 0
+    robust["beaten_by"] = pd.Series([int(robust["trial"][d]) if d >= 0 else None for d in dominators], dtype=object)
+    return robust.sort_values(["mean", "trial"], ascending=[False, True]).reset_index(drop=True)[columns]
 
 
 # Hypervolume is measured on (val accuracy, log10 size) against a fixed, stated reference:

@@ -10,6 +10,7 @@ from optuna._hypervolume import compute_hypervolume
 
 from autokd import pareto
 from autokd.pareto import (
+    first_dominators,
     hypervolume,
     knee_index,
     pareto_front_mask,
@@ -156,6 +157,24 @@ def test_ranks_property_fronts_are_consistent(seed, m):
         # ...and nothing of the same or a worse rank dominates it.
         same_or_worse = np.flatnonzero(ranks >= ranks[i])
         assert not any(_dominates(values[j], values[i], directions) for j in same_or_worse)
+
+
+def test_first_dominators_by_hand():
+    # (accuracy, params): b = (0.80, 50) beats c and d (more accurate and smaller); a = (0.90, 100)
+    # beats neither (larger than both). e duplicates b: equal points never dominate each other.
+    values = [[0.90, 100], [0.80, 50], [0.70, 80], [0.60, 90], [0.80, 50]]
+    assert first_dominators(values, MAX_MIN).tolist() == [-1, -1, 1, 1, -1]  # duplicates never dominate
+
+
+def test_first_dominators_agree_with_ranks():
+    rng = np.random.default_rng(3)
+    values = np.round(rng.random((60, 2)), 1)
+    dominators = first_dominators(values, MAX_MIN)
+    assert ((dominators < 0) == (pareto_ranks(values, MAX_MIN) == 0)).all()
+    for i, j in enumerate(dominators):
+        if j >= 0:
+            assert _dominates(values[j], values[i], MAX_MIN)
+            assert not any(_dominates(values[k], values[i], MAX_MIN) for k in range(j))  # the first one
 
 
 # --------------------------------------------------------------------------- hypervolume
@@ -352,7 +371,7 @@ def test_select_tie_breaking_and_edges():
 
 def test_public_surface():
     assert sorted(pareto.__all__) == sorted(
-        ["hypervolume", "knee_index", "pareto_front_mask", "pareto_ranks", "select_index"]
+        ["first_dominators", "hypervolume", "knee_index", "pareto_front_mask", "pareto_ranks", "select_index"]
     )
     # numpy only: no heavy frameworks pulled in by the module itself
     source = open(pareto.__file__).read()

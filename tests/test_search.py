@@ -140,3 +140,39 @@ def test_a_compute_budget_stops_new_trials_and_resume_adds_none(tmp_path, stoppi
 
     run_cli("search", study_file, "--resume", "--no-report", "--no-progress", check=True, timeout=600)
     assert len(load(study_file).get_trials()) == len(study.get_trials())
+
+
+@pytest.mark.slow
+def test_robust_front_reruns_the_top_front_configs_and_the_report_ranks_them(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from autokd.report import build_report
+
+    study_file = tiny_study(tmp_path, trials=6, robust={"top_k": 2, "seeds": 2})
+    run_cli("search", study_file, "--no-report", "--no-progress", check=True, timeout=600)
+    study = load(study_file)
+    reruns = {int(k.removeprefix("robust.")): v for k, v in study.user_attrs.items() if k.startswith("robust.")}
+    complete = {t.number: t for t in study.get_trials() if t.state == States.COMPLETE}
+    assert 1 <= len(reruns) <= 2
+    for number, rerun in reruns.items():
+        trial = complete[number]
+        assert rerun["seeds"][0] == trial.user_attrs["seed"] and len(set(rerun["seeds"])) == 2
+        assert rerun["val_accuracies"][0] == trial.values[0]      # the search's own run is the first seed
+        assert rerun["mean"] == pytest.approx(sum(rerun["val_accuracies"]) / 2)
+
+    run_cli("search", study_file, "--resume", "--no-report", "--no-progress", check=True, timeout=600)
+    assert {k: v for k, v in load(study_file).user_attrs.items() if k.startswith("robust.")} == \
+        {f"robust.{n}": v for n, v in reruns.items()}              # resume re-runs nothing
+
+    folder = build_report(study_file, out=tmp_path / "report", baselines=False, evaluate_test=False,
+                          log=lambda message: None)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert sorted(row["trial"] for row in summary["robust"]) == sorted(reruns)
+    means = [row["mean"] for row in summary["robust"]]
+    assert means == sorted(means, reverse=True)
+    assert "Robust front" in (folder / "index.html").read_text()
+    pareto = pd.read_csv(folder / "pareto.csv")
+    rerun_rows = pareto[pareto["trial"].isin(reruns)]
+    assert rerun_rows["robust_seeds"].eq(2).all() and rerun_rows["robust_mean"].notna().all()
