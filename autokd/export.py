@@ -24,7 +24,7 @@ import yaml
 from autokd.data import load_data
 from autokd.errors import AutokdError
 from autokd.pareto import knee_index, select_index
-from autokd.results import study_and_spec
+from autokd.results import log_sizes, study_and_spec
 from autokd.spec import StudySpec, TrainConfig, load_train_config, train_config_from_dict
 from autokd.teachers import file_digest, teacher_key
 
@@ -88,7 +88,7 @@ def choose_trial(study: optuna.Study, *, trial: int | None = None, max_params: f
                           f"({_state_counts(study)})")
     if knee:
         directions = [d.name.lower() for d in study.directions]
-        return complete[knee_index(np.array([t.values for t in complete], dtype=float), directions)]
+        return complete[knee_index(log_sizes(np.array([t.values for t in complete], dtype=float)), directions)]
     accuracy = np.array([t.values[0] for t in complete], dtype=float)
     if min_accuracy is not None:
         return complete[_smallest_accurate_index(accuracy, _attr(complete, "params"), min_accuracy)]

@@ -50,8 +50,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 from autokd.errors import AutokdError, StorageError
 from autokd.evaluation import EVALUATION_COLUMNS, evaluate_front
 from autokd.pareto import hypervolume, knee_index, pareto_front_mask
-from autokd.results import (front_frame, hypervolume_points, hypervolume_reference, robust_frame, study_and_spec,
-                            study_hypervolume, trials_frame)
+from autokd.results import (front_frame, hypervolume_points, hypervolume_reference, log_sizes, robust_frame,
+                            study_and_spec, study_hypervolume, trials_frame)
 from autokd.spec import StudySpec
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
@@ -168,7 +168,7 @@ def _teacher_rows(spec: StudySpec, notes: list[str], log: Callable[[str], None])
 def _knee_trial(front: pd.DataFrame, spec: StudySpec) -> int | None:
     if front.empty:
         return None
-    return int(front["trial"].iloc[knee_index(front[spec.objectives].to_numpy(float), spec.directions)])
+    return int(front["trial"].iloc[knee_index(log_sizes(front[spec.objectives].to_numpy(float)), spec.directions)])
 
 
 def _importances(snapshot: optuna.Study, spec: StudySpec, notes: list[str]) -> dict[str, dict[str, float]]:
@@ -522,7 +522,8 @@ def _overview_rows(summary: dict) -> list[list[Any]]:
                       f"{summary['train_seconds']:.0f} s of training in all"],
         ["hypervolume", f"{summary['hypervolume']:.4f} of ({', '.join(summary['hypervolume_space'])}) "
                         f"against reference point ({reference})"],
-        ["knee", "—" if summary["knee_trial"] is None else f"trial {summary['knee_trial']}"],
+        ["knee", "—" if summary["knee_trial"] is None else
+                 f"trial {summary['knee_trial']} (farthest below the line joining the front's ends, on log size)"],
         ["storage", summary["storage"]],
         ["versions", ", ".join(f"{k} {v}" for k, v in summary["versions"].items())],
         ["device", summary["device"]["report_machine"] + "; search nodes: "

@@ -157,11 +157,16 @@ def hypervolume_reference(spec: StudySpec) -> list[float]:
     return [0.0] + [float(np.log10(limits.get(name, UNCONSTRAINED_SIZE_REFERENCE))) for name in spec.objectives[1:]]
 
 
-def hypervolume_points(frame: pd.DataFrame, spec: StudySpec) -> np.ndarray:
-    complete = frame[frame["state"] == "COMPLETE"]
-    points = complete[spec.objectives].to_numpy(float, copy=True)
+def log_sizes(values: np.ndarray) -> np.ndarray:
+    """Rows of (accuracy, size, ...) with the sizes as log10: the space of the hypervolume, of
+    the knee and of the report's size axis, where a student ten times smaller is one step away."""
+    points = np.array(values, dtype=float)
     points[:, 1:] = np.log10(np.maximum(points[:, 1:], 1.0))
     return points
+
+
+def hypervolume_points(frame: pd.DataFrame, spec: StudySpec) -> np.ndarray:
+    return log_sizes(frame.loc[frame["state"] == "COMPLETE", spec.objectives].to_numpy(float))
 
 
 def study_hypervolume(frame: pd.DataFrame, spec: StudySpec) -> float:

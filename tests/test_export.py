@@ -198,3 +198,15 @@ def test_study_without_complete_trials_says_so(tmp_path):
     study.add_trial(optuna.trial.create_trial(state=FAIL, user_attrs={"failure_reason": "x"}))
     with pytest.raises(AutokdError, match=r"study 'empty' has no complete trial yet \(1 FAIL\)"):
         export_config("empty", tmp_path / "best.yaml", storage=storage, knee=True)
+
+
+def test_the_knee_is_taken_on_log_size_as_the_plot_and_the_hypervolume_are():
+    """Sizes 100 .. 100,000 with accuracy .50, .80, .90, .95: on log size (normalised 0, 1/3, 2/3, 1;
+    accuracy loss 1, 1/3, 1/9, 0) the point farthest below the line is 1,000 params (sum 2/3); on
+    linear size (0, .009, .099, 1) it would be 10,000 params (sum .21)."""
+    from autokd.export import choose_trial
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for accuracy, params in [(0.50, 100), (0.80, 1_000), (0.90, 10_000), (0.95, 100_000)]:
+        study.add_trial(optuna.trial.create_trial(state=COMPLETE, values=[accuracy, params]))
+    assert choose_trial(study, knee=True).values == [0.80, 1_000]
