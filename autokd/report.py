@@ -324,7 +324,7 @@ def _plot_effects(path: Path, frame: pd.DataFrame, spec: StudySpec) -> bool:
 def _summary(study_arg: str, storage: str | None, spec: StudySpec, snapshot: optuna.Study, frame: pd.DataFrame,
              front: pd.DataFrame, teachers: list[dict], importances: dict, knee: int | None,
              notes: list[str]) -> dict[str, Any]:
-    from autokd.results import counts
+    from autokd.results import counts, trained_epochs
 
     trials = snapshot.get_trials(deepcopy=False)
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
@@ -346,6 +346,8 @@ def _summary(study_arg: str, storage: str | None, spec: StudySpec, snapshot: opt
         "failure_reasons": _failure_reasons(frame),
         "wall_seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else None,
         "train_seconds": float(frame["train_seconds"].astype(float).sum()) if len(frame) else 0.0,
+        "epochs_trained": trained_epochs(snapshot),
+        "early_stopping": spec.early_stopping.model_dump(mode="json"),
         "versions": _versions(snapshot),
         "device": _device(frame),
         "hypervolume": study_hypervolume(frame, spec),
@@ -520,6 +522,8 @@ def _overview_rows(summary: dict) -> list[list[Any]]:
                    f"{trials['interrupted']} interrupted, {trials['running']} running or waiting"],
         ["wall time", f"{_duration(summary['wall_seconds'])} (first trial start to last trial end); "
                       f"{summary['train_seconds']:.0f} s of training in all"],
+        ["compute", f"{summary['epochs_trained']} epochs trained in all; early stopping: "
+                    + ", ".join(f"{k}={v}" for k, v in summary["early_stopping"].items())],
         ["hypervolume", f"{summary['hypervolume']:.4f} of ({', '.join(summary['hypervolume_space'])}) "
                         f"against reference point ({reference})"],
         ["knee", "—" if summary["knee_trial"] is None else

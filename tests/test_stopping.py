@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import optuna
 import pandas as pd
@@ -280,6 +282,9 @@ def test_search_with_pareto_stopping_prunes_trials_and_keeps_them_off_the_front(
                                      log=lambda message: None)
         pareto = pd.read_csv(folder / "pareto.csv")
         assert len(pareto) == len(front)
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["epochs_trained"] == sum(t.user_attrs["epochs_trained"] for t in trials if t.state.is_finished())
+        assert summary["trials"]["stopped"] == len(stopped)
         assert not pruned_numbers & set(pareto["trial"])
         assert set(pareto["state"]) == {"COMPLETE"}
 
