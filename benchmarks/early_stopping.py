@@ -30,6 +30,7 @@ Cheap settings as in search_quality.py (Fashion-MNIST on a stratified 8000-sampl
     python benchmarks/early_stopping.py            # digits 9 epochs x 40 trials, Fashion 6 x 18, 3 seeds (~35 min, 2 cores)
     python benchmarks/early_stopping.py --quick    # 1 seed, 3 full-fidelity trials' worth (a smoke run)
     python benchmarks/early_stopping.py --digits-trials 40 --fashion-trials 18 --seeds 3
+    python benchmarks/early_stopping.py --datasets fashion_mnist --fashion-trials 36 --result early_stopping_fashion_36
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ def main() -> None:
     parser.add_argument("--fashion-epochs", type=int, default=6)
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--result", default="early_stopping",
+                        help="result file stem in benchmarks/results (another budget keeps its own file)")
     args = parser.parse_args()
     trials = {"digits": args.digits_trials or (3 if args.quick else 40),
               "fashion_mnist": args.fashion_trials or (3 if args.quick else 18)}
@@ -232,7 +235,7 @@ def main() -> None:
         print(f"{dataset}: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in ok.items()))
     print(note)
     command = "python benchmarks/early_stopping.py" + "".join(f" {a}" for a in sys.argv[1:])
-    write_result("early_stopping", {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
+    write_result(args.result, {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
                                     "note": note, "settings": {"seeds": seeds, "arms": ARMS, "sampler": DEFAULT_SAMPLER,
                                                                "grace_epochs": GRACE_EPOCHS, "eta": ETA,
                                                                "concurrency": CONCURRENCY, "cpus_per_trial": 1,

@@ -23,6 +23,8 @@ SECTIONS = [
     ("distillation_gain", "Distillation gain on Fashion-MNIST: searched vs CE-only vs vanilla KD", "issue 6.4"),
     ("gpu_sharing", "Students sharing one GPU through fractional resources", "issue 6.5"),
     ("early_stopping", "Pareto-aware early stopping vs none vs stock ASHA at equal compute", "issue 8"),
+    ("early_stopping_fashion_36", "Pareto-aware early stopping at a larger Fashion-MNIST budget (36 trials)",
+     "issue 8"),
     ("stopping_replay", "Early-stopping rules replayed on recorded learning curves, with an oracle bound", "issue 8"),
     ("production_train", "Production training of exported configs", "issue 5"),
     ("report_speed", "Report build time for 1,000 trials", "issue 4"),
