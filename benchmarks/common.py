@@ -34,8 +34,14 @@ def machine() -> dict:
                 timespec="seconds")}
 
 
-def write_result(name: str, figures: dict, command: str) -> Path:
-    """Write one benchmark's figures (with machine and command) atomically; returns the path."""
+def rerun_command() -> str:
+    """How this benchmark was started, to be typed again from the repo root."""
+    return " ".join([f"python benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
+def write_result(name: str, figures: dict) -> Path:
+    """Write one benchmark's figures (with machine and the command that ran it) atomically; returns the path."""
+    command = rerun_command()
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     temporary = path.with_suffix(".json.tmp")

@@ -247,13 +247,12 @@ def main() -> None:
             + f" The {search_figures['complete_trials']} complete trials trained {len(arch_counts)} distinct "
             f"architectures; trials per evaluated front architecture: {[r['trials_with_this_arch'] for r in rows]}.")
     print(note)
-    command = "python benchmarks/distillation_gain.py" + "".join(f" {a}" for a in sys.argv[1:])
     write_result("distillation_gain", {
         "quick": args.quick, "figures": figures, "targets": targets, "met": met, "note": note,
         "settings": {"study": spec.name, "storage": spec.storage, "trials": size.trials, "epochs": size.epochs,
                      "time_limit_s": size.time_limit_s, "constraint": f"params <= {MAX_PARAMS}",
                      "front_cap": cap, "seeds": seeds, "workers": args.workers, "threads_per_run": 1,
-                     "space": spec.search_space["params"]}}, command)
+                     "space": spec.search_space["params"]}})
 
 
 if __name__ == "__main__":

@@ -234,14 +234,12 @@ def main() -> None:
     for dataset, ok in met.items():
         print(f"{dataset}: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in ok.items()))
     print(note)
-    command = "python benchmarks/early_stopping.py" + "".join(f" {a}" for a in sys.argv[1:])
     write_result(args.result, {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
                                     "note": note, "settings": {"seeds": seeds, "arms": ARMS, "sampler": DEFAULT_SAMPLER,
                                                                "grace_epochs": GRACE_EPOCHS, "eta": ETA,
                                                                "concurrency": CONCURRENCY, "cpus_per_trial": 1,
                                                                "constraints": [f"params <= {SIZE_LIMIT}"],
-                                                               "space": SPACE["params"], "datasets": settings}},
-                 command)
+                                                               "space": SPACE["params"], "datasets": settings}})
 
 
 if __name__ == "__main__":

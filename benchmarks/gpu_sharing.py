@@ -254,9 +254,8 @@ def main() -> None:
                 "Trials/hour here are on "
                 f"2 shared CPU cores ({epochs} epoch(s) of a fixed {student_name} student) and say nothing about "
                 "GPU throughput.")
-    command = " ".join(["python benchmarks/gpu_sharing.py", *sys.argv[1:]])
     write_result("gpu_sharing", {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
-                                 "note": note, "settings": settings, "levels": rows, "gating_check": gating}, command)
+                                 "note": note, "settings": settings, "levels": rows, "gating_check": gating})
 
 
 if __name__ == "__main__":

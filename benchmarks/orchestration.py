@@ -219,13 +219,12 @@ def main() -> None:
         note += " Missed: " + ", ".join(missed) + "."
     for key, value in figures.items():
         print(f"{key}: {value}")
-    command = "python benchmarks/orchestration.py" + (" --quick" if args.quick else "")
     write_result("orchestration", {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
                                    "note": note, "settings": {"trials": trials, "epochs": epochs,
                                                               "repeats": repeats, "concurrency": CONCURRENCY,
                                                               "cpus_per_trial": 1, "student": STUDENT,
                                                               "space": SPACE["params"]},
-                                   "repeats": rows}, command)
+                                   "repeats": rows})
 
 
 if __name__ == "__main__":

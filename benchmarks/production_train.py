@@ -174,12 +174,11 @@ def main() -> None:
             f"{seeds}-seed means {knee_result['test_accuracy_trial_seeds']['mean']:.2f} -> "
             f"{knee_result['test_accuracy_production_seeds']['mean']:.2f} %.")
     print(note)
-    command = "python benchmarks/production_train.py" + "".join(f" {a}" for a in sys.argv[1:])
     write_result("production_train", {
         "quick": args.quick, "figures": figures, "targets": targets, "met": met, "note": note,
         "settings": {"study": name, "storage": storage, "trials_reproduced": trial_count, "knee_seeds": seeds,
                      "epoch_factor": EPOCH_FACTOR, "torch_threads": torch.get_num_threads(),
-                     "output_folder": str(folder)}}, command)
+                     "output_folder": str(folder)}})
 
 
 if __name__ == "__main__":

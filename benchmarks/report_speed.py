@@ -224,13 +224,12 @@ def main() -> None:
     print(f"build_s: {figures['build_s']} (target <= {TARGET_SECONDS})")
     for stage, value in breakdown["stages_cumulative_s"].items():
         print(f"  {stage}: {value} s")
-    command = " ".join(["python benchmarks/report_speed.py", *sys.argv[1:]])
     write_result("report_speed", {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
                                   "note": note, "settings": {"trials": trials, "repeats": repeats,
                                                              "study": str(study_file),
                                                              "fail_fraction": FAIL_FRACTION,
                                                              "stopped_fraction": STOPPED_FRACTION},
-                                  "breakdown": breakdown}, command)
+                                  "breakdown": breakdown})
 
 
 if __name__ == "__main__":

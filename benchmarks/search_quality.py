@@ -266,13 +266,11 @@ def main() -> None:
     reference = [round(r, 4) for r in next(iter(figures.values()))["reference"]]
     note = note_for(figures, met, reference, seeds, epochs)
     print(note)
-    command = "python benchmarks/search_quality.py" + "".join(f" {a}" for a in sys.argv[1:])
     write_result("search_quality", {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
                                     "note": note, "settings": {"seeds": seeds, "samplers": SAMPLERS,
                                                                "concurrency": CONCURRENCY, "cpus_per_trial": 1,
                                                                "constraints": [f"params <= {SIZE_LIMIT}"],
-                                                               "space": SPACE["params"], "datasets": settings}},
-                 command)
+                                                               "space": SPACE["params"], "datasets": settings}})
 
 
 if __name__ == "__main__":

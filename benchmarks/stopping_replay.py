@@ -186,10 +186,9 @@ def main() -> None:
             "reach = fraction of the none rule's compute C at which a rule's mean HV curve reaches none's final HV. "
             "The oracle knows each trial's final accuracy and bounds what any rule deciding at the first rung "
             "can save in the same order.")
-    command = "python benchmarks/stopping_replay.py" + "".join(f" {a}" for a in sys.argv[1:])
     write_result("stopping_replay", {"quick": args.quick, "figures": figures, "note": note,
                                      "settings": {"grace_epochs": GRACE_EPOCHS, "eta": ETA, "concurrency": CONCURRENCY,
-                                                  "rules": RULES, "pools": POOLS}}, command)
+                                                  "rules": RULES, "pools": POOLS}})
 
 
 if __name__ == "__main__":

@@ -335,13 +335,12 @@ def main() -> None:
                         for k, v in online.items()) + ".")
     for key, value in figures.items():
         print(f"{key}: {value}")
-    command = " ".join(["python benchmarks/trial_cost.py", *sys.argv[1:]])
     write_result("trial_cost", {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
                                 "note": note, "settings": {"repeats": repeats, "slow_repeats": slow_repeats,
                                                            "fashion_mnist_train_samples": fashion_samples or "all",
                                                            "torch_threads": 1, "distill": DISTILL.model_dump(),
                                                            "seed": SEED},
-                                "workloads": rows, "cached_vs_online": online}, command)
+                                "workloads": rows, "cached_vs_online": online})
 
 
 if __name__ == "__main__":
