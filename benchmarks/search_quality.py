@@ -45,6 +45,7 @@ import pandas as pd  # noqa: E402
 
 from autokd.data import load_data  # noqa: E402
 from autokd.results import INTERRUPTED, hypervolume_reference, study_hypervolume, trials_frame  # noqa: E402
+from autokd.search import nsga2_population  # noqa: E402
 from autokd.spec import StudySpec, load_study  # noqa: E402
 from autokd.teachers import prepare_teachers, teacher_outputs  # noqa: E402
 
@@ -198,10 +199,10 @@ def print_table(figures: dict) -> None:
 
 def note_for(figures: dict, met: dict, reference: list[float], seeds: int, epochs: dict) -> str:
     parts = [f"HV on (val accuracy, log10 params), reference {reference}; {seeds} seed(s) per "
-             f"sampler; samplers as autokd builds them (tpe: multivariate, group, constant_liar; nsga2: Optuna's "
-             f"default population of 50: its first 50 trials are its random first generation, the same draws as "
-             f"the random sampler with the same seed; tpe's first 10 are random startup trials, the same draws "
-             f"too); "
+             f"sampler; samplers as autokd builds them (tpe: multivariate, group, constant_liar, its first 10 "
+             f"trials random startup draws, the same as the random sampler's with the same seed; nsga2: population "
+             f"from the budget, " + ", ".join(f"{d} {nsga2_population(figures[d]['trials'])}" for d in figures)
+             + "); "
              f"concurrency {CONCURRENCY}. Epochs per trial: " + ", ".join(f"{d} {e}" for d, e in epochs.items()) + "."]
     for dataset, ok in met.items():
         f = figures[dataset]
