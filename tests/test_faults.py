@@ -173,7 +173,8 @@ def test_search_completes_when_a_node_leaves_the_cluster(tmp_path):
         deadline = time.monotonic() + 300
         while not any(t.user_attrs.get("node") == worker.node_id for t in _trials_or_empty(tmp_path)
                       if t.state == States.COMPLETE):
-            assert time.monotonic() < deadline and search_thread.is_alive(), "no trial finished on the worker node"
+            assert time.monotonic() < deadline and search_thread.is_alive(), \
+                f"no trial finished on the worker node; search outcome: {outcome!r}"
             time.sleep(0.2)
         removed_at = time.time()
         cluster.remove_node(worker)
