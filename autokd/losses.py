@@ -4,9 +4,11 @@ No single "alpha" trades hard against soft targets: every term has its own weigh
 config reads the same whatever KD kind it uses.
 
 - KD kinds: ``kl`` (Hinton, KL at temperature T scaled by T²), ``mse`` (on logits),
-  ``dkd`` (Decoupled KD, Zhao et al., CVPR 2022).
+  ``dkd`` (Decoupled KD, Zhao et al., CVPR 2022), ``lskd`` (KL of per-sample standardized
+  logits, Sun et al., CVPR 2024), ``dist`` (Pearson-correlation relations, Huang et al.,
+  NeurIPS 2022).
 - Several teachers are first combined into one set of logits by `ensemble_logits`, so every
-  KD kind consumes the same thing.
+  KD kind consumes the same thing (``lskd`` standardizes the combined logits).
 - The feature term is a FitNets hint: a learned Linear maps the student's penultimate
   features to the (concatenated) teachers' features, and MSE compares them.
 """
@@ -20,13 +22,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AGGREGATIONS", "KINDS", "DistillationLoss", "ensemble_logits", "kd_dkd", "kd_kl", "kd_mse"]
+__all__ = ["AGGREGATIONS", "KINDS", "DistillationLoss", "ensemble_logits", "kd_dist", "kd_dkd", "kd_kl", "kd_lskd",
+           "kd_mse"]
 
-KINDS = ("dkd", "kl", "mse")
+KINDS = ("dist", "dkd", "kl", "lskd", "mse")
 AGGREGATIONS = ("confidence", "mean_logits", "mean_probs")
 
 # Subtracted from the target logit so that it drops out of the non-target softmax (as in DKD's code).
 _MASK_OFFSET = 1000.0
+# Added to the per-sample standard deviation (as in LSKD's code): constant logits standardize to 0, not 0/0.
+_STANDARDIZE_EPS = 1e-7
+# Floor of the product of norms in the Pearson correlation, so that a constant vector correlates 0, not 0/0.
+# DIST's code adds 1e-8 instead; with many classes a class's probabilities across a batch can spread
+# by ~1e-4, where an added 1e-8 would pull the correlation towards 0 even for identical predictions.
+_PEARSON_FLOOR = 1e-8
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -57,6 +66,47 @@ def kd_dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: 
     nckd = _batchmean_kl(F.log_softmax(student_logits / temperature - _MASK_OFFSET * target_mask, dim=-1),
                          F.log_softmax(teacher_logits / temperature - _MASK_OFFSET * target_mask, dim=-1))
     return (alpha * tckd + beta * nckd) * temperature ** 2
+
+
+def kd_lskd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``kd_kl`` of per-sample standardized logits: logit standardization (Sun et al., CVPR 2024).
+
+    Z(z) = (z - mean(z)) / (std(z) + 1e-7), mean and std over the classes of each sample, std
+    with Bessel's correction (torch.std, as in the authors' code). The loss is
+    T² * mean over samples of KL(softmax(Z(t) / T) || softmax(Z(s) / T)).
+    The student has to match the teacher's logits only up to a per-sample shift and positive scale.
+    """
+    return kd_kl(_standardized(student_logits), _standardized(teacher_logits), temperature)
+
+
+def _standardized(logits: torch.Tensor) -> torch.Tensor:
+    centered = logits - logits.mean(dim=-1, keepdim=True)
+    return centered / (logits.std(dim=-1, keepdim=True) + _STANDARDIZE_EPS)
+
+
+def kd_dist(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, beta: float,
+            gamma: float) -> torch.Tensor:
+    """DIST: (beta * inter + gamma * intra) * T² (Huang et al., NeurIPS 2022, tau² as in the authors' code).
+
+    With P_s = softmax(s / T), P_t = softmax(t / T) of shape [B, C] and d(u, v) = 1 - pearson(u, v):
+    inter = mean over samples b of d(P_s[b, :], P_t[b, :])  (each sample's ranking of the classes);
+    intra = mean over classes c of d(P_s[:, c], P_t[:, c])  (each class's ranking of the samples).
+    pearson(u, v) = <u - mean(u), v - mean(v)> / max(|u - mean(u)| * |v - mean(v)|, 1e-8).
+    A batch of one sample has no intra-class relation: that term is then gamma * T², with no gradient.
+    """
+    student_probs = F.softmax(student_logits / temperature, dim=-1)
+    teacher_probs = F.softmax(teacher_logits / temperature, dim=-1)
+    inter = (1 - _pearson(student_probs, teacher_probs, dim=-1)).mean()
+    intra = (1 - _pearson(student_probs, teacher_probs, dim=0)).mean()
+    return (beta * inter + gamma * intra) * temperature ** 2
+
+
+def _pearson(u: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
+    """Pearson correlation of u and v along `dim`: one value per slice."""
+    u_centered = u - u.mean(dim=dim, keepdim=True)
+    v_centered = v - v.mean(dim=dim, keepdim=True)
+    norms = u_centered.norm(dim=dim) * v_centered.norm(dim=dim)
+    return (u_centered * v_centered).sum(dim=dim) / norms.clamp_min(_PEARSON_FLOOR)
 
 
 def _binary_log_probs(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -129,12 +179,12 @@ class DistillationLoss(nn.Module):
 
     def __init__(self, *, w_ce: float = 1.0, w_kd: float = 0.0, w_feat: float = 0.0, kind: str = "kl",
                  temperature: float = 4.0, dkd_alpha: float = 1.0, dkd_beta: float = 8.0,
-                 aggregation: str = "mean_logits", student_feature_dim: int | None = None,
-                 teacher_feature_dim: int | None = None):
+                 dist_beta: float = 1.0, dist_gamma: float = 1.0, aggregation: str = "mean_logits",
+                 student_feature_dim: int | None = None, teacher_feature_dim: int | None = None):
         super().__init__()
-        for name, value in {"w_ce": w_ce, "w_kd": w_kd, "w_feat": w_feat,
-                            "dkd_alpha": dkd_alpha, "dkd_beta": dkd_beta}.items():
-            _check_number(name, value, ">= 0", lambda v: v >= 0)
+        for name, value in {"w_ce": w_ce, "w_kd": w_kd, "w_feat": w_feat, "dkd_alpha": dkd_alpha,
+                            "dkd_beta": dkd_beta, "dist_beta": dist_beta, "dist_gamma": dist_gamma}.items():
+            _check_number(name, value, ">= 0 and finite", lambda v: 0 <= v < math.inf)
         if w_ce + w_kd + w_feat <= 0:
             raise ValueError(f"w_ce + w_kd + w_feat must be > 0, got {w_ce} + {w_kd} + {w_feat}")
         _check_number("temperature", temperature, "> 0", lambda v: 0 < v < math.inf)
@@ -143,6 +193,7 @@ class DistillationLoss(nn.Module):
         self.w_ce, self.w_kd, self.w_feat = float(w_ce), float(w_kd), float(w_feat)
         self.kind, self.aggregation, self.temperature = kind, aggregation, float(temperature)
         self.dkd_alpha, self.dkd_beta = float(dkd_alpha), float(dkd_beta)
+        self.dist_beta, self.dist_gamma = float(dist_beta), float(dist_gamma)
         self.regressor: nn.Linear | None = None
         if self.w_feat > 0:
             for name, value in {"student_feature_dim": student_feature_dim,
@@ -156,7 +207,8 @@ class DistillationLoss(nn.Module):
                     teacher_feature_dim: int | None = None) -> DistillationLoss:
         """From a training config (its ``distill`` section), the section itself, or a plain dict."""
         section = cfg.get("distill", cfg) if isinstance(cfg, dict) else getattr(cfg, "distill", cfg)
-        names = ("w_ce", "w_kd", "w_feat", "kind", "temperature", "dkd_alpha", "dkd_beta", "aggregation")
+        names = ("w_ce", "w_kd", "w_feat", "kind", "temperature", "dkd_alpha", "dkd_beta", "dist_beta", "dist_gamma",
+                 "aggregation")
         if isinstance(section, dict):
             given = {name: section[name] for name in names if name in section}
         else:
@@ -183,8 +235,12 @@ class DistillationLoss(nn.Module):
         teacher = ensemble_logits(teacher_logits.detach(), targets, self.aggregation, self.temperature)
         if self.kind == "kl":
             return kd_kl(student_logits, teacher, self.temperature)
+        if self.kind == "lskd":
+            return kd_lskd(student_logits, teacher, self.temperature)
         if self.kind == "mse":
             return kd_mse(student_logits, teacher)
+        if self.kind == "dist":
+            return kd_dist(student_logits, teacher, self.temperature, self.dist_beta, self.dist_gamma)
         return kd_dkd(student_logits, teacher, targets, self.temperature, self.dkd_alpha, self.dkd_beta)
 
     def _feat(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:

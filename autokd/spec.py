@@ -72,13 +72,15 @@ class DistillSpec(_Strict):
 
     teachers: list[str] | None = None  # subset of the study's teachers; None = all of them
     aggregation: Literal["mean_logits", "mean_probs", "confidence"] = "mean_logits"
-    kind: Literal["kl", "mse", "dkd"] = "kl"
+    kind: Literal["kl", "mse", "dkd", "lskd", "dist"] = "kl"
     temperature: float = Field(4.0, gt=0)
     w_ce: float = Field(0.1, ge=0)
     w_kd: float = Field(0.9, ge=0)
     w_feat: float = Field(0.0, ge=0)
     dkd_alpha: float = Field(1.0, ge=0)
     dkd_beta: float = Field(8.0, ge=0)
+    dist_beta: float = Field(1.0, ge=0, allow_inf_nan=False)  # DIST: weight of the inter-class (per-sample) term
+    dist_gamma: float = Field(1.0, ge=0, allow_inf_nan=False)  # DIST: weight of the intra-class (per-class) term
 
     @model_validator(mode="after")
     def _some_loss(self) -> DistillSpec:

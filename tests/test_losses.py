@@ -1,4 +1,5 @@
-"""Distillation losses against values computed by hand (math.exp / math.log) on 2x3 tensors."""
+"""Distillation losses against values computed by hand (math.exp / math.log) on 2x3 and 3x3 tensors;
+the lskd and dist kinds also from a study file and through one epoch of `fit`."""
 
 import math
 from types import SimpleNamespace
@@ -6,13 +7,23 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
-from autokd.losses import DistillationLoss, ensemble_logits, kd_dkd, kd_kl, kd_mse
+from autokd.data import load_data
+from autokd.distill import fit
+from autokd.errors import ConfigError
+from autokd.losses import DistillationLoss, ensemble_logits, kd_dist, kd_dkd, kd_kl, kd_lskd, kd_mse
+from autokd.spec import DataSpec, DistillSpec, ScheduleSpec, load_study
+from autokd.zoo import build_model
 
 STUDENT = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
 TEACHER = [[2.0, 1.0, 0.0], [0.5, 0.5, 1.0]]
 SECOND_TEACHER = [[0.0, 3.0, -1.0], [1.0, 2.0, 0.0]]
 TARGETS = [1, 2]
+# DIST's intra-class term correlates each class across the batch; with two samples every such
+# correlation is +1 or -1, so its checks use a third sample.
+DIST_STUDENT = STUDENT + [[0.5, 1.5, -0.5]]
+DIST_TEACHER = TEACHER + [[-1.0, 0.0, 2.0]]
 
 
 def _tensor(rows):
@@ -76,6 +87,119 @@ def test_kd_dkd_stays_finite_for_confident_logits():
     confident = torch.tensor([[60.0, -60.0, 0.0]])
     loss = kd_dkd(confident, -confident, torch.tensor([0]), 1.0, 1.0, 8.0)
     assert torch.isfinite(loss)
+
+
+# --------------------------------------------------------------------------- logit standardization (LSKD)
+
+
+def _hand_standardized(row):
+    """(z - mean) / (sample std + 1e-7), the sample std with K - 1 in the denominator."""
+    mean = sum(row) / len(row)
+    std = math.sqrt(sum((z - mean) ** 2 for z in row) / (len(row) - 1))
+    return [(z - mean) / (std + 1e-7) for z in row]
+
+
+def _hand_lskd(student, teacher, temperature):
+    per_row = [_kl(_softmax(_hand_standardized(t), temperature), _softmax(_hand_standardized(s), temperature))
+               for s, t in zip(student, teacher)]
+    return sum(per_row) / len(per_row) * temperature ** 2
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_kd_lskd_matches_hand_computation(temperature):
+    # Row 0 of STUDENT: mean 7/6, sample std sqrt(7/12) = 0.7638; standardized [-0.218, 1.091, -0.873].
+    assert _hand_standardized(STUDENT[0]) == pytest.approx([-0.2182, 1.0911, -0.8729], abs=1e-4)
+    loss = kd_lskd(_tensor(STUDENT), _tensor(TEACHER), temperature)
+    assert _close(loss, _hand_lskd(STUDENT, TEACHER, temperature))
+
+
+def test_kd_lskd_ignores_a_per_sample_shift_and_positive_scale_of_the_student():
+    scale, shift = _tensor([[3.0], [0.25]]), _tensor([[-5.0], [10.0]])
+    rescaled = _tensor(STUDENT) * scale + shift
+    assert torch.allclose(kd_lskd(rescaled, _tensor(TEACHER), 2.0), kd_lskd(_tensor(STUDENT), _tensor(TEACHER), 2.0),
+                          rtol=1e-6)
+    # ... so a student that is a shifted, scaled teacher has nothing left to learn (plain KL does).
+    shifted_teacher = _tensor(TEACHER) * scale + shift
+    assert kd_lskd(shifted_teacher, _tensor(TEACHER), 2.0).item() == pytest.approx(0.0, abs=1e-9)
+    assert kd_kl(shifted_teacher, _tensor(TEACHER), 2.0).item() > 0.1
+
+
+# --------------------------------------------------------------------------- DIST
+
+
+def _hand_pearson(u, v):
+    mean_u, mean_v = sum(u) / len(u), sum(v) / len(v)
+    covariance = sum((a - mean_u) * (b - mean_v) for a, b in zip(u, v))
+    norm_u = math.sqrt(sum((a - mean_u) ** 2 for a in u))
+    norm_v = math.sqrt(sum((b - mean_v) ** 2 for b in v))
+    return covariance / (norm_u * norm_v)
+
+
+def _hand_dist(student, teacher_probs, temperature, beta, gamma):
+    """beta * inter + gamma * intra, times T²; teacher_probs are the teacher's probabilities at T."""
+    student_probs = [_softmax(s, temperature) for s in student]
+    inter = [1 - _hand_pearson(p_s, p_t) for p_s, p_t in zip(student_probs, teacher_probs)]   # rows: samples
+    intra = [1 - _hand_pearson(c_s, c_t) for c_s, c_t in zip(zip(*student_probs), zip(*teacher_probs))]  # classes
+    return (beta * sum(inter) / len(inter) + gamma * sum(intra) / len(intra)) * temperature ** 2
+
+
+@pytest.mark.parametrize(("temperature", "beta", "gamma"), [(1.0, 1.0, 1.0), (2.0, 0.5, 2.0), (4.0, 1.0, 0.0)])
+def test_kd_dist_matches_hand_computation(temperature, beta, gamma):
+    teacher_probs = [_softmax(t, temperature) for t in DIST_TEACHER]
+    loss = kd_dist(_tensor(DIST_STUDENT), _tensor(DIST_TEACHER), temperature, beta, gamma)
+    assert _close(loss, _hand_dist(DIST_STUDENT, teacher_probs, temperature, beta, gamma))
+
+
+def test_kd_dist_is_zero_when_student_equals_teacher():
+    for temperature in (1.0, 4.0):
+        loss = kd_dist(_tensor(DIST_TEACHER), _tensor(DIST_TEACHER), temperature, 1.0, 1.0)
+        assert loss.item() == pytest.approx(0.0, abs=1e-12)
+    # ... and positive (at most 2 * (beta + gamma) * T²) otherwise.
+    assert 0 < kd_dist(_tensor(DIST_STUDENT), _tensor(DIST_TEACHER), 1.0, 1.0, 1.0).item() <= 4
+
+
+def test_kd_dist_with_one_sample_keeps_only_the_inter_class_gradient():
+    student = _tensor(STUDENT[:1]).requires_grad_()
+    inter_only = kd_dist(student, _tensor(TEACHER[:1]), 2.0, 1.0, 0.0)
+    loss = kd_dist(student, _tensor(TEACHER[:1]), 2.0, 1.0, 3.0)
+    assert _close(loss - inter_only, 3.0 * 2.0 ** 2)  # no relation across one sample: d = 1 for every class
+    loss.backward()
+    assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["lskd", "dist"])
+def test_new_kinds_have_finite_gradients_even_for_constant_logits(kind):
+    torch.manual_seed(0)
+    student = torch.randn(5, 10, dtype=torch.float64)
+    student[0] = 0.7  # one sample with all classes equal: its standard deviation and centered norm are 0
+    student.requires_grad_()
+    loss_fn = DistillationLoss(w_ce=0.0, w_kd=1.0, kind=kind, temperature=3.0)
+    total, _ = loss_fn(student, torch.tensor([0, 1, 2, 3, 4]), torch.randn(2, 5, 10, dtype=torch.float64))
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(student.grad).all()
+    assert student.grad[1:].abs().sum() > 0
+
+
+def test_dist_with_mean_probs_ensemble_relates_to_the_mean_of_the_teachers_probabilities():
+    temperature = 2.0
+    second = DIST_STUDENT[1:] + [[2.0, -1.0, 0.0]]  # a second teacher, [B=3, C=3]
+    teachers = torch.stack([_tensor(DIST_TEACHER), _tensor(second)])
+    mean_probs = [[(a + b) / 2 for a, b in zip(_softmax(r1, temperature), _softmax(r2, temperature))]
+                  for r1, r2 in zip(DIST_TEACHER, second)]
+    loss_fn = DistillationLoss(w_ce=0.0, w_kd=1.0, kind="dist", temperature=temperature, aggregation="mean_probs")
+    total, _ = loss_fn(_tensor(DIST_STUDENT), torch.tensor([1, 2, 0]), teachers)
+    assert total.item() == pytest.approx(_hand_dist(DIST_STUDENT, mean_probs, temperature, 1.0, 1.0), rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["lskd", "dist"])
+@pytest.mark.parametrize("aggregation", ["mean_logits", "mean_probs", "confidence"])
+def test_new_kinds_consume_the_combined_teacher_logits(kind, aggregation):
+    loss_fn = DistillationLoss(w_ce=0.0, w_kd=1.0, kind=kind, temperature=2.0, aggregation=aggregation)
+    total, _ = loss_fn(_tensor(STUDENT), torch.tensor(TARGETS), _two_teachers())
+    combined = ensemble_logits(_two_teachers(), torch.tensor(TARGETS), aggregation, 2.0)
+    direct = kd_lskd(_tensor(STUDENT), combined, 2.0) if kind == "lskd" else kd_dist(_tensor(STUDENT), combined,
+                                                                                        2.0, 1.0, 1.0)
+    assert _close(total, direct)
 
 
 # --------------------------------------------------------------------------- teacher ensembles
@@ -147,13 +271,16 @@ def test_total_is_the_weighted_sum_of_its_parts():
     assert _close(total, 0.3 * ce + 0.7 * kd + 0.2 * feat)
 
 
-@pytest.mark.parametrize("kind", ["mse", "dkd"])
+@pytest.mark.parametrize("kind", ["mse", "dkd", "lskd", "dist"])
 def test_kind_selects_the_kd_loss(kind):
-    loss_fn = DistillationLoss(w_ce=0.0, w_kd=1.0, kind=kind, temperature=2.0, dkd_alpha=0.5, dkd_beta=2.0)
+    loss_fn = DistillationLoss(w_ce=0.0, w_kd=1.0, kind=kind, temperature=2.0, dkd_alpha=0.5, dkd_beta=2.0,
+                               dist_beta=0.5, dist_gamma=2.0)
     teachers = _tensor(TEACHER).unsqueeze(0)
     total, _ = loss_fn(_tensor(STUDENT), torch.tensor(TARGETS), teachers)
-    expected = (_hand_dkd(2.0, 0.5, 2.0) if kind == "dkd"
-                else kd_mse(_tensor(STUDENT), _tensor(TEACHER)).item())
+    expected = {"dkd": lambda: _hand_dkd(2.0, 0.5, 2.0),
+                "lskd": lambda: _hand_lskd(STUDENT, TEACHER, 2.0),
+                "dist": lambda: _hand_dist(STUDENT, [_softmax(t, 2.0) for t in TEACHER], 2.0, 0.5, 2.0),
+                "mse": lambda: kd_mse(_tensor(STUDENT), _tensor(TEACHER)).item()}[kind]()
     assert total.item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -188,12 +315,14 @@ def test_missing_teacher_input_for_a_weighted_term_is_an_error():
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"w_ce": -1.0}, r"w_ce must be a number >= 0, got -1.0"),
-    ({"w_kd": float("nan")}, r"w_kd must be a number >= 0, got nan"),
-    ({"dkd_beta": -2}, r"dkd_beta must be a number >= 0, got -2"),
+    ({"w_ce": -1.0}, r"w_ce must be a number >= 0 and finite, got -1.0"),
+    ({"w_kd": float("nan")}, r"w_kd must be a number >= 0 and finite, got nan"),
+    ({"dkd_beta": -2}, r"dkd_beta must be a number >= 0 and finite, got -2"),
+    ({"dist_beta": float("inf")}, r"dist_beta must be a number >= 0 and finite, got inf"),
+    ({"dist_gamma": -0.5}, r"dist_gamma must be a number >= 0 and finite, got -0.5"),
     ({"temperature": 0}, r"temperature must be a number > 0, got 0"),
     ({"temperature": "4"}, r"temperature must be a number > 0, got '4'"),
-    ({"kind": "cosine"}, r"kind must be one of \['dkd', 'kl', 'mse'\], got 'cosine'"),
+    ({"kind": "cosine"}, r"kind must be one of \['dist', 'dkd', 'kl', 'lskd', 'mse'\], got 'cosine'"),
     ({"aggregation": "max"}, r"aggregation must be one of \['confidence', 'mean_logits', 'mean_probs'\], got 'max'"),
     ({"w_feat": 0.5, "student_feature_dim": 8},
      r"teacher_feature_dim must be an integer >= 1 when w_feat > 0, got None"),
@@ -205,10 +334,10 @@ def test_invalid_arguments_name_the_parameter(kwargs, message):
 
 
 def test_from_config_reads_a_train_config_a_distill_section_or_a_dict():
-    section = SimpleNamespace(w_ce=0.1, w_kd=0.9, w_feat=0.5, kind="dkd", temperature=3.0,
-                              dkd_alpha=0.5, dkd_beta=4.0, aggregation="confidence", teachers=["a"])
+    section = SimpleNamespace(w_ce=0.1, w_kd=0.9, w_feat=0.5, kind="dkd", temperature=3.0, dkd_alpha=0.5,
+                              dkd_beta=4.0, dist_beta=2.0, dist_gamma=0.25, aggregation="confidence", teachers=["a"])
     expected = {"w_ce": 0.1, "w_kd": 0.9, "w_feat": 0.5, "kind": "dkd", "temperature": 3.0,
-                "dkd_alpha": 0.5, "dkd_beta": 4.0, "aggregation": "confidence"}
+                "dkd_alpha": 0.5, "dkd_beta": 4.0, "dist_beta": 2.0, "dist_gamma": 0.25, "aggregation": "confidence"}
     for cfg in (SimpleNamespace(distill=section), section, dict(vars(section)), {"distill": dict(vars(section))}):
         loss_fn = DistillationLoss.from_config(cfg, student_feature_dim=8, teacher_feature_dim=16)
         assert {name: getattr(loss_fn, name) for name in expected} == expected
@@ -223,3 +352,54 @@ def test_from_config_uses_defaults_for_missing_fields():
 def test_cross_entropy_term_matches_torch():
     total, _ = DistillationLoss()(_tensor(STUDENT), torch.tensor(TARGETS))
     assert _close(total, F.cross_entropy(_tensor(STUDENT), torch.tensor(TARGETS)))
+
+
+# --------------------------------------------------------------------------- selected from a study file
+
+_STUDY = {
+    "name": "s",
+    "teachers": [{"name": "t1", "arch": {"family": "mlp", "width": 32}, "schedule": {"epochs": 1}}],
+    "search_space": {"params": {"distill.temperature": {"type": "float", "low": 1, "high": 4}}},
+}
+
+
+def test_a_study_file_selects_dist_and_its_weights(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**_STUDY, "distill": {"kind": "dist", "dist_beta": 2, "dist_gamma": 0.5}}))
+    loss_fn = DistillationLoss.from_config(load_study(path).train_config())
+    assert (loss_fn.kind, loss_fn.dist_beta, loss_fn.dist_gamma) == ("dist", 2.0, 0.5)
+    path.write_text(yaml.safe_dump({**_STUDY, "distill": {"kind": "lskd"}}))
+    assert DistillationLoss.from_config(load_study(path).train_config()).kind == "lskd"
+
+
+@pytest.mark.parametrize(("distill", "expected"), [
+    ({"kind": "dist2"}, "distill.kind: must be 'kl', 'mse', 'dkd', 'lskd' or 'dist', got 'dist2'"),
+    ({"kind": "dist", "dist_gamma": -1}, "distill.dist_gamma: must be >= 0, got -1"),
+    ({"kind": "dist", "dist_beta": float("inf")}, "distill.dist_beta: must be a finite number"),
+])
+def test_a_bad_distill_kind_or_weight_is_a_one_line_error(tmp_path, distill, expected):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**_STUDY, "distill": distill}))
+    with pytest.raises(ConfigError) as error:
+        load_study(path)
+    assert str(error.value) == f"{path}: {expected}"
+
+
+@pytest.mark.parametrize("kind", ["lskd", "dist"])
+def test_fit_distils_with_the_new_kinds_for_an_epoch(kind):
+    digits = load_data(DataSpec(name="digits", val_fraction=0.15, train_subset=300))
+    teacher = build_model({"family": "mlp", "depth": 1, "width": 16}, digits.input_shape, digits.num_classes, seed=1)
+
+    class CachedTeacher:
+        feature_dim = teacher.feature_dim
+        with torch.no_grad():
+            logits = teacher(digits.x_train)
+
+        def for_batch(self, indices, inputs, features=True):
+            return self.logits[indices].unsqueeze(0), None
+
+    student = build_model({"family": "mlp", "depth": 1, "width": 8}, digits.input_shape, digits.num_classes, seed=0)
+    result = fit(student, digits, CachedTeacher(), DistillSpec(kind=kind, w_ce=0.5, w_kd=0.5, temperature=2.0),
+                 ScheduleSpec(epochs=1, batch_size=64), seed=0, device="cpu")
+    assert result.epochs_trained == 1 and math.isfinite(result.history[0].train_loss)
+    assert 0.0 <= result.val_accuracy <= 1.0
