@@ -184,8 +184,13 @@ def main() -> None:
     except typer.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except KeyboardInterrupt:
-        print("interrupted: finished trials are saved; continue with --resume", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        done = getattr(interrupt, "done", None)  # search.SearchInterrupted says how far the search got
+        if done is not None:
+            print(f"interrupted: {done}/{interrupt.budget} trials done — continue with: "
+                  f"autokd search {interrupt.source} --resume", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(exit_code if isinstance(exit_code, int) else 0)
 

@@ -16,19 +16,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import optuna
 import pandas as pd
-import torch
 
 from autokd import data as data_module
 from autokd import distill
 from autokd.spec import DistillSpec, StudySpec, TrainConfig
 from autokd.teachers import atomic_write_bytes
-from autokd.train import fit_config, prepare_targets
+from autokd.runner import run_config
+from autokd.train import prepare_targets
 
 # What a baseline replaces in the trial's distillation settings (teacher subset kept for KD).
 CE_ONLY = {"w_ce": 1.0, "w_kd": 0.0, "w_feat": 0.0}
@@ -119,16 +118,6 @@ def _run_baselines(runner: _Runner, config: TrainConfig, trial_number: int) -> d
     return accuracies
 
 
-@contextmanager
-def _threads(count: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _gain(accuracy: float, baseline: float) -> float:
     return round(100.0 * (accuracy - baseline), 6)  # percentage points; rounding hides float noise only
 
@@ -151,8 +140,7 @@ class _Runner:
             return json.loads(path.read_text())
         data = self._dataset(config)
         targets = self._targets_for(config, data)
-        with _threads(self.threads):
-            student, fitted = fit_config(config, data, targets)
+        student, fitted = run_config(config, data, targets, threads=config.threads or self.threads)
         result = {"trial": trial_number, "kind": kind, "seed": config.seed,
                   "val_accuracy": fitted.val_accuracy,
                   "test_accuracy": distill.evaluate(student, data.x_test, data.y_test),

@@ -105,9 +105,11 @@ class SearchSpace:
         return [SUBSET_SEPARATOR.join(combo) for size in range(1, largest + 1)
                 for combo in itertools.combinations(self.teacher_names, size)]
 
-    def suggest(self, trial: optuna.Trial) -> None:
-        """The define-by-run function: suggests every active parameter under its dotted name."""
+    def suggest(self, trial: optuna.Trial, sections: tuple[str, ...] = SECTIONS) -> None:
+        """The define-by-run function: suggests every active parameter of `sections` under its dotted name."""
         for name, param in self.params.items():
+            if name.partition(".")[0] not in sections:
+                continue
             if param.when and any(trial.params.get(key, _ABSENT) not in allowed
                                   for key, allowed in param.when.items()):
                 continue
@@ -119,6 +121,11 @@ class SearchSpace:
                 trial.suggest_categorical(name, param.choices)
             elif isinstance(param, TeacherSubsetParam):
                 trial.suggest_categorical(name, self.subsets(param))
+
+    def varies(self, section: str) -> bool:
+        """Does the space search any parameter of `section` (student, distill, schedule)?"""
+        return any(name.partition(".")[0] == section and not isinstance(param, FixedParam)
+                   for name, param in self.params.items())
 
     def fixed_values(self) -> dict[str, Any]:
         return {name: p.value for name, p in self.params.items() if isinstance(p, FixedParam)}

@@ -101,6 +101,9 @@ class _RunFields(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     augment: list[Literal["shift", "flip"]] = Field(default_factory=list)
     cache_dir: str = ".cache/autokd"
+    # Intra-op CPU threads (None: torch's default). A search trial records its own, so that a
+    # re-run, a test evaluation or `autokd train` of its config computes bit-identically on CPU.
+    threads: int | None = Field(None, gt=0)
 
     @field_validator("student")
     @classmethod
@@ -172,6 +175,25 @@ class RobustSpec(_Strict):
     seeds: int = Field(3, ge=2)
 
 
+class SearchModeSpec(_Strict):
+    """How the trial budget is spent: one flat search, or two levels (architectures, then distillation).
+
+    Two levels: `level1_share` of the trials find the architecture front with cross-entropy
+    only (proposals spread over log size); then each of up to `architectures` front
+    architectures gets its CE-only and vanilla-KD baselines and tuned distillation configs,
+    all trained on the same `seeds`. A tuned (or vanilla) config takes its architecture's front
+    place only when its paired mean gain over CE-only exceeds `margin_se` standard errors.
+    """
+
+    mode: Literal["auto", "two_level", "flat"] = "auto"  # auto: two levels when the space varies both
+    level1_share: float = Field(0.4, gt=0, lt=1)
+    architectures: int = Field(4, gt=0)
+    seeds: int = Field(3, ge=2, le=10)
+    margin_se: float = Field(2.0, ge=0)
+    # Teachers less accurate (val) than the best CE-only student of level 1 are left out of level 2.
+    weak_teachers: Literal["drop", "keep"] = "drop"
+
+
 class StudySpec(_RunFields):
     """A search: the run fields are the defaults every trial starts from."""
 
@@ -186,6 +208,7 @@ class StudySpec(_RunFields):
     ray_address: str | None = None
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     robust: RobustSpec = Field(default_factory=RobustSpec)
+    search: SearchModeSpec = Field(default_factory=SearchModeSpec)
     # Where the study file lives: relative paths in it are resolved from here. Not user-set.
     source: str = Field("<study>", exclude=True)
 

@@ -29,8 +29,9 @@ import torch
 import yaml
 
 from autokd.data import load_data
-from autokd.distill import evaluate, fit
+from autokd.distill import evaluate
 from autokd.errors import CheckpointError
+from autokd.runner import run_config
 from autokd.spec import TrainConfig, load_train_config
 from autokd.teachers import OnlineTeachers, Teacher, load_state_dict, prepare_teachers, teacher_outputs
 from autokd.zoo import ZooModel, build_model, model_size
@@ -69,7 +70,7 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path | None = None, *
     _check_teachers_match_export(config, teachers, log)
     per_seed, students = [], []
     for offset in range(seeds):
-        student, result = fit_config(config, data, targets, seed=config.seed + offset)
+        student, result = run_config(config, data, targets, seed=config.seed + offset)
         per_seed.append({"seed": config.seed + offset, "val_accuracy": result.val_accuracy,
                          "test_accuracy": evaluate(student, data.x_test, data.y_test),
                          "train_seconds": round(result.train_seconds, 3), "epochs": result.epochs_trained})
@@ -123,15 +124,6 @@ def prepare_targets(config: TrainConfig, data, source: str = "<config>", log: Ca
     if config.augment:
         return teachers, OnlineTeachers([t.model for t in teachers])
     return teachers, teacher_outputs(teachers, data)
-
-
-def fit_config(config: TrainConfig, data, targets, seed: int | None = None):
-    """Build the config's student and train it with `distill.fit`; returns (student in eval mode, FitResult)."""
-    seed = config.seed if seed is None else seed
-    student = build_student(config, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed)
-    result = fit(student, data, targets, config.distill, config.schedule,
-                 seed=seed, device=config.device, augment=config.augment)
-    return student.cpu().eval(), result
 
 
 def build_student(config: TrainConfig | str | Path, *, input_shape: Sequence[int] | None = None,

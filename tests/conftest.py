@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,17 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 AUTOKD = [sys.executable, "-m", "autokd.cli"]
+FAULT_PLUGIN = Path(__file__).resolve().parent / "fault_plugin"
+
+# A private Ray temp dir for the whole test session (and the CLIs it starts): a plain `ray.init`
+# elsewhere on this machine, or another job's cluster, never meets ours. Short: Ray's socket paths are limited.
+os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="rk", dir="/tmp"))
+
+
+def with_faults(faults: str) -> dict[str, str]:
+    """Environment for a CLI run whose trials fail on purpose (see fault_plugin/sitecustomize.py)."""
+    return {"AUTOKD_INJECT_FAULT": faults,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(FAULT_PLUGIN), os.environ.get("PYTHONPATH")) if p)}
 
 TINY_SPACE = {"params": {
     "student.family": {"type": "categorical", "choices": ["mlp", "cnn"]},
@@ -41,6 +53,8 @@ def tiny_study(folder: Path, name: str = "tiny", trials: int = 6, epochs: int = 
         "search_space": TINY_SPACE,
         "budget": {"trials": trials},
         "cache_dir": str(folder / "cache"),
+        # The tests of the search machinery run flat; the two-level plan has its own (tests/test_levels.py).
+        "search": {"mode": "flat"},
         **overrides,
     }
     path = folder / f"{name}.yaml"

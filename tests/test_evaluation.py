@@ -11,12 +11,12 @@ import torch
 
 from autokd import evaluation
 from autokd.data import load_data
-from autokd.distill import fit
 from autokd.evaluation import evaluate_front
 from autokd.report import build_report
+from autokd.runner import run_config
 from autokd.spec import StudySpec
 from autokd.teachers import prepare_teachers, teacher_outputs
-from autokd.zoo import build_model, model_size
+from autokd.zoo import model_size
 
 pytestmark = pytest.mark.slow
 
@@ -36,16 +36,8 @@ def tiny_spec(tmp_path) -> StudySpec:
 
 
 def train_like_a_search_trial(config, data, outputs) -> tuple[float, int]:
-    """What search._run_trial does: seeded init, cached teacher outputs, one thread, the trial's seed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        student = build_model(config.student, data.input_shape, data.num_classes, seed=config.seed)
-        chosen = [t.name for t in config.selected_teachers()]
-        result = fit(student, data, outputs.select(chosen), config.distill, config.schedule, seed=config.seed,
-                     device="cpu")
-    finally:
-        torch.set_num_threads(threads)
+    """What a search trial does: `runner.run_config` at the trial's thread count (one) and seed."""
+    student, result = run_config(config, data, outputs, seed=config.seed, threads=1, device="cpu")
     return result.val_accuracy, model_size(student, data.input_shape).params
 
 
@@ -109,7 +101,7 @@ def test_second_call_hits_the_cache_and_trains_nothing(searched, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("evaluate_front trained a model although every evaluation was cached")
 
-    monkeypatch.setattr(evaluation, "fit_config", no_training)
+    monkeypatch.setattr(evaluation, "run_config", no_training)
     pd.testing.assert_frame_equal(evaluate_front(study, spec, [0, 1], log=lambda m: None), first)
 
 

@@ -22,7 +22,7 @@ from typing import Callable
 import optuna
 import pytest
 
-from conftest import AUTOKD, run_cli, tiny_study
+from conftest import AUTOKD, run_cli, tiny_study, with_faults
 
 pytestmark = pytest.mark.slow
 States = optuna.trial.TrialState
@@ -122,7 +122,7 @@ def test_sigkill_at_five_moments_then_resume_loses_nothing_and_trains_nothing_tw
 
 def test_a_worker_process_dying_mid_trial_fails_that_trial_with_a_reason(tmp_path):
     study_file = tiny_study(tmp_path, trials=4, epochs=4)
-    run_cli("search", study_file, "--no-report", "--no-progress", env={"AUTOKD_INJECT_FAULT": "1:exit"}, check=True)
+    run_cli("search", study_file, "--no-report", "--no-progress", env=with_faults("1:exit"), check=True)
     trials = _load(tmp_path).get_trials()
     failed = {t.number: t.user_attrs.get("failure_reason", "") for t in trials if t.state == States.FAIL}
     assert list(failed) == [1] and "worker process died" in failed[1]
@@ -132,7 +132,7 @@ def test_a_worker_process_dying_mid_trial_fails_that_trial_with_a_reason(tmp_pat
 
 def test_trial_faults_end_failed_with_readable_reasons_and_the_report_counts_them(tmp_path):
     study_file = tiny_study(tmp_path, trials=6, epochs=2)
-    faults = {"AUTOKD_INJECT_FAULT": "0:build,1:nan,2:raise,3:oom"}
+    faults = with_faults("0:build,1:nan,2:raise,3:oom")
     run_cli("search", study_file, "--no-progress", "--no-report", env=faults, check=True)
     trials = _load(tmp_path).get_trials()
     reasons = {t.number: t.user_attrs.get("failure_reason", "") for t in trials if t.state == States.FAIL}

@@ -1,6 +1,6 @@
 """Fractional resources on CPU: a custom Ray resource stands in for a GPU shared by trials.
 
-`resources: {custom: {fake_gpu: 0.5}, concurrency: 2}` makes `search._init_ray` create
+`resources: {custom: {fake_gpu: 0.5}, concurrency: 2}` makes `ray_cluster.init_ray` create
 0.5 x 2 = 1 `fake_gpu` on the private cluster; two trials each holding half of it must then
 really train at the same time, and each trial must record that it ran on the CPU (its `device`
 user attr, the device its worker resolved).
@@ -46,7 +46,7 @@ def test_two_trials_share_one_fake_gpu_and_train_at_the_same_time(tmp_path):
                             student={"family": "mlp", "depth": 1, "width": 16},
                             search_space={"params": {"distill.w_kd": {"type": "float", "low": 0.1, "high": 1.0}}},
                             resources={"cpus_per_trial": 1, "concurrency": 2, "custom": {FAKE_GPU: 0.5}})
-    if ray.is_initialized():  # _init_ray creates the custom resource only when it starts Ray itself
+    if ray.is_initialized():  # init_ray creates the custom resource only when it starts Ray itself
         ray.shutdown()
     try:
         result = autokd.search(study_file, progress=False, log=lambda message: None)

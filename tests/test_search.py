@@ -85,7 +85,7 @@ def test_a_trial_is_orphaned_only_when_its_driver_is_gone():
     import subprocess
     import sys
 
-    from autokd.search import DRIVER_STALE_S, driver_alive
+    from autokd.study_store import DRIVER_STALE_S, driver_alive
 
     here = socket.gethostname()
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -100,7 +100,7 @@ def test_a_trial_is_orphaned_only_when_its_driver_is_gone():
 
 
 def test_nsga2_runs_several_generations_within_the_budget():
-    from autokd.search import nsga2_population
+    from autokd.study_store import nsga2_population
 
     assert [nsga2_population(n) for n in (8, 30, 40, 400, 1000)] == [4, 7, 10, 50, 50]
 

@@ -58,7 +58,7 @@ def test_early_stopping_kind_follows_the_budget_unless_given(tmp_path, budget, e
 @pytest.mark.parametrize("dotted, value, expected", [
     ("distill.temperature", -1, "distill.temperature: must be > 0, got -1"),
     ("distill.temperature", 0, "distill.temperature: must be > 0, got 0"),
-    ("distill.kind", "kl2", "distill.kind: must be 'kl', 'mse' or 'dkd', got 'kl2'"),
+    ("distill.kind", "kl2", "distill.kind: must be 'kl', 'mse', 'dkd', 'lskd' or 'dist', got 'kl2'"),
     ("distill.colour", 1, "distill.colour: unknown key"),
     ("schedule.epochs", "ten", "schedule.epochs: must be a valid integer"),
     ("budget.trials", 0, "budget.trials: must be > 0, got 0"),

@@ -291,7 +291,7 @@ def test_search_with_pareto_stopping_prunes_trials_and_keeps_them_off_the_front(
 
 def test_the_scheduler_of_a_resumed_study_starts_from_its_stored_trials(tmp_path):
     """Rung results and the front come back from the stored curves, not from an empty memory."""
-    from autokd.search import _scheduler
+    from autokd.scheduler import make_scheduler
     from autokd.spec import load_study
 
     spec = load_study(tiny_study(tmp_path, epochs=4, early_stopping={"kind": "pareto", "grace_epochs": 1,
@@ -306,7 +306,7 @@ def test_the_scheduler_of_a_resumed_study_starts_from_its_stored_trials(tmp_path
             state=state, values=[curve[-1], params] if state == States.COMPLETE else None,
             params={"x": 0.5}, distributions=distributions,
             user_attrs={"val_accuracy_curve": curve, "params": params, "epochs_trained": len(curve)}))
-    rungs = _scheduler(spec, study).rungs
+    rungs = make_scheduler(spec, study).rungs
     assert rungs.milestones == [1, 2]
     assert sorted(rungs._recorded[1].values()) == [(0.70, 1_000), (0.75, 500)]
     assert list(rungs._recorded[2].values()) == [(0.80, 1_000)]

@@ -1,0 +1,73 @@
+"""Running one training config: the only caller of `distill.fit`.
+
+A search trial, a baseline, a robust re-run of another seed, the report's test evaluation,
+production training and a teacher all train through `train_model`; a config goes through
+`run_config`. So "seed s" means the same run everywhere: the same initial weights (the seed
+builds the model), the same batch order (the seed drives `fit`'s generator) and the same
+thread count (CPU kernels give bit-identical results only at the same count).
+
+    run_config(config, data, targets, seed=3, threads=1)  ->  (student in eval mode, FitResult)
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from autokd.data import Dataset
+from autokd.distill import EpochResult, FitResult, TeacherSource, fit, resolve_device
+from autokd.spec import TrainConfig
+from autokd.zoo import ZooModel, build_model
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with `count` intra-op threads (None: leave as is), restoring the previous count."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(max(1, int(count)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def train_model(model: nn.Module, data: Dataset, targets: TeacherSource | None, distill, schedule, *, seed: int,
+                device: str | torch.device = "auto", threads: int | None = None,
+                on_epoch: Callable[[EpochResult], bool | None] | None = None,
+                augment: Sequence[str] = ()) -> FitResult:
+    """Train an already built `model` with `distill.fit` at `threads` threads."""
+    with torch_threads(threads):
+        return fit(model, data, targets, distill, schedule, seed=seed, device=device, on_epoch=on_epoch,
+                   augment=augment)
+
+
+def config_targets(config: TrainConfig, targets: TeacherSource | None):
+    """The part of a study's teacher outputs this config learns from (None when it uses no teacher)."""
+    if targets is None or not (config.distill.w_kd > 0 or config.distill.w_feat > 0):
+        return None
+    select = getattr(targets, "select", None)  # cached outputs hold every teacher; online ones are already chosen
+    return select([t.name for t in config.selected_teachers()]) if select else targets
+
+
+def run_config(config: TrainConfig, data: Dataset, targets: TeacherSource | None, *, seed: int | None = None,
+               threads: int | None = None, device: str | torch.device | None = None,
+               on_epoch: Callable[[EpochResult], bool | None] | None = None) -> tuple[ZooModel, FitResult]:
+    """Build the config's student from `seed` (default: the config's) and train it; (student in eval mode, result).
+
+    `threads` defaults to the config's own (a search trial's count). `targets` may hold more teachers than the config uses (a study's cached outputs): the
+    config's teacher subset is selected here.
+    """
+    seed = config.seed if seed is None else seed
+    device = resolve_device(config.device if device is None else device)
+    selected = config_targets(config, targets)
+    if selected is not None and hasattr(selected, "to"):  # cached outputs go where the batches are sliced
+        selected = selected.to(device)
+    student = build_model(config.student, data.input_shape, data.num_classes, seed=seed)
+    result = train_model(student, data, selected, config.distill, config.schedule, seed=seed, device=device,
+                         threads=config.threads if threads is None else threads, on_epoch=on_epoch,
+                         augment=config.augment)
+    return student.cpu().eval(), result

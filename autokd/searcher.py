@@ -1,0 +1,166 @@
+"""The searcher: Optuna proposes, autokd checks, Tune runs; every outcome lands in the Optuna study.
+
+`AutokdSearcher` extends Ray's `OptunaSearch` where it records results. Fixes to stock
+OptunaSearch: a size constraint is checked before a trial trains (infeasible configs never
+reach Ray); a NaN, an exception or a missing metric ends the trial FAIL with its reason (stock
+leaves NaN trials RUNNING and aborts on a missing metric); a trial stopped before its last
+epoch is PRUNED, never COMPLETE. With a two-level plan (`levels.TwoLevelPlan`) the next trial
+is planned (level, role, architecture, paired seeds) before the sampler fills the rest.
+
+OptunaSearch keeps its study and open trials in private fields (`_ot_study`, `_ot_trials`,
+`_space`, `_suggest_from_define_by_run_func`); `tests/test_searcher.py` fails loudly if an
+upgrade renames them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from autokd.errors import AutokdError
+from autokd.levels import ALL_SECTIONS, FINISHED, WAIT, Proposal, TwoLevelPlan, role_config, sampled_sections
+from autokd.results import open_storage, trained_epochs
+from autokd.space import SearchSpace
+from autokd.spec import StudySpec, TrainConfig
+from autokd.study_store import DRIVER, HEARTBEAT_EVERY_S, beat, make_sampler, report_intermediate
+from autokd.zoo import arch_size
+
+# Stop after this many infeasible proposals in a row: the space and the constraints disagree.
+MAX_INFEASIBLE_IN_A_ROW = 200
+States = optuna.trial.TrialState
+
+
+class AutokdSearcher(OptunaSearch):
+    def __init__(self, space: SearchSpace, spec: StudySpec, base: TrainConfig, input_shape, num_classes,
+                 storage_url: str, trials_so_far: int, plan: TwoLevelPlan | None = None):
+        self.space, self.spec, self.base, self.plan = space, spec, base, plan
+        self.input_shape, self.num_classes = tuple(input_shape), num_classes
+        self.metrics = list(spec.objectives)
+        self.sections = ALL_SECTIONS  # what the sampler fills for the trial being asked
+        super().__init__(space=self.suggest_params, metric=self.metrics,
+                         mode=["max"] + ["min"] * (len(self.metrics) - 1),
+                         sampler=make_sampler(spec, trials_so_far), study_name=spec.name,
+                         storage=open_storage(storage_url))
+        self._curves: dict[str, list[float]] = {}
+        self._epochs_seen: dict[str, int] = {}
+        self._last_beat = time.monotonic()
+        self._epochs_trained = trained_epochs(self._ot_study)
+
+    def suggest_params(self, trial: optuna.Trial) -> None:
+        self.space.suggest(trial, self.sections)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self.spec.budget.epochs is not None and self._epochs_trained >= self.spec.budget.epochs:
+            return self.FINISHED
+        for _ in range(MAX_INFEASIBLE_IN_A_ROW):
+            planned = self._plan()
+            if planned in (WAIT, FINISHED):
+                return None if planned == WAIT else self.FINISHED
+            ot_trial = self._ot_study.ask()
+            attrs = ot_trial.user_attrs or planned.attrs  # an enqueued trial brings its own (a re-queued one too)
+            self.sections = sampled_sections(attrs.get("role"))
+            params = self._suggest_from_define_by_run_func(self._space, ot_trial)
+            try:
+                config = self._config(attrs, params)
+                size = arch_size(config.student, self.input_shape, self.num_classes).as_dict()
+            except (AutokdError, ValueError) as error:
+                self._finish(ot_trial, States.FAIL, failure_reason=f"invalid config: {error}", **attrs)
+                continue
+            seeds = list(attrs.get("seeds") or [self.base.seed + ot_trial.number])
+            config.seed = seeds[0]
+            # `driver` tells apart the trials of several drivers adding to one shared study.
+            for key, value in {**attrs, "config": config.model_dump(), "seed": config.seed, "driver": DRIVER,
+                               **size}.items():
+                ot_trial.set_user_attr(key, value)
+            limits = self.spec.size_limits()
+            broken = [f"{metric} {size[metric]} > {limit:g}" for metric, limit in limits.items()
+                      if size[metric] > limit]
+            for metric, limit in limits.items():
+                ot_trial.set_constraint(metric, size[metric] - limit)
+            if broken:  # known before training: never trained, never on the front
+                self._finish(ot_trial, States.PRUNED, pruned_reason="infeasible: " + ", ".join(broken))
+                continue
+            self._ot_trials[trial_id] = ot_trial
+            return {"config": config.model_dump(), "trial_number": ot_trial.number, "size": size, "seeds": seeds}
+        raise AutokdError(f"{self.spec.source}: constraints: {MAX_INFEASIBLE_IN_A_ROW} proposals in a row broke "
+                          f"{self.spec.constraints}; widen the constraints or shrink the search space")
+
+    def _plan(self) -> Proposal | str:
+        """The next proposal; enqueued first when it fixes parameters (a waiting trial always goes first)."""
+        if self._ot_study.get_trials(deepcopy=False, states=(States.WAITING,)):
+            return Proposal({})
+        if self.plan is None:
+            return Proposal({})
+        planned = self.plan.next_proposal(self._ot_study)
+        if isinstance(planned, Proposal) and planned.params is not None:
+            self._ot_study.enqueue_trial(planned.params, user_attrs=planned.attrs)
+        return planned
+
+    def _config(self, attrs: dict, params: dict) -> TrainConfig:
+        role = attrs.get("role")
+        if role is None:
+            return self.space.apply(self.base, params)
+        return self.space.apply(role_config(role, self.base, attrs.get("teachers_allowed")), params)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._count_epochs(trial_id, result)
+        if "val_accuracy" in result and "val_accuracy_seeds" not in result:
+            curve = self._curves.setdefault(trial_id, [])
+            if result.get("epoch", len(curve) + 1) > len(curve):  # once per epoch
+                curve.append(float(result["val_accuracy"]))
+                ot_trial = self._ot_trials.get(trial_id)
+                if ot_trial is not None:  # curves in optuna-dashboard
+                    report_intermediate(self._ot_study, ot_trial, len(curve), float(result["val_accuracy"]))
+        self._beat()
+
+    def _count_epochs(self, trial_id: str, result: dict) -> None:
+        trained = int(result.get("epochs_trained", 0))
+        self._epochs_trained += max(0, trained - self._epochs_seen.get(trial_id, 0))
+        self._epochs_seen[trial_id] = max(trained, self._epochs_seen.get(trial_id, 0))
+
+    def _beat(self) -> None:
+        if time.monotonic() - self._last_beat > HEARTBEAT_EVERY_S:
+            beat(self._ot_study)
+            self._last_beat = time.monotonic()
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.pop(trial_id, None)
+        if ot_trial is None:
+            return
+        result = result or {}
+        # Tune skips on_trial_result for the result a scheduler stops the trial on.
+        if "val_accuracy" in result and result.get("epoch", 0) > len(self._curves.get(trial_id, [])):
+            self.on_trial_result(trial_id, result)
+        self._count_epochs(trial_id, result)
+        curve = self._curves.pop(trial_id, [])
+        trained = self._epochs_seen.pop(trial_id, 0)
+        attrs = {"val_accuracy_curve": curve, "epochs_trained": trained,
+                 "train_seconds": result.get("train_seconds"), "node": result.get("node"),
+                 "device": result.get("device"), "val_accuracy_seeds": result.get("val_accuracy_seeds")}
+        values = [result.get(m) for m in self.metrics]
+        seeds = ot_trial.user_attrs.get("seeds") or []
+        if result.get("failure_reason") or error:
+            reason = result.get("failure_reason") or "the trial's worker process died or raised (see Ray logs)"
+            self._finish(ot_trial, States.FAIL, failure_reason=reason, **attrs)
+        elif any(v is None or not math.isfinite(float(v)) for v in values):
+            missing = [m for m, v in zip(self.metrics, values) if v is None or not math.isfinite(float(v))]
+            self._finish(ot_trial, States.FAIL,
+                         failure_reason=f"missing or non-finite metric(s) {missing} in the last result", **attrs)
+        elif len(seeds) > 1 and len(result.get("val_accuracy_seeds") or []) < len(seeds):
+            done = len(result.get("val_accuracy_seeds") or [])
+            self._finish(ot_trial, States.FAIL, failure_reason=f"stopped after {done} of {len(seeds)} seeds", **attrs)
+        elif result.get("epoch", 0) < result.get("epochs", 0):
+            self._finish(ot_trial, States.PRUNED,
+                         pruned_reason=f"early-stopped at epoch {result['epoch']} of {result['epochs']}", **attrs)
+        else:
+            self._finish(ot_trial, States.COMPLETE, values=[float(v) for v in values], **attrs)
+
+    def _finish(self, ot_trial, state, values=None, **attrs) -> None:
+        for key, value in attrs.items():
+            if value is not None:
+                ot_trial.set_user_attr(key, value)
+        self._ot_study.tell(ot_trial, values, state=state)
+        self._beat()

@@ -1,0 +1,176 @@
+"""The study in its Optuna storage: opened or created, its sampler, and which driver owns which trial.
+
+Several drivers may add to one study (PostgreSQL); each marks its trials with `driver`
+(host:pid) and beats a heartbeat in the study's attrs, so that a trial left RUNNING by a dead
+driver is failed as interrupted and its parameters re-queued, while a live driver's are left
+alone. Trial states are written through Optuna's storage API (the only public way to finish
+a trial that another process asked for); `storage_of` and `trial_id_of` keep that private
+access in one place, checked by `tests/test_study_store.py` against the installed Optuna.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+
+import optuna
+
+from autokd.errors import StorageError
+from autokd.results import INTERRUPTED, open_storage
+from autokd.spec import StudySpec
+
+DRIVER = f"{socket.gethostname()}:{os.getpid()}"
+# A driver on another host whose heartbeat is older than this is taken for dead.
+DRIVER_STALE_S = 600.0
+HEARTBEAT_EVERY_S = 30.0
+# {driver: time of its last beat}, one study attr for all drivers; a driver removes itself when it ends.
+HEARTBEATS = "heartbeats"
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The study's storage (Optuna has no public accessor)."""
+    return study._storage
+
+
+def trial_id_of(trial: optuna.trial.FrozenTrial | optuna.Trial) -> int:
+    """The storage id of a trial (Optuna has no public accessor)."""
+    return trial._trial_id
+
+
+def report_intermediate(study: optuna.Study, trial: optuna.Trial, step: int, value: float) -> None:
+    """A per-epoch value as the trial's intermediate value (curves in optuna-dashboard).
+
+    `Trial.report` refuses multi-objective studies (it exists for pruners); the storage records
+    intermediate values for any study."""
+    storage_of(study).set_trial_intermediate_value(trial_id_of(trial), step, value)
+
+
+def make_sampler(spec: StudySpec, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler. A resumed driver offsets the seed by the trials already in storage:
+    a sampler restarted with its first seed would replay the first driver's random draws and
+    train the same configs again."""
+    seed = spec.sampler.seed + trials_so_far
+    if spec.sampler.name == "nsga2":
+        # Optuna's default population (50) would make a 30-40 trial study one random generation.
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=nsga2_population(spec.budget.trials))
+    if spec.sampler.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if spec.sampler.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():  # multivariate/group are "experimental" in Optuna, and much better here
+        warnings.simplefilter("ignore")
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+
+
+def nsga2_population(trials: int) -> int:
+    """A quarter of the budget (4 to 50), so that NSGA-II runs several generations."""
+    return max(4, min(50, trials // 4))
+
+
+def driver_alive(driver: str | None, heartbeats: dict[str, float], now: float | None = None) -> bool:
+    """Is the driver that started a trial still running? Same host: its PID; other hosts: its heartbeat."""
+    if not driver:
+        return False
+    host, _, pid = driver.rpartition(":")
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError):
+            return True
+        return True
+    last = heartbeats.get(driver)
+    return last is not None and (now or time.time()) - last < DRIVER_STALE_S
+
+
+def heartbeats(study: optuna.Study) -> dict[str, float]:
+    """{driver: time of its last heartbeat} of the drivers that have not ended."""
+    return dict(study.user_attrs.get(HEARTBEATS) or {})
+
+
+def beat(study: optuna.Study) -> None:
+    """Tell other drivers sharing the study that this one is alive.
+
+    Read-modify-write of one attr: a beat lost to a concurrent writer is repeated within
+    HEARTBEAT_EVERY_S, far inside DRIVER_STALE_S."""
+    study.set_user_attr(HEARTBEATS, {**heartbeats(study), DRIVER: time.time()})
+
+
+def clear_beat(study: optuna.Study) -> None:
+    """Remove this driver's heartbeat when it ends, so that finished runs leave nothing in the study."""
+    beats = heartbeats(study)
+    if beats.pop(DRIVER, None) is not None:
+        study.set_user_attr(HEARTBEATS, beats)
+
+
+def recover_interrupted(study: optuna.Study, own_only: bool = False) -> int:
+    """Fail orphan RUNNING trials (their driver died) and re-queue their parameters.
+
+    Trials of other live drivers adding to the same study are left alone; with `own_only`,
+    only this driver's open trials are recovered (e.g. trials cut by the time limit or Ctrl-C).
+    """
+    beats = heartbeats(study)
+    orphans = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+               if (t.user_attrs.get("driver") == DRIVER if own_only
+                   else not driver_alive(t.user_attrs.get("driver"), beats))]
+    storage = storage_of(study)
+    for trial in orphans:
+        storage.set_trial_user_attr(trial_id_of(trial), "failure_reason", INTERRUPTED)
+        storage.set_trial_state_values(trial_id_of(trial), optuna.trial.TrialState.FAIL)
+        # The re-run keeps the role and seeds of what it replaces (a baseline stays a baseline).
+        kept = {k: v for k, v in trial.user_attrs.items() if k in REQUEUED_ATTRS}
+        study.enqueue_trial(trial.params, user_attrs={**kept, "retry_of": trial.number})
+    return len(orphans)
+
+
+# Attributes an enqueued trial carries into its run (see `searcher`): what it is, not what happened.
+REQUEUED_ATTRS = ("level", "role", "arch_key", "seeds")
+
+
+def existing_study(spec: StudySpec, storage_url: str) -> optuna.Study | None:
+    """The study if the storage already holds it; creates neither the storage file nor the study."""
+    if storage_url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        if not Path(storage_url.removeprefix("sqlite:///")).is_file():
+            return None
+    storage = open_storage(storage_url)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    return optuna.load_study(study_name=spec.name, storage=storage) if spec.name in names else None
+
+
+def check_resumable(spec: StudySpec, study: optuna.Study, storage_url: str, resume: bool,
+                    space_signature: dict) -> None:
+    """Refuse to mix runs that would not be comparable; raises a one-line StorageError."""
+    if not resume and study.get_trials(deepcopy=False):
+        raise StorageError(f"{spec.source}: name: study {spec.name!r} already has trials in {storage_url}; "
+                           "use --resume to continue it (or give the study another name)")
+    directions = [d.name.lower() for d in study.directions]
+    if directions != spec.directions or study.user_attrs.get("objectives") not in (None, spec.objectives):
+        raise StorageError(f"{spec.source}: objectives: study {spec.name!r} in {storage_url} has objectives "
+                           f"{study.user_attrs.get('objectives')} ({directions}); the file asks for "
+                           f"{spec.objectives}")
+    if study.user_attrs.get("space") not in (None, space_signature):
+        raise StorageError(f"{spec.source}: search_space: differs from the space study {spec.name!r} was "
+                           "started with; resuming would mix two searches (use another study name)")
+
+
+def open_or_create_study(spec: StudySpec, storage_url: str, resume: bool, space_signature: dict) -> optuna.Study:
+    """The study in storage, created when new; refuses to mix runs that would not be comparable."""
+    study = existing_study(spec, storage_url)
+    if study is not None:
+        check_resumable(spec, study, storage_url, resume, space_signature)
+        return study
+    storage = open_storage(storage_url)
+    try:
+        study = optuna.create_study(study_name=spec.name, storage=storage, directions=spec.directions)
+    except optuna.exceptions.DuplicatedStudyError:  # another driver created it a moment ago
+        if not resume:
+            raise StorageError(f"{spec.source}: name: study {spec.name!r} was just created in {storage_url} by "
+                               "another driver; use --resume to add trials to it") from None
+        return optuna.load_study(study_name=spec.name, storage=storage)
+    study.set_metric_names(list(spec.objectives))
+    return study

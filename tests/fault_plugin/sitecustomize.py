@@ -1,0 +1,68 @@
+"""Test-only fault injection, loaded into every process of a test search (driver and Ray workers).
+
+A fault test puts this folder on PYTHONPATH and sets AUTOKD_INJECT_FAULT="3:nan,4:build,5:raise,7:oom,9:exit";
+Python imports `sitecustomize` at start-up, and this one wraps the product's documented seam,
+`autokd.runner.run_config` (every trial trains through it), as soon as `autokd.trial` is imported.
+Nothing of this lives in the product.
+"""
+
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+FAULTS = dict(item.split(":", 1) for item in os.environ.get("AUTOKD_INJECT_FAULT", "").split(",") if ":" in item)
+
+
+def _install(trial_module) -> None:
+    import torch
+
+    from autokd import runner
+
+    run_trial, run_config = trial_module.run_trial, runner.run_config
+    current = {}
+
+    def faulty_run_trial(trial, data, outputs):
+        current["number"] = str(trial["trial_number"])
+        return run_trial(trial, data, outputs)
+
+    def faulty_run_config(config, data, targets, on_epoch=None, **kwargs):
+        fault = FAULTS.get(current.get("number", ""), "").strip()
+        if fault == "build":  # an architecture the zoo rejects, past the spec's validation
+            config = config.model_copy(update={"student": {**config.student, "width": -1}})
+        if fault == "nan":  # an infinite learning rate: the real non-finite path through fit
+            config = config.model_copy(update={"schedule": config.schedule.model_copy(update={"lr": float("inf")})})
+        if fault == "raise":
+            raise RuntimeError(f"injected fault in trial {current['number']}")
+
+        def faulty_on_epoch(epoch):
+            if fault == "oom":
+                raise torch.OutOfMemoryError("simulated: CUDA out of memory. Tried to allocate 2.00 GiB")
+            if fault == "exit" and epoch.epoch == 2:
+                os._exit(1)  # the worker process dies mid-trial, as on a node failure
+            return on_epoch(epoch) if on_epoch is not None else None
+
+        return run_config(config, data, targets, on_epoch=faulty_on_epoch, **kwargs)
+
+    trial_module.run_trial = faulty_run_trial
+    runner.run_config = faulty_run_config
+
+
+class _AfterTrialImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "autokd.trial":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            _install(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if FAULTS:
+    sys.meta_path.insert(0, _AfterTrialImport())
