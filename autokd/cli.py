@@ -6,13 +6,17 @@ printed as one line on stderr with exit code 2; nothing is written.
 
 from __future__ import annotations
 
+import json
+import shlex
+import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from autokd.errors import AutokdError
+from autokd.errors import AutokdError, ConfigError, StorageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="AutoML for knowledge distillation: search, report, export, train.")
@@ -27,18 +31,57 @@ def search(study: Path = typer.Argument(..., help="Study YAML file."),
            storage: Optional[str] = STORAGE,
            address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS",
                                                  help="Existing Ray cluster, e.g. 'auto' or 'HOST:6379'."),
+           trials: Optional[int] = typer.Option(None, "--trials", help="Trial budget, overriding budget.trials "
+                                                "(with --resume it counts the trials already done)."),
+           concurrency: Optional[int] = typer.Option(None, "--concurrency",
+                                                     help="Trials at once, overriding resources.concurrency."),
+           timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds the search may run (trials "
+                                                   "still running then are cut), overriding budget.time_limit_s."),
            no_progress: bool = typer.Option(False, "--no-progress", help="No progress output."),
            report: bool = typer.Option(True, "--report/--no-report", help="Write the report at the end.")) -> None:
     """Run a multi-objective search (Optuna proposes, Ray Tune runs)."""
+    from autokd.spec import load_study
+
+    started = time.perf_counter()
+    spec = _with_overrides(load_study(study), {"--trials": ("budget", "trials", trials),
+                                               "--concurrency": ("resources", "concurrency", concurrency),
+                                               "--timeout": ("budget", "time_limit_s", timeout)})
+    from autokd.results import counts  # torch, Ray and Optuna load only once the flags are known to be good
     from autokd.search import search as run_search
 
-    result = run_search(study, resume=resume, storage=storage, address=address, progress=not no_progress)
+    result = run_search(spec, resume=resume, storage=storage, address=address, progress=not no_progress)
     _print_front(result.pareto, result.spec.objectives)
     if report:
         from autokd.report import build_report
 
         folder = build_report(str(study), storage=storage)
         typer.echo(f"report: {folder / 'index.html'}")
+    typer.echo(f"total time {_duration(time.perf_counter() - started)}: {_tally(counts(result.study))}")
+    target = shlex.quote(str(study)) + (f" --storage {shlex.quote(storage)}" if storage else "")
+    steps = ([] if report else [f"autokd report {target}"])
+    if len(result.pareto):
+        steps += [f"autokd export {target} --knee -o best.yaml", "autokd train best.yaml"]
+    else:
+        steps += [f"autokd show {target}"]
+    typer.echo("next:\n" + "\n".join(f"  {step}" for step in steps))
+
+
+def _with_overrides(spec, overrides: dict[str, tuple[str, str, object]]):
+    """`spec` with flag values put in its sections, each checked as the study file's own value would be."""
+    from pydantic import ValidationError
+
+    from autokd.spec import describe_validation_error
+
+    sections = {}
+    for flag, (section, key, value) in overrides.items():
+        if value is None:
+            continue
+        current = sections.get(section, getattr(spec, section))
+        try:
+            sections[section] = type(current).model_validate({**current.model_dump(), key: value})
+        except ValidationError as error:
+            raise ConfigError(f"{flag}: {describe_validation_error(error)[1]}") from None
+    return spec.model_copy(update=sections) if sections else spec
 
 
 @app.command()
@@ -77,7 +120,8 @@ def train(config: Path = typer.Argument(..., help="Exported training config, or 
             raise AutokdError(f"--augment: must be a comma list of ['flip', 'shift'], got {unknown[0]!r}")
     run = run_train(config, out, epochs=epochs, seeds=seeds, augment=kinds, log=typer.echo)
     metrics = run.metrics
-    typer.echo(f"test accuracy {metrics['test_accuracy_mean']:.4f} ± {metrics['test_accuracy_std']:.4f} "
+    spread = f" ± {metrics['test_accuracy_std']:.4f}" if seeds > 1 else ""
+    typer.echo(f"test accuracy {metrics['test_accuracy_mean']:.4f}{spread} "
                f"(val {metrics['val_accuracy_mean']:.4f}), params {metrics['params']:,}")
     typer.echo(f"run: {run.folder}")
 
@@ -97,23 +141,86 @@ def report(study: str = typer.Argument(..., help="Study YAML file, or the study'
 
 @app.command()
 def show(study: str = typer.Argument(..., help="Study YAML file, or the study's name with --storage."),
-         storage: Optional[str] = STORAGE) -> None:
-    """Print the Pareto front as a terminal table."""
-    from autokd.results import front_frame, robust_frame, study_and_spec, trials_frame
+         storage: Optional[str] = STORAGE,
+         as_json: bool = typer.Option(False, "--json", help="Print the front as JSON records instead.")) -> None:
+    """Print the Pareto front as a terminal table (or JSON)."""
+    from autokd.results import counts, front_frame, robust_frame, study_and_spec, trials_frame
 
     optuna_study, spec = study_and_spec(study, storage)
     frame = trials_frame(optuna_study)
     objectives = optuna_study.user_attrs.get("objectives", ["val_accuracy", "params"])
-    states = frame["state"].value_counts().to_dict() if len(frame) else {}
-    typer.echo(f"study {optuna_study.study_name}: {len(frame)} trials {states}")
     front = front_frame(frame) if len(frame) else frame
     robust = robust_frame(optuna_study, frame) if len(frame) else None
+    if as_json:
+        if robust is not None and len(robust):
+            columns = {"mean": "robust_mean", "std": "robust_std", "seeds": "robust_seeds",
+                       "front_by_mean": "robust_front_by_mean"}
+            front = front.merge(robust[["trial", *columns]].rename(columns=columns), on="trial", how="left")
+        typer.echo(json.dumps(_records(front), indent=2))
+        return
+    typer.echo(f"study {optuna_study.study_name}: {len(frame)} trials ({_tally(counts(optuna_study))})")
     if robust is not None and len(robust):
         # mean ± std over the re-run seeds; "lucky": off the front by mean (see `results.robust_frame`)
         robust["robust"] = [f"{r['mean']:.4f}±{r['std']:.4f}" + ("" if r["front_by_mean"] else " lucky")
                             for _, r in robust.iterrows()]
         front = front.merge(robust[["trial", "robust"]], on="trial", how="left").fillna({"robust": ""})
     _print_front(front, objectives)
+
+
+def _records(frame) -> list[dict]:
+    """A frame as JSON-ready records: NaN as null, sizes as integers, `config` as an object."""
+    from autokd.spec import SIZE_METRICS
+
+    records = []
+    for row in frame.to_dict(orient="records"):
+        record = {}
+        for key, value in row.items():
+            value = value.item() if hasattr(value, "item") else value  # numpy scalars: full precision
+            if isinstance(value, float) and value != value:
+                value = None
+            elif key in SIZE_METRICS and isinstance(value, float):
+                value = int(value)
+            elif key == "config" and isinstance(value, str):
+                value = json.loads(value)
+            record[key] = value
+        records.append(record)
+    return records
+
+
+@app.command()
+def studies(study: Optional[Path] = typer.Argument(None, help="A study YAML file: list the studies in its storage."),
+            storage: Optional[str] = STORAGE) -> None:
+    """List the studies in a storage: trials by outcome and best val accuracy."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from autokd.results import counts, open_storage
+    from autokd.spec import load_study
+
+    if storage is None and study is None:
+        raise ConfigError("autokd studies: give a study file or --storage URL")
+    url = storage or load_study(study).storage_url()
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise StorageError(f"{study or '--storage'}: storage file {url.removeprefix('sqlite:///')} does not exist "
+                           "(run `autokd search` first)")
+    opened = open_storage(url)
+    summaries = sorted(optuna.get_all_study_summaries(opened, include_best_trial=False), key=lambda s: s.study_name)
+    rows = []
+    for summary in summaries:
+        loaded = optuna.load_study(study_name=summary.study_name, storage=opened)
+        tally = counts(loaded)
+        accuracies = [t.values[0] for t in loaded.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+                      if t.values]
+        rows.append([summary.study_name, len(loaded.get_trials(deepcopy=False)), tally["complete"],
+                     tally["failed"] + tally["interrupted"], tally["infeasible"] + tally["stopped"],
+                     tally["running"], f"{max(accuracies):.4f}" if accuracies else "-"])
+    typer.echo(f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'} in {url}")
+    if rows:
+        header = ["study", "trials", "complete", "failed", "pruned", "running", "best val acc"]
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            typer.echo("  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                                 for i, (v, w) in enumerate(zip(row, widths))))
 
 
 @app.command()
@@ -134,24 +241,69 @@ def export(study: str = typer.Argument(..., help="Study YAML file, or the study'
     typer.echo(f"exported trial {chosen} to {path}; train it with: autokd train {path}")
 
 
+# Columns of the front table, most important first; the last ones go first when the terminal is
+# narrow. Short headers are used before any column is dropped.
+_FRONT_EXTRAS = ("robust", "student.family", "distill.kind", "distill.temperature", "distill.teachers",
+                 "params", "macs")
+_SHORT_HEADERS = {"val_accuracy": "val acc", "bytes_fp32": "fp32 B", "bytes_fp16": "fp16 B",
+                  "student.family": "student", "distill.kind": "kd", "distill.temperature": "T",
+                  "distill.teachers": "teachers"}
+
+
 def _print_front(front, objectives: list[str]) -> None:
     from rich.console import Console
-    from rich.table import Table
-
-    from autokd.spec import SIZE_METRICS
 
     if front is None or len(front) == 0:
         typer.echo("no complete trials yet")
         return
+    width = _terminal_width()
+    console = Console(width=width)
+    columns = ["trial", *objectives] + [c for c in _FRONT_EXTRAS if c in front.columns and c not in objectives]
+    short = False
+    while True:
+        table = _front_table(front, columns, short)
+        unclamped = console.options.update_width(1_000_000)  # measure what the table wants, not what fits
+        if console.measure(table, options=unclamped).maximum <= width or len(columns) <= 1 + len(objectives):
+            break
+        if short:
+            columns = columns[:-1]
+        short = True
+    console.print(table)
+
+
+def _front_table(front, columns: list[str], short: bool):
+    from rich.table import Table
+
+    from autokd.spec import SIZE_METRICS
+
     table = Table(title="Pareto front (validation accuracy vs size)")
-    columns = ["trial", *objectives] + [c for c in ("params", "macs", "student.family", "distill.kind",
-                                                    "distill.temperature", "distill.teachers", "robust")
-                                        if c in front.columns and c not in objectives]
     for column in columns:
-        table.add_column(column, justify="right")
+        header = _SHORT_HEADERS.get(column, column) if short else column
+        table.add_column(header, justify="right", no_wrap=True, overflow="ellipsis")
     for _, row in front.iterrows():
         table.add_row(*[_cell(int(row[c]) if c in SIZE_METRICS else row[c]) for c in columns])
-    Console(width=max(150, Console().width)).print(table)
+    return table
+
+
+def _terminal_width() -> int:
+    """$COLUMNS when set, else the width of the terminal on stdout, else (not a terminal) 120."""
+    return shutil.get_terminal_size(fallback=(120, 24)).columns
+
+
+def _tally(tally: dict[str, int]) -> str:
+    """'5 complete, 1 failed': the non-zero outcomes of `results.counts`."""
+    parts = [f"{tally[k]} {k}" for k in ("complete", "failed", "infeasible", "stopped", "interrupted", "running")
+             if tally.get(k)]
+    return ", ".join(parts) or "no trials"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _cell(value) -> str:

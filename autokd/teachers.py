@@ -16,17 +16,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from autokd.data import Dataset
-from autokd.distill import evaluate, fit
+from autokd.distill import EpochResult, evaluate, fit
 from autokd.errors import CheckpointError
 from autokd.spec import DistillSpec, TeacherSpec
 from autokd.zoo import ZooModel, build_model, model_size
@@ -149,24 +151,33 @@ def check_teachers(specs: list[TeacherSpec], data: Dataset, resolve_path: Callab
 
 def prepare_teachers(specs: list[TeacherSpec], data: Dataset, cache_dir: str | Path,
                      resolve_path: Callable[[str], Path] = Path, device: str = "auto",
-                     log: Callable[[str], None] = lambda message: None, source: str = "<study>") -> list[Teacher]:
+                     log: Callable[[str], None] = lambda message: None, source: str = "<study>",
+                     progress: bool = True) -> list[Teacher]:
     """Each teacher from the cache, or trained/loaded now and cached. A second call trains nothing.
 
-    All checkpoints are checked before anything is trained or written.
+    All checkpoints are checked before anything is trained or written. Training a teacher shows
+    one progress bar on stderr when it is a terminal (and `progress`), else one line through `log`.
     """
     check_teachers(specs, data, resolve_path, source)
     root = Path(cache_dir) / "teachers"
-    teachers = []
-    for index, spec in enumerate(specs):
+    entries = []
+    for spec in specs:
         checkpoint = resolve_path(spec.checkpoint) if spec.checkpoint else None
         key = teacher_key(spec, data.fingerprint(), file_digest(checkpoint) if checkpoint else None)
-        folder = root / f"{spec.name}-{key[:12]}"
+        entries.append((spec, checkpoint, key, root / f"{spec.name}-{key[:12]}"))
+    to_train = sum(checkpoint is None and not (folder / "meta.json").is_file() for _, checkpoint, _, folder in entries)
+    if to_train:
+        log(f"training {to_train} teacher{'s' if to_train > 1 else ''} once; "
+            f"{'they are' if to_train > 1 else 'it is'} cached in {root} for later runs")
+    bars = progress and sys.stderr.isatty()
+    teachers = []
+    for index, (spec, checkpoint, key, folder) in enumerate(entries):
         model = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)
         if (folder / "meta.json").is_file():
             load_state_dict(model, folder / "model.pt", f"cached teacher {spec.name!r}")
             meta = json.loads((folder / "meta.json").read_text())
         else:
-            meta = _train_or_load(spec, index, model, checkpoint, data, device, log)
+            meta = _train_or_load(spec, index, model, checkpoint, data, device, log, bars)
             meta["key"] = key
             atomic_torch_save(model.state_dict(), folder / "model.pt")
             atomic_write_bytes(folder / "meta.json", json.dumps(meta, indent=2).encode())  # last: marks complete
@@ -175,16 +186,14 @@ def prepare_teachers(specs: list[TeacherSpec], data: Dataset, cache_dir: str | P
 
 
 def _train_or_load(spec: TeacherSpec, index: int, model: ZooModel, checkpoint: Path | None,
-                   data: Dataset, device: str, log: Callable[[str], None]) -> dict:
+                   data: Dataset, device: str, log: Callable[[str], None], bar: bool) -> dict:
     started = time.perf_counter()
     if checkpoint is not None:
         load_state_dict(model, checkpoint, f"teachers.{index}.checkpoint")
-        log(f"teacher {spec.name}: loaded {checkpoint}")
     else:
-        log(f"teacher {spec.name}: training {spec.arch['family']} for {spec.schedule.epochs} epochs")
-        fit(model, data, None, DistillSpec(w_ce=1.0, w_kd=0.0), spec.schedule, seed=spec.seed, device=device,
-            on_epoch=lambda epoch: log(f"teacher {spec.name}: epoch {epoch.epoch}/{spec.schedule.epochs} "
-                                       f"val {epoch.val_accuracy:.4f} ({epoch.seconds:.1f} s)"))
+        with _epoch_bar(f"teacher {spec.name}", spec.schedule.epochs, bar) as on_epoch:
+            fit(model, data, None, DistillSpec(w_ce=1.0, w_kd=0.0), spec.schedule, seed=spec.seed, device=device,
+                on_epoch=on_epoch)
     model.cpu().eval()
     size = model_size(model, data.input_shape)
     meta = {"name": spec.name, "arch": spec.arch, "schedule": spec.schedule.model_dump(), "seed": spec.seed,
@@ -192,9 +201,34 @@ def _train_or_load(spec: TeacherSpec, index: int, model: ZooModel, checkpoint: P
             "val_accuracy": evaluate(model, data.x_val, data.y_val),
             "test_accuracy": evaluate(model, data.x_test, data.y_test),
             "train_seconds": round(time.perf_counter() - started, 3), **size.as_dict()}
-    log(f"teacher {spec.name}: val {meta['val_accuracy']:.4f} test {meta['test_accuracy']:.4f} "
-        f"({meta['train_seconds']:.1f} s)")
+    accuracy = f"val {meta['val_accuracy']:.4f} test {meta['test_accuracy']:.4f}"
+    if checkpoint is not None:
+        log(f"teacher {spec.name}: loaded {checkpoint}, {accuracy}")
+    elif not bar:  # the bar, left on screen, already says it
+        log(f"teacher {spec.name}: trained {spec.arch['family']} for {spec.schedule.epochs} epochs, {accuracy} "
+            f"({meta['train_seconds']:.1f} s)")
     return meta
+
+
+@contextmanager
+def _epoch_bar(description: str, epochs: int, enabled: bool) -> Iterator[Callable[[EpochResult], None]]:
+    """An `on_epoch` callback for `fit`: a rich bar on stderr (epochs, time, val accuracy), or nothing."""
+    if not enabled:
+        yield lambda epoch: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[val]}"),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=epochs, val="")
+
+        def on_epoch(epoch: EpochResult) -> None:
+            bar.update(task, completed=epoch.epoch, val=f"val {epoch.val_accuracy:.4f}")
+
+        yield on_epoch
 
 
 @torch.no_grad()
