@@ -102,7 +102,8 @@ class TwoLevelPlan:
     def next_proposal(self, study: optuna.Study) -> Proposal | str:
         trials = [t for t in study.get_trials(deepcopy=False) if counted(t)]
         level1 = [t for t in trials if t.user_attrs.get("level") == 1]
-        if len(level1) < level1_trials(self.spec):
+        level1_open = ARCHITECTURES_ATTR not in study.user_attrs  # closed once level 2 has its architectures
+        if level1_open and len(level1) < level1_trials(self.spec):
             return self._level1_proposal(level1, len(level1))
         if any(not t.state.is_finished() for t in level1):
             return WAIT

@@ -199,7 +199,7 @@ def _importances(snapshot: optuna.Study, spec: StudySpec, notes: list[str]) -> d
 def _hypervolume_curve(frame: pd.DataFrame, spec: StudySpec) -> tuple[np.ndarray, np.ndarray]:
     """(trial numbers, front hypervolume after each complete trial), in trial order."""
     points = hypervolume_points(frame, spec)
-    numbers = frame.loc[frame["state"] == "COMPLETE", "trial"].to_numpy()
+    numbers = frame.loc[frame["pareto_rank"].notna(), "trial"].to_numpy()  # the rows hypervolume_points takes
     reference = hypervolume_reference(spec)
     current = np.empty((0, points.shape[1]))
     volume, curve = 0.0, []

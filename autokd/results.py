@@ -15,13 +15,16 @@ import optuna
 import pandas as pd
 
 from autokd.errors import StorageError
+from autokd.pairing import Candidate, Choice, choose
 from autokd.pareto import first_dominators, pareto_ranks
 from autokd.spec import StudySpec, load_study
 
 SCHEMA_RACE_RETRIES = 5
 INTERRUPTED = "interrupted: the search stopped before this trial finished (re-queued)"
 TRIAL_ATTRS = ("seed", "params", "bytes_fp32", "bytes_fp16", "macs", "train_seconds", "epochs_trained",
-               "node", "device", "driver", "failure_reason", "pruned_reason")
+               "node", "device", "driver", "failure_reason", "pruned_reason", "level", "role", "arch")
+# Columns of a two-level study's front choice (see `architecture_choices`).
+CHOICE_COLUMNS = ("gain_vs_ce", "gain_se", "front_reason")
 
 
 def open_storage(url: str, source: str = "--storage") -> optuna.storages.BaseStorage:
@@ -91,15 +94,48 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if frame.empty:
         columns = ["trial", "state", *objectives, *[a for a in TRIAL_ATTRS if a not in objectives], "config"]
-        return pd.DataFrame(columns=[*columns, "pareto_rank"])
-    frame["pareto_rank"] = pareto_rank_column(frame, objectives, study.directions)
+        return pd.DataFrame(columns=[*columns, *CHOICE_COLUMNS, "pareto_rank"])
+    for column in CHOICE_COLUMNS:
+        frame[column] = np.nan if column != "front_reason" else None
+    eligible = None
+    choices = architecture_choices(study)
+    if choices:  # two levels: per architecture, only its choice may stand on the front
+        eligible = frame["trial"].isin([choice.trial for choice in choices.values()])
+        for choice in choices.values():
+            at = frame["trial"] == choice.trial
+            frame.loc[at, "gain_vs_ce"] = choice.gain_vs_ce
+            frame.loc[at, "gain_se"] = choice.gain_se
+            frame.loc[at, "front_reason"] = choice.reason
+    frame["pareto_rank"] = pareto_rank_column(frame, objectives, study.directions, eligible)
     return frame
 
 
-def pareto_rank_column(frame: pd.DataFrame, objectives: list[str], directions) -> pd.Series:
-    """Non-dominated rank of every COMPLETE trial (0 = front); NaN for the rest."""
+def architecture_choices(study: optuna.Study) -> dict[int, Choice]:
+    """Two-level studies: {level-1 architecture trial: its front choice among CE-only, vanilla KD and tuned}.
+
+    Empty for a flat study, or before any level-2 baseline has finished. The margin is the
+    study's `search.margin_se` (paired gains over CE-only on the shared seeds, `pairing.choose`).
+    """
+    if study.user_attrs.get("search_mode") != "two_level":
+        return {}
+    margin = float(((study.user_attrs.get("study_spec") or {}).get("search") or {}).get("margin_se", 2.0))
+    candidates: dict[int, list[Candidate]] = {}
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        attrs = trial.user_attrs
+        if attrs.get("level") == 2 and attrs.get("val_accuracy_seeds"):
+            candidates.setdefault(int(attrs["arch"]), []).append(
+                Candidate(trial.number, attrs["role"], tuple(attrs["val_accuracy_seeds"])))
+    choices = {arch: choose(found, margin) for arch, found in candidates.items()}
+    return {arch: choice for arch, choice in choices.items() if choice is not None}
+
+
+def pareto_rank_column(frame: pd.DataFrame, objectives: list[str], directions,
+                       eligible: pd.Series | None = None) -> pd.Series:
+    """Non-dominated rank of every COMPLETE (and `eligible`) trial (0 = front); NaN for the rest."""
     names = [d.name.lower() if hasattr(d, "name") else str(d) for d in directions]
     complete = frame["state"].eq("COMPLETE") & frame[objectives].notna().all(axis=1)
+    if eligible is not None:
+        complete &= eligible
     ranks = pd.Series(np.nan, index=frame.index)
     if complete.any():
         ranks[complete] = pareto_ranks(frame.loc[complete, objectives].to_numpy(float), names)
@@ -166,7 +202,8 @@ def log_sizes(values: np.ndarray) -> np.ndarray:
 
 
 def hypervolume_points(frame: pd.DataFrame, spec: StudySpec) -> np.ndarray:
-    return log_sizes(frame.loc[frame["state"] == "COMPLETE", spec.objectives].to_numpy(float))
+    """The ranked trials (COMPLETE; in a two-level study only each architecture's choice) in log size."""
+    return log_sizes(frame.loc[frame["pareto_rank"].notna(), spec.objectives].to_numpy(float))
 
 
 def study_hypervolume(frame: pd.DataFrame, spec: StudySpec) -> float:

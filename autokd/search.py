@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -84,14 +85,17 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     optuna_study = stored or open_or_create_study(spec, storage_url, resume, signature)
 
     started = time.perf_counter()
-    teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=log, source=spec.source)
+    teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=log, source=spec.source,
+                                progress=progress)
     outputs = teacher_outputs(teachers, data) if teachers else None
     two_level = is_two_level(spec, space)
     for key, value in {"objectives": spec.objectives, "space": signature, "study_spec": spec.model_dump(mode="json"),
                        "study_file": str(Path(spec.source).resolve()),
                        "search_mode": "two_level" if two_level else "flat"}.items():
         optuna_study.set_user_attr(key, value)
-    optuna_study.set_metric_names(list(spec.objectives))
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.2; the dashboard and load_study read it
+        warnings.simplefilter("ignore")
+        optuna_study.set_metric_names(list(spec.objectives))
     beat(optuna_study)
     try:
         recovered = recover_interrupted(optuna_study)

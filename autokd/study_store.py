@@ -172,5 +172,4 @@ def open_or_create_study(spec: StudySpec, storage_url: str, resume: bool, space_
             raise StorageError(f"{spec.source}: name: study {spec.name!r} was just created in {storage_url} by "
                                "another driver; use --resume to add trials to it") from None
         return optuna.load_study(study_name=spec.name, storage=storage)
-    study.set_metric_names(list(spec.objectives))
     return study

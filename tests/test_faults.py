@@ -88,7 +88,7 @@ def test_sigkill_at_five_moments_then_resume_loses_nothing_and_trains_nothing_tw
         {"name": "t-mlp", "arch": {"family": "mlp", "depth": 1, "width": 48}, "schedule": {"epochs": 4}},
         slow_teacher])
     moments = [
-        ("teacher caching", _printed("teacher t-cnn: epoch 2/")),
+        ("teacher caching", _printed("teacher t-mlp: trained")),  # t-cnn (40 epochs) starts now
         ("first trial", _finished_at_least(0, tmp_path, also_running=True)),
         ("mid-search", _finished_at_least(BUDGET // 2, tmp_path)),
         ("last trial", _finished_at_least(BUDGET - 1, tmp_path)),

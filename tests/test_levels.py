@@ -1,0 +1,98 @@
+"""The two-level search: architectures first, then paired distillation per front architecture."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+from autokd.levels import ARCHITECTURE, ARCHITECTURES_ATTR, choose_architectures, is_two_level, paired_seeds
+from autokd.pairing import CE, TUNED, VANILLA_KD
+from autokd.space import load_space
+from autokd.spec import load_study
+from conftest import TINY_SPACE, tiny_study
+
+States = optuna.trial.TrialState
+
+
+def _frozen(number: int, accuracy: float, params: int, state=States.COMPLETE) -> optuna.trial.FrozenTrial:
+    trial = optuna.trial.create_trial(state=state, values=[accuracy, params] if state == States.COMPLETE else None)
+    trial.number = number
+    return trial
+
+
+def test_architectures_are_the_level1_front_spread_over_log_size():
+    # front (accuracy up, size down): 0 (10 params), 1 (100), 3 (1,000), 4 (10,000), 5 (100,000); 2 is dominated
+    level1 = [_frozen(0, 0.50, 10), _frozen(1, 0.70, 100), _frozen(2, 0.60, 500), _frozen(3, 0.80, 1_000),
+              _frozen(4, 0.85, 10_000), _frozen(5, 0.90, 100_000), _frozen(6, 0.0, 1, state=States.FAIL)]
+    assert choose_architectures(level1, ["val_accuracy", "params"], 10) == [0, 1, 3, 4, 5]
+    # three of five: the ends and the middle of 1..5 decades
+    assert choose_architectures(level1, ["val_accuracy", "params"], 3) == [0, 3, 5]
+    assert choose_architectures([], ["val_accuracy", "params"], 3) == []
+
+
+def test_two_levels_are_the_default_when_the_space_varies_student_and_distillation(tmp_path):
+    spec = load_study(tiny_study(tmp_path, search={"mode": "auto"}))
+    assert is_two_level(spec, load_space(spec))
+    students_only = {"params": {k: v for k, v in TINY_SPACE["params"].items() if k.startswith("student.")}}
+    spec = load_study(tiny_study(tmp_path, name="arch", search={"mode": "auto"}, search_space=students_only))
+    assert not is_two_level(spec, load_space(spec))
+    spec = load_study(tiny_study(tmp_path, name="flat", search={"mode": "flat"}))
+    assert not is_two_level(spec, load_space(spec))
+
+
+@pytest.mark.slow
+def test_a_two_level_search_stores_its_baselines_as_trials_and_resumes_without_retraining(tmp_path):
+    from autokd.results import architecture_choices, front_frame, trials_frame
+    from autokd.search import search
+
+    settings = {"mode": "two_level", "level1_share": 0.4, "architectures": 2, "seeds": 2}
+    spec = load_study(tiny_study(tmp_path, trials=10, epochs=2, search=settings))
+    result = search(spec, progress=False, log=lambda message: None)
+    trials = result.study.get_trials()
+    assert len(trials) == 10 and all(t.state == States.COMPLETE for t in trials), [t.state for t in trials]
+    level1 = [t for t in trials if t.user_attrs["level"] == 1]
+    level2 = [t for t in trials if t.user_attrs["level"] == 2]
+    assert len(level1) == 4 and {t.user_attrs["role"] for t in level1} == {ARCHITECTURE}
+    # Level 1 trains cross-entropy only and samples no distillation parameter.
+    assert all(not any(name.startswith("distill.") for name in t.params) for t in level1)
+    assert all(t.user_attrs["config"]["distill"]["w_kd"] == 0 for t in level1)
+    chosen = result.study.user_attrs[ARCHITECTURES_ATTR]
+    assert len(chosen) == 2 and set(chosen) <= {t.number for t in level1}
+    by_number = {t.number: t for t in trials}
+    for arch in chosen:
+        roles = [t.user_attrs["role"] for t in level2 if t.user_attrs["arch"] == arch]
+        assert (roles.count(CE), roles.count(VANILLA_KD), roles.count(TUNED)) == (1, 1, 1), roles
+        for trial in (t for t in level2 if t.user_attrs["arch"] == arch):
+            # Same architecture and schedule as the level-1 trial, same paired seeds, per-seed values stored.
+            assert trial.user_attrs["config"]["student"] == by_number[arch].user_attrs["config"]["student"]
+            assert trial.user_attrs["config"]["schedule"] == by_number[arch].user_attrs["config"]["schedule"]
+            assert trial.user_attrs["seeds"] == paired_seeds(spec)
+            assert len(trial.user_attrs["val_accuracy_seeds"]) == 2
+            assert trial.values[0] == pytest.approx(sum(trial.user_attrs["val_accuracy_seeds"]) / 2)
+    distill = {t.user_attrs["role"]: t.user_attrs["config"]["distill"] for t in level2}
+    assert distill[CE]["w_kd"] == 0 and distill[CE]["w_feat"] == 0
+    assert (distill[VANILLA_KD]["temperature"], distill[VANILLA_KD]["w_kd"], distill[VANILLA_KD]["w_ce"]) == \
+        (4.0, 0.9, 0.1)
+
+    # The front: one place per tuned architecture, never a distilled config below its baselines.
+    frame = trials_frame(result.study)
+    front = front_frame(frame)
+    choices = architecture_choices(result.study)
+    assert set(front["trial"]) <= {c.trial for c in choices.values()}
+    for arch, choice in choices.items():
+        peers = frame[(frame["arch"] == arch) & frame["role"].isin([CE, VANILLA_KD])]
+        if choice.role != CE:
+            assert choice.mean >= peers["val_accuracy"].max() - 1e-12
+        assert frame.loc[frame["trial"] == choice.trial, "front_reason"].item() == choice.reason
+
+    # Resume with two more trials: level 2 goes on, nothing is trained twice, level 1 is not re-opened.
+    spec.budget.trials = 12  # 40 % of 12 would be 5 level-1 trials: level 1 stays closed all the same
+    resumed = search(spec, resume=True, progress=False, log=lambda message: None)
+    after = resumed.study.get_trials()
+    assert len(after) == 12 and resumed.study.user_attrs[ARCHITECTURES_ATTR] == chosen
+    assert {t.number: t.values for t in after if t.number < 10} == {t.number: t.values for t in trials}
+    assert [t.user_attrs["role"] for t in after[10:]] == [TUNED, TUNED]
+    signatures = [json.dumps(t.user_attrs["config"], sort_keys=True) for t in after]
+    assert len(set(signatures)) == len(signatures), "a config was trained twice"
