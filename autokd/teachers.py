@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from autokd.data import Dataset
-from autokd.distill import EpochResult, evaluate, fit
+from autokd.distill import EpochResult, evaluate
 from autokd.errors import CheckpointError
+from autokd.runner import train_model
 from autokd.spec import DistillSpec, TeacherSpec
 from autokd.zoo import ZooModel, build_model, model_size
 
@@ -192,8 +193,8 @@ def _train_or_load(spec: TeacherSpec, index: int, model: ZooModel, checkpoint: P
         load_state_dict(model, checkpoint, f"teachers.{index}.checkpoint")
     else:
         with _epoch_bar(f"teacher {spec.name}", spec.schedule.epochs, bar) as on_epoch:
-            fit(model, data, None, DistillSpec(w_ce=1.0, w_kd=0.0), spec.schedule, seed=spec.seed, device=device,
-                on_epoch=on_epoch)
+            train_model(model, data, None, DistillSpec(w_ce=1.0, w_kd=0.0), spec.schedule, seed=spec.seed,
+                        device=device, on_epoch=on_epoch)
     model.cpu().eval()
     size = model_size(model, data.input_shape)
     meta = {"name": spec.name, "arch": spec.arch, "schedule": spec.schedule.model_dump(), "seed": spec.seed,
