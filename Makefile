@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP  := $(VENV)/.autokd-installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo lint test test-fast bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/autokd search studies/digits.yaml --resume
+
+lint: install
+	$(PY) -m ruff check autokd tests benchmarks
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
