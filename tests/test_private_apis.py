@@ -1,0 +1,42 @@
+"""The private Optuna and Ray attributes autokd relies on still exist (fails loudly on an upgrade).
+
+Optuna has no public way to finish a trial another process asked for, or to read a trial's storage
+id; `study_store` keeps that access in one place. `searcher.AutokdSearcher` extends Ray's
+OptunaSearch where it records results and reads its study and open trials from private fields.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import optuna
+
+
+def test_optuna_storage_access_used_by_study_store():
+    from autokd.study_store import report_intermediate, storage_of, trial_id_of
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    assert isinstance(storage_of(study), optuna.storages.BaseStorage)
+    assert trial_id_of(trial) == trial_id_of(study.get_trials()[0])
+    report_intermediate(study, trial, 1, 0.5)  # Trial.report refuses multi-objective studies
+    assert study.get_trials()[0].intermediate_values == {1: 0.5}
+    storage_of(study).set_trial_state_values(trial_id_of(trial), optuna.trial.TrialState.FAIL)
+    assert study.get_trials()[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_ray_optuna_search_fields_used_by_the_searcher():
+    from ray.tune.search.optuna import OptunaSearch
+
+    def space(trial: optuna.Trial) -> None:
+        trial.suggest_float("x", 0, 1)
+
+    searcher = OptunaSearch(space=space, metric=["a", "b"],
+                            mode=["max", "min"], sampler=optuna.samplers.RandomSampler(seed=0))
+    assert isinstance(searcher._ot_study, optuna.Study)
+    assert isinstance(searcher._ot_trials, dict)
+    assert callable(searcher._space)
+    parameters = inspect.signature(searcher._suggest_from_define_by_run_func).parameters
+    assert list(parameters) == ["func", "ot_trial"]
+    trial = searcher._ot_study.ask()
+    assert set(searcher._suggest_from_define_by_run_func(searcher._space, trial)) == {"x"}

@@ -1,0 +1,54 @@
+"""One runner trains every config: a search trial and `autokd train` of its export are the same run."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import torch
+
+from autokd.data import load_data
+from autokd.runner import config_targets, run_config, torch_threads
+from autokd.spec import TrainConfig, load_study
+from autokd.teachers import prepare_teachers, teacher_outputs
+from conftest import run_cli, tiny_study
+
+
+def test_torch_threads_restores_the_previous_count():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_a_config_without_distillation_gets_no_teacher_targets(tmp_path):
+    spec = load_study(tiny_study(tmp_path))
+    config = spec.train_config()
+    config.distill.w_kd, config.distill.w_ce = 0.0, 1.0
+    assert config_targets(config, object()) is None
+
+
+@pytest.mark.slow
+def test_a_search_trial_and_autokd_train_of_its_export_are_bit_identical(tmp_path):
+    study_file = tiny_study(tmp_path, trials=2, epochs=2)
+    run_cli("search", study_file, "--no-report", "--no-progress", check=True)
+    spec = load_study(study_file)
+    study = optuna.load_study(study_name=spec.name, storage=spec.storage_url())
+    trial = study.trials[0]
+    run_cli("export", study_file, "--trial", "0", "-o", tmp_path / "best.yaml", check=True)
+    run_cli("train", tmp_path / "best.yaml", "--out", tmp_path / "run", check=True)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["seeds"][0]["seed"] == trial.user_attrs["seed"]
+    assert metrics["val_accuracy"] == trial.values[0]  # exactly: same seed, threads, batches, targets
+
+    # The weights too: the trial's config re-run through the runner (as the trial ran it) equals the run folder.
+    config = TrainConfig.model_validate(trial.user_attrs["config"])
+    assert config.threads == 1
+    data = load_data(spec.data, spec.source)
+    outputs = teacher_outputs(prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path,
+                                               progress=False), data)
+    student, _ = run_config(config, data, outputs, seed=config.seed)
+    saved = torch.load(tmp_path / "run" / "student.pt", weights_only=True)
+    for name, tensor in student.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
