@@ -4,6 +4,10 @@ Every function takes an ``[n, m]`` array of objective values in their original u
 direction per objective (``"maximize"`` or ``"minimize"``), so callers never flip signs
 themselves. Internally everything is turned into "loss" form (minimise all) by negating the
 maximised columns. Numpy only: no torch, Ray, Optuna or file I/O in here.
+
+The knee is sought only among front points in the useful range: with accuracy first, points
+below half the best accuracy are left out of it (`useful_mask`, `knee_index`), so a
+near-chance tiny student cannot stretch the accuracy scale and become the knee.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ __all__ = [
     "pareto_front_mask",
     "pareto_ranks",
     "select_index",
+    "useful_mask",
 ]
+
+USEFUL_SHARE = 0.5
 
 _DIRECTIONS = ("maximize", "minimize")
 
@@ -202,25 +209,57 @@ def hypervolume(
 # --------------------------------------------------------------------------- knee
 
 
-def knee_index(values: np.ndarray, directions: Sequence[str]) -> int:
-    """Index (into ``values``) of the knee of the first Pareto front.
+def useful_mask(values: np.ndarray, directions: Sequence[str], share: float = USEFUL_SHARE) -> np.ndarray:
+    """Rows whose first objective is at least ``share`` of its best value: the useful range.
 
-    Rule: take the first front, normalise each objective to [0, 1] as a loss (best = 0,
-    worst = 1; an objective that is constant on the front becomes 0). In 2-D the extreme
-    points are then (0, 1) and (1, 0); in general the reference hyperplane is
-    ``sum(x) = 1`` through the unit points. The knee is the front point farthest *below*
-    that line/hyperplane, i.e. with the largest ``(1 - sum(x)) / sqrt(m)``. If the front
-    has only 1 or 2 points, or no point lies strictly below the line, fall back to the
-    point closest (Euclidean) to the ideal point (0, ..., 0). Ties go to the lower index.
+    The first objective is the quality one (validation accuracy). A student that gives up more
+    than half the best accuracy (``share=0.5``) is no trade-off anyone picks, however small it
+    is, and leaving it in would stretch the accuracy scale of the knee and of the plot. The rule
+    is a ratio to the best, so it reads the same for accuracy as a fraction or a percentage and
+    needs neither the number of classes nor the sizes; on ten classes (chance 0.1, best 0.97)
+    the floor, 0.485, lies about halfway between chance and the best. Every row is kept when the
+    first objective is minimised or its best value is not positive (no floor to take a share of).
+    The best value of a column is always on the first front, so the floor is the front's own.
+
+    >>> useful_mask([[0.97, 1000], [0.18, 52], [0.485, 200]], ["maximize", "minimize"]).tolist()
+    [True, False, True]
+    """
+    loss = _loss_values(values, directions)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share: must be in [0, 1], got {share!r}")
+    keep = np.ones(loss.shape[0], dtype=bool)
+    if loss.shape[0] == 0 or directions[0] != "maximize":
+        return keep
+    first = -loss[:, 0]
+    best = first.max()
+    if best > 0:
+        keep &= first >= share * best
+    return keep
+
+
+def knee_index(values: np.ndarray, directions: Sequence[str], *, useful_share: float = USEFUL_SHARE) -> int:
+    """Index (into ``values``) of the knee of the first Pareto front, within its useful range.
+
+    Rule: take the first front and drop the points below the useful range of the first
+    objective (`useful_mask` with ``useful_share``: for accuracy, below half the best; they stay
+    on the front, they are only no candidates for the knee). Normalise each objective over the
+    remaining points to [0, 1] as a loss (best = 0, worst = 1; an objective that is constant
+    there becomes 0). In 2-D the extreme points are then (0, 1) and (1, 0); in general the
+    reference hyperplane is ``sum(x) = 1`` through the unit points. The knee is the point
+    farthest *below* that line/hyperplane, i.e. with the largest ``(1 - sum(x)) / sqrt(m)``.
+    If only 1 or 2 points remain, or none lies strictly below the line, fall back to the point
+    closest (Euclidean) to the ideal point (0, ..., 0). Ties go to the lower index.
 
     >>> front = [[0.60, 1], [0.88, 3], [0.90, 20], [0.50, 0.5]]   # accuracy, size
     >>> knee_index(front, ["maximize", "minimize"])
+    1
+    >>> knee_index([[0.18, 52], [0.958, 1060]], ["maximize", "minimize"])   # 0.18 < 0.958 / 2
     1
     """
     loss = _loss_values(values, directions)
     if loss.shape[0] == 0:
         raise ValueError("values: need at least one row to find a knee, got 0 rows")
-    front = np.flatnonzero(_nondomination_ranks(loss) == 0)
+    front = np.flatnonzero((_nondomination_ranks(loss) == 0) & useful_mask(values, directions, useful_share))
     points = loss[front]
     lo, hi = points.min(axis=0), points.max(axis=0)
     span = np.where(hi > lo, hi - lo, 1.0)

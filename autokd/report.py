@@ -4,8 +4,10 @@
 
     index.html        summary, Pareto plot, the front as a table with its export commands, teachers,
                       failures, search space and the other plots; opens offline (images inlined)
-    pareto.png/.svg   val accuracy vs size (log x): all trials faint, the front as a step line,
-                      teachers as reference markers, the knee marked
+    pareto.png/.svg   val accuracy vs size (log x) over the useful band: all trials faint, the front as
+                      a step line labelled with trial numbers, teachers as reference markers, the
+                      knee marked, the size constraint as a vertical line; points below the band
+                      are drawn at its bottom edge (▼) with their accuracy
     hypervolume.png   front hypervolume after each trial, against the stated reference point
     importance.png    Optuna parameter importance for each objective
     effects.png       temperature and KD weight against val accuracy, coloured by size
@@ -17,6 +19,10 @@ The study is only read, once: its trials are copied into memory, so a search tha
 writing cannot change them mid-build and every table and plot describes the same trials. The
 folder is built beside its target and renamed into place, so a crash never leaves half a report.
 Test accuracy comes from `evaluation.evaluate_front`; it is shown, never used to select anything.
+
+The knee is `pareto.knee_index` over the front in trial order on log size, the points and order
+`autokd export --knee` sees, so the two name the same trial. Front trials below half
+the best val accuracy (`pareto.useful_mask`) are no candidates for it and sit below the plot's band.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import tempfile
@@ -49,14 +56,17 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from autokd.errors import AutokdError, StorageError
 from autokd.evaluation import EVALUATION_COLUMNS, evaluate_front
-from autokd.pareto import hypervolume, knee_index, pareto_front_mask
+from autokd.pareto import USEFUL_SHARE, hypervolume, knee_index, pareto_front_mask, useful_mask
 from autokd.results import (front_frame, hypervolume_points, hypervolume_reference, log_sizes, robust_frame,
                             study_and_spec, study_hypervolume, trials_frame)
 from autokd.spec import StudySpec
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 EFFECT_PARAMS = ("distill.temperature", "distill.w_kd")
-FAINT, FRONT, KNEE, TEACHER = "#8a96a3", "#c0392b", "#f1c40f", "#222222"
+FAINT, FRONT, KNEE, TEACHER, LIMIT = "#8a96a3", "#c0392b", "#f1c40f", "#222222", "#2c6fbb"
+KNEE_RULE = ("farthest below the line joining the ends of the front on log size, among front trials with at least "
+             f"{USEFUL_SHARE:.0%} of the best val accuracy")
+RAY_NODE_ID = re.compile(r"[0-9a-f]{56}")
 
 
 def build_report(study: str | Path, storage: str | None = None, out: str | Path | None = None,
@@ -166,9 +176,13 @@ def _teacher_rows(spec: StudySpec, notes: list[str], log: Callable[[str], None])
 
 
 def _knee_trial(front: pd.DataFrame, spec: StudySpec) -> int | None:
+    """The knee of the front, its rows taken in trial order as `export.choose_trial(knee=True)` takes the
+    complete trials: `knee_index` keeps only their front, so both see the same points in the same order
+    and a tie falls the same way (the front sorted by size would give a tie to the smaller trial)."""
     if front.empty:
         return None
-    return int(front["trial"].iloc[knee_index(log_sizes(front[spec.objectives].to_numpy(float)), spec.directions)])
+    rows = front.sort_values("trial")
+    return int(rows["trial"].iloc[knee_index(log_sizes(rows[spec.objectives].to_numpy(float)), spec.directions)])
 
 
 def _importances(snapshot: optuna.Study, spec: StudySpec, notes: list[str]) -> dict[str, dict[str, float]]:
@@ -235,37 +249,97 @@ def _log_axis(axis) -> None:
 
 def _plot_pareto(folder: Path, frame: pd.DataFrame, front: pd.DataFrame, spec: StudySpec, teachers: list[dict],
                  knee: int | None) -> None:
+    figure = _pareto_figure(frame, front, spec, teachers, knee)
+    if figure is not None:
+        figure.savefig(folder / "pareto.png", dpi=110)
+        figure.savefig(folder / "pareto.svg")
+
+
+def _useful_band(front: pd.DataFrame, spec: StudySpec, teachers: list[dict], top: float) -> tuple[float, float]:
+    """(bottom, top) of the plot's accuracy axis: the front's useful points and the teachers, padded."""
+    useful = front.loc[useful_mask(front[spec.objectives].to_numpy(float), spec.directions), "val_accuracy"]
+    lowest = float(useful.min())
+    low = min([lowest, *(t["val_accuracy"] for t in teachers if t["val_accuracy"] >= lowest)])
+    pad = max(0.07 * (top - low), 0.005)
+    return low - pad, top + pad
+
+
+def _pareto_figure(frame: pd.DataFrame, front: pd.DataFrame, spec: StudySpec, teachers: list[dict],
+                   knee: int | None) -> Figure | None:
+    """Val accuracy vs log size over the useful band; what lies below it is drawn at its bottom edge."""
     complete = frame[frame["state"] == "COMPLETE"]
-    if complete.empty:
-        return
+    if complete.empty or front.empty:
+        return None
     size = spec.objectives[1]
-    figure, (axes,) = _figure(8, 5)
-    axes.scatter(complete[size], complete["val_accuracy"], s=12, color=FAINT, alpha=0.45, linewidths=0,
+    limit = spec.size_limits().get(size)
+    teachers = [t for t in teachers if t.get(size) is not None]  # teacher rows carry params, bytes_fp32, macs
+    figure, (axes,) = _figure(10.5, 5.2, left=0.07, right=0.75, top=0.92)  # the legend goes right of the axes
+    top = max([*complete["val_accuracy"], *(t["val_accuracy"] for t in teachers)])
+    bottom, ceiling = _useful_band(front, spec, teachers, top)
+    axes.set_ylim(bottom, ceiling)
+    _log_axis(axes.xaxis)
+    sizes = np.log10(np.maximum([*complete[size], *(t[size] for t in teachers),
+                                 *([limit] if limit is not None else [])], 1.0))
+    margin = max(0.05 * (sizes.max() - sizes.min()), 0.1)
+    left, right = sizes.min() - margin, sizes.max() + margin
+    axes.set_xlim(10 ** left, 10 ** right)
+
+    def place(x: float) -> float:  # where x lies across the axis, 0 (left) to 1 (right)
+        return (np.log10(max(x, 1.0)) - left) / (right - left)
+
+    def shown(accuracy: np.ndarray) -> np.ndarray:
+        return np.maximum(accuracy, bottom)
+
+    x, y = complete[size].to_numpy(float), complete["val_accuracy"].to_numpy(float)
+    axes.scatter(x[y >= bottom], y[y >= bottom], s=12, color=FAINT, alpha=0.45, linewidths=0,
                  label=f"complete trials ({len(complete)})")
+    if (y < bottom).any():
+        axes.scatter(x[y < bottom], shown(y[y < bottom]), s=22, marker="v", color=FAINT, alpha=0.7, linewidths=0,
+                     clip_on=False, label="trials below the band (at its edge)")
     # The step line is the 2-D attainment curve of the plotted pair, sorted by size.
     pair = front[["val_accuracy", size]].to_numpy(float)
     line = front[pareto_front_mask(pair, ["maximize", "minimize"])]
-    axes.step(line[size], line["val_accuracy"], where="post", color=FRONT, linewidth=1.8)
-    axes.scatter(front[size], front["val_accuracy"], s=30, color=FRONT, zorder=3,
-                 label=f"Pareto front ({len(front)})")
+    axes.step(line[size], shown(line["val_accuracy"].to_numpy(float)), where="post", color=FRONT, linewidth=1.8)
+    fx, fy = front[size].to_numpy(float), front["val_accuracy"].to_numpy(float)
+    axes.scatter(fx[fy >= bottom], fy[fy >= bottom], s=30, color=FRONT, zorder=3,
+                 label=f"Pareto front ({len(front)}), by trial number")
+    if (fy < bottom).any():
+        axes.scatter(fx[fy < bottom], shown(fy[fy < bottom]), s=60, marker="v", color=FRONT, zorder=3,
+                     clip_on=False, label=f"front below {USEFUL_SHARE:.0%} of the best (acc)")
+    for (px, py), trials in front.groupby([size, "val_accuracy"], sort=False)["trial"]:  # exact ties: one label
+        low, is_knee = py < bottom, knee in set(trials)
+        text = ", ".join(map(str, trials)) + (f" ({py:.2f})" if low else "")
+        to_left, step = place(px) > 0.1, 9 if is_knee else 4
+        axes.annotate(text, (px, max(py, bottom)), textcoords="offset points",
+                      xytext=(-step if to_left else step, 7 if low else step - 1), ha="right" if to_left else "left",
+                      va="bottom", fontsize=7.5, color=FRONT, annotation_clip=False,
+                      fontweight="bold" if is_knee else "normal")
     if knee is not None:
         row = front[front["trial"] == knee].iloc[0]
         axes.scatter([row[size]], [row["val_accuracy"]], s=260, marker="*", color=KNEE, edgecolors="black",
                      zorder=4, label=f"knee (trial {knee})")
     if teachers:
-        axes.scatter([t[size] for t in teachers], [t["val_accuracy"] for t in teachers], s=60, marker="^",
-                     color=TEACHER, zorder=3, label="teachers")
-        for teacher in teachers:
-            axes.annotate(teacher["name"], (teacher[size], teacher["val_accuracy"]), textcoords="offset points",
-                          xytext=(6, -10), fontsize=8)
-    _log_axis(axes.xaxis)
+        tx = np.array([t[size] for t in teachers], dtype=float)
+        ty = np.array([t["val_accuracy"] for t in teachers], dtype=float)
+        axes.scatter(tx[ty >= bottom], ty[ty >= bottom], s=60, marker="^", color=TEACHER, zorder=3, label="teachers")
+        if (ty < bottom).any():
+            axes.scatter(tx[ty < bottom], shown(ty[ty < bottom]), s=60, marker="v", color=TEACHER, zorder=3,
+                         clip_on=False, label=None if (ty >= bottom).any() else "teachers")
+        for teacher, px, py in zip(teachers, tx, ty):
+            text = teacher["name"] + (f" ({py:.2f})" if py < bottom else "")
+            to_left = place(px) > 0.6  # names run away from the right edge, so they are never cut off
+            low = py < bottom  # at the bottom edge the name goes above the marker, clear of the tick labels
+            axes.annotate(text, (px, max(py, bottom)), textcoords="offset points",
+                          xytext=(-7 if to_left else 7, 5 if low else -4), ha="right" if to_left else "left",
+                          va="bottom" if low else "top", fontsize=8, annotation_clip=False)
+    if limit is not None:
+        axes.axvline(limit, color=LIMIT, linestyle="--", linewidth=1.2, label=f"constraint: {size} <= {limit:,.0f}")
     axes.set_xlabel(f"{size} (log scale)")
     axes.set_ylabel("validation accuracy")
     axes.set_title(f"{spec.name}: validation accuracy vs {size}")
     axes.grid(True, which="both", alpha=0.25)
-    axes.legend(loc="lower right", fontsize=8)
-    figure.savefig(folder / "pareto.png", dpi=110)
-    figure.savefig(folder / "pareto.svg")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0)
+    return figure
 
 
 def _plot_hypervolume(folder: Path, frame: pd.DataFrame, spec: StudySpec) -> None:
@@ -330,6 +404,8 @@ def _summary(study_arg: str, storage: str | None, spec: StudySpec, snapshot: opt
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
     all_teachers = [t.name for t in spec.teachers]
+    useful = (useful_mask(front[spec.objectives].to_numpy(float), spec.directions) if len(front)
+              else np.ones(0, dtype=bool))
     return {
         "study": snapshot.study_name,  # may differ from spec.name when opened by name; escaped on the page
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -354,8 +430,12 @@ def _summary(study_arg: str, storage: str | None, spec: StudySpec, snapshot: opt
         "hypervolume_reference": hypervolume_reference(spec),
         "hypervolume_space": ["val_accuracy", *(f"log10 {name}" for name in spec.objectives[1:])],
         "knee_trial": knee,
-        "front": [_front_row(row, position, knee, spec, all_teachers, _export_command(study_arg, storage, row["trial"]))
-                  for position, row in enumerate(front.to_dict("records"), start=1)],
+        "knee_rule": KNEE_RULE,
+        "knee_commands": _knee_commands(study_arg, storage, knee),
+        "useful_floor": USEFUL_SHARE * float(front["val_accuracy"].max()) if len(front) else None,
+        "front": [{**_front_row(row, position, knee, spec, all_teachers,
+                                _export_command(study_arg, storage, row["trial"])), "useful": bool(ok)}
+                  for position, (row, ok) in enumerate(zip(front.to_dict("records"), useful), start=1)],
         "importance": importances,
         "notes": notes,
     }
@@ -383,6 +463,13 @@ def _front_row(values: dict[str, Any], position: int, knee: int | None, spec: St
 def _export_command(study_arg: str, storage: str | None, trial: int) -> str:
     storage_flag = f" --storage {shlex.quote(_public_url(storage))}" if storage else ""
     return f"autokd export {shlex.quote(study_arg)}{storage_flag} --trial {trial} -o trial-{trial}.yaml"
+
+
+def _knee_commands(study_arg: str, storage: str | None, knee: int | None) -> list[str]:
+    """Export the knee, then train it: what to type to get the student the report recommends."""
+    if knee is None:
+        return []
+    return [_export_command(study_arg, storage, knee), f"autokd train trial-{knee}.yaml"]
 
 
 def _public_url(url: str) -> str:
@@ -421,11 +508,17 @@ def _versions(snapshot: optuna.Study) -> dict[str, str]:
 def _device(frame: pd.DataFrame) -> dict[str, Any]:
     import torch
 
-    nodes = sorted({str(node) for node in frame["node"].dropna()})
+    trials = Counter(_node_name(node) for node in frame["node"].dropna())
     accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
     return {"report_machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, "
                               f"accelerator: {accelerator}",
-            "search_nodes": nodes}
+            "search_nodes": sorted(trials), "search_node_trials": dict(sorted(trials.items()))}
+
+
+def _node_name(node: Any) -> str:
+    """A host name as it is; a Ray node id (56 hex digits) cut to its first 8 characters."""
+    text = str(node)
+    return text[:8] if RAY_NODE_ID.fullmatch(text) else text
 
 
 def _jsonable(value: Any) -> Any:
@@ -470,16 +563,16 @@ def _gain(value: Any) -> str:
     return "—" if _missing(value) else f"{value:+.2f} pp"
 
 
-def _table(headers: list[str] | None, rows: list[list[Any]], code_columns: tuple[int, ...] = (),
-           row_classes: list[str] | None = None) -> str:
+def _table(headers: list[str] | None, rows: list[list[Any]], row_classes: list[str] | None = None,
+           table_id: str | None = None) -> str:
     head = f'<thead><tr>{"".join(f"<th>{_e(h)}</th>" for h in headers)}</tr></thead>' if headers else ""
     body = []
     for index, row in enumerate(rows):
-        cells = "".join(f"<td><code>{_e(cell)}</code></td>" if column in code_columns else f"<td>{_e(cell)}</td>"
-                        for column, cell in enumerate(row))
+        cells = "".join(f"<td>{_e(cell)}</td>" for cell in row)
         css = f' class="{_e(row_classes[index])}"' if row_classes and row_classes[index] else ""
         body.append(f"<tr{css}>{cells}</tr>")
-    return f'<div class="scroll"><table>{head}<tbody>{"".join(body)}</tbody></table></div>'
+    container = f' id="{_e(table_id)}"' if table_id else ""
+    return f'<div class="scroll"{container}><table>{head}<tbody>{"".join(body)}</tbody></table></div>'
 
 
 def _image(folder: Path, name: str, alt: str) -> str:
@@ -527,11 +620,12 @@ def _overview_rows(summary: dict) -> list[list[Any]]:
         ["hypervolume", f"{summary['hypervolume']:.4f} of ({', '.join(summary['hypervolume_space'])}) "
                         f"against reference point ({reference})"],
         ["knee", "—" if summary["knee_trial"] is None else
-                 f"trial {summary['knee_trial']} (farthest below the line joining the front's ends, on log size)"],
+                 f"trial {summary['knee_trial']} ({summary['knee_rule']}; the trial autokd export --knee picks)"],
         ["storage", summary["storage"]],
         ["versions", ", ".join(f"{k} {v}" for k, v in summary["versions"].items())],
         ["device", summary["device"]["report_machine"] + "; search nodes: "
-                   + (", ".join(summary["device"]["search_nodes"]) or "—")],
+                   + (", ".join(f"{name} ({count} trials)" for name, count in
+                                summary["device"]["search_node_trials"].items()) or "—")],
         ["generated", summary["generated_at"]],
     ]
 
@@ -539,23 +633,47 @@ def _overview_rows(summary: dict) -> list[list[Any]]:
 def _front_table(summary: dict) -> str:
     size = summary["objectives"][1]
     headers = ["#", "trial", "params", "bytes (fp32)", "MACs", "val acc", "test acc", "T",
-               "weights ce / kd / feat", "KD kind", "student", "teachers", "gain vs CE", "gain vs vanilla KD",
-               "export"]
+               "weights ce / kd / feat", "KD kind", "student", "teachers", "gain vs CE", "gain vs vanilla KD"]
     if size not in ("params", "bytes_fp32", "macs"):
         headers.insert(5, size)
     rows, classes = [], []
     for row in summary["front"]:
-        cells = [f"{row['position']}{' (knee)' if row['knee'] else ''}", row["trial"], _number(row["params"]),
+        mark = " (knee)" if row["knee"] else "" if row["useful"] else " (below band)"
+        cells = [f"{row['position']}{mark}", row["trial"], _number(row["params"]),
                  _number(row["bytes_fp32"]), _number(row["macs"]), _accuracy(row["val_accuracy"]),
                  _accuracy(row["test_accuracy"]), _number(row["temperature"]),
                  " / ".join(_number(row[k]) for k in ("w_ce", "w_kd", "w_feat")), row["kd_kind"] or "none (CE)",
                  _arch_text(row["student"]), ", ".join(row["teachers_used"]) or "—", _gain(row["gain_vs_ce"]),
-                 _gain(row["gain_vs_vanilla_kd"]), row["export_command"]]
+                 _gain(row["gain_vs_vanilla_kd"])]
         if size not in ("params", "bytes_fp32", "macs"):
             cells.insert(5, _number(row[size]))
         rows.append(cells)
-        classes.append("knee" if row["knee"] else "")
-    return _table(headers, rows, code_columns=(len(headers) - 1,), row_classes=classes)
+        classes.append("knee" if row["knee"] else "" if row["useful"] else "low")
+    commands = "\n".join(row["export_command"] for row in summary["front"])
+    return (_table(headers, rows, row_classes=classes, table_id="front-table")
+            + f'<p>Export any front trial:</p><pre class="cmd" id="export-commands">{_e(commands)}</pre>')
+
+
+def _knee_block(summary: dict) -> str:
+    """The recommended student in one sentence, its commands in a block that wraps instead of scrolling."""
+    size = summary["objectives"][1]
+    row = next(r for r in summary["front"] if r["knee"])
+    below = [r for r in summary["front"] if not r["useful"]]
+    parts = [f'<p class="pick"><strong>Knee: trial {_e(row["trial"])}</strong>, val acc '
+             f'{_e(_accuracy(row["val_accuracy"]))} at {_e(_number(row[size]))} {_e(size)} '
+             f'({_e(summary["knee_rule"])}; <code>autokd export --knee</code> picks the same trial). '
+             "Export it and train it:</p>",
+             f'<pre class="cmd" id="knee-commands">{_e(chr(10).join(summary["knee_commands"]))}</pre>',
+             "<p>Add <code>--epochs N</code> to train longer than the trial did, <code>--seeds S</code> for a "
+             "mean ± std over seeds; any other front trial exports the same way with its <code>--trial</code>.</p>"]
+    if below:
+        listed = ", ".join(f"trial {r['trial']} ({_accuracy(r['val_accuracy'])} at {_number(r[size])} {size})"
+                           for r in below)
+        parts.append(f'<p class="band">The plot\'s accuracy axis shows the useful band. Front trials below '
+                     f'{USEFUL_SHARE:.0%} of the best val accuracy (&lt; {_e(_accuracy(summary["useful_floor"]))}) are '
+                     f"drawn ▼ at its bottom edge with their accuracy, stay in the table, and are no candidates "
+                     f"for the knee: {_e(listed)}.</p>")
+    return "".join(parts)
 
 
 def _robust_table(summary: dict) -> str:
@@ -605,8 +723,10 @@ main{max-width:1320px;margin:0 auto;padding:24px 32px 48px;background:#fff}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #e3e6ea;padding-bottom:4px}
 .sub{color:#5b6573;margin:0 0 16px}.scroll{overflow-x:auto}
 table{border-collapse:collapse;font-size:13px;margin:6px 0}th,td{padding:4px 8px;border-bottom:1px solid #e6e8eb;
-text-align:left;vertical-align:top}th{background:#f0f2f5;white-space:nowrap}tbody tr:nth-child(even){background:#fafbfc}
-tr.knee{background:#fff6d6 !important;font-weight:600}code{font-size:12px}td code{display:inline-block;min-width:22em}
+text-align:left;vertical-align:top}th{background:#f0f2f5}tbody tr:nth-child(even){background:#fafbfc}
+tr.knee{background:#fff6d6 !important;font-weight:600}tr.low{color:#7b8490}code{font-size:12px}
+pre.cmd{white-space:pre-wrap;overflow-wrap:anywhere;background:#f0f2f5;border:1px solid #e0e3e8;padding:8px 12px;
+font-size:13px;margin:6px 0}.pick{margin:12px 0 4px}p code{white-space:nowrap}.band{color:#5b6573}
 figure{margin:8px 0}img{max-width:100%;height:auto;border:1px solid #eceef1}
 .notes{background:#fff8e6;border-left:4px solid #f0b429;padding:8px 14px}.empty{color:#8a4b00;font-weight:600}
 """
@@ -628,6 +748,7 @@ def render_html(summary: dict, folder: Path) -> str:
     parts += ["<h2>Study</h2>", _table(None, _overview_rows(summary))]
     if complete:
         parts += ["<h2>Pareto front</h2>", _image(folder, "pareto.png", f"{name}: validation accuracy vs size"),
+                  _knee_block(summary),
                   '<p>Also as <a href="pareto.svg">SVG</a>; all rows in <a href="pareto.csv">pareto.csv</a>, '
                   'every trial in <a href="trials.csv">trials.csv</a>. Gains are test-accuracy percentage points '
                   "over the same student trained with cross-entropy only and with vanilla KD (KL, T=4, "

@@ -16,6 +16,7 @@ from autokd.pareto import (
     pareto_front_mask,
     pareto_ranks,
     select_index,
+    useful_mask,
 )
 
 MAX_MIN = ["maximize", "minimize"]  # (accuracy, params): the study's usual directions
@@ -312,6 +313,59 @@ def test_knee_points_on_the_line_fall_back_to_closest_to_ideal():
     assert knee_index(values, ["minimize", "minimize"]) == 1
 
 
+# The digits case of issue 13: a near-chance tiny student on the front. Columns: accuracy, log10 params.
+DEGENERATE_FRONT = [
+    [0.18, 1.7],   # 0: 52 params at 0.18, below half the best (0.49)
+    [0.90, 2.6],   # 1
+    [0.96, 3.0],   # 2: the obvious pick
+    [0.98, 4.3],   # 3: extreme (best accuracy)
+]
+
+
+def test_knee_ignores_front_points_below_half_the_best_accuracy():
+    # Floor 0.5 * 0.98 = 0.49 drops row 0. Over rows 1-3: accuracy loss (0.98 - a) / 0.08, size (s - 2.6) / 1.7
+    #   row 1 (1, 0)  row 2 (0.25, 0.235)  row 3 (0, 1)  -> 1 - sum: 0, 0.515, 0  -> row 2
+    assert knee_index(DEGENERATE_FRONT, MAX_MIN) == 2
+
+
+def test_without_the_floor_the_degenerate_point_squeezes_the_knee_to_a_worse_student():
+    # All four rows: accuracy loss (0.98 - a) / 0.80, size (s - 1.7) / 2.6
+    #   row 0 (1, 0)  row 1 (0.1, 0.346)  row 2 (0.025, 0.5)  row 3 (0, 1)  -> 1 - sum: 0, 0.554, 0.475, 0 -> row 1
+    assert knee_index(DEGENERATE_FRONT, MAX_MIN, useful_share=0.0) == 1
+
+
+def test_knee_two_point_front_with_a_degenerate_point_is_the_other_point():
+    # Without the floor both normalise to (1, 0) and (0, 1), equally near the ideal: the lower index (0.18) won.
+    values = [[0.18, 52], [0.958, 1060]]
+    assert knee_index(values, MAX_MIN, useful_share=0.0) == 0
+    assert knee_index(values, MAX_MIN) == 1
+
+
+def test_useful_mask_by_hand():
+    values = [[0.18, 1.7], [0.49, 2.0], [0.4899, 2.1], [0.98, 4.3], [0.50, 9.0]]
+    # floor 0.49, inclusive; row 4 is dominated but still useful: the mask is about accuracy only
+    assert useful_mask(values, MAX_MIN).tolist() == [False, True, False, True, True]
+    # a quarter of the best: 0.245
+    assert useful_mask(values, MAX_MIN, share=0.25).tolist() == [False, True, True, True, True]
+    assert useful_mask(values, MAX_MIN, share=0.0).all()
+
+
+def test_useful_mask_and_knee_are_scale_free():
+    percent = [[100 * a, s] for a, s in DEGENERATE_FRONT]
+    assert useful_mask(percent, MAX_MIN).tolist() == useful_mask(DEGENERATE_FRONT, MAX_MIN).tolist()
+    assert knee_index(percent, MAX_MIN) == 2
+    sizes_in_kib = [[a, s - 3.0] for a, s in DEGENERATE_FRONT]  # log10 of a size unit 1000x larger
+    assert knee_index(sizes_in_kib, MAX_MIN) == 2
+
+
+def test_useful_mask_keeps_everything_without_a_positive_maximised_first_objective():
+    assert useful_mask([[0.02, 10], [0.9, 1]], ["minimize", "minimize"]).all()  # an error rate first
+    assert useful_mask([[0.0, 10], [0.0, 1]], MAX_MIN).all()  # best accuracy 0: no floor
+    assert useful_mask(np.empty((0, 2)), MAX_MIN).tolist() == []
+    with pytest.raises(ValueError, match=r"share: must be in \[0, 1\], got 1.5"):
+        useful_mask([[0.9, 1]], MAX_MIN, share=1.5)
+
+
 def test_knee_duplicates_and_errors():
     assert knee_index([[0.9, 10], [0.9, 10]], MAX_MIN) == 0
     with pytest.raises(ValueError, match="values: need at least one row"):
@@ -371,7 +425,8 @@ def test_select_tie_breaking_and_edges():
 
 def test_public_surface():
     assert sorted(pareto.__all__) == sorted(
-        ["first_dominators", "hypervolume", "knee_index", "pareto_front_mask", "pareto_ranks", "select_index"]
+        ["first_dominators", "hypervolume", "knee_index", "pareto_front_mask", "pareto_ranks", "select_index",
+         "useful_mask"]
     )
     # numpy only: no heavy frameworks pulled in by the module itself
     source = open(pareto.__file__).read()
