@@ -31,6 +31,7 @@ _PUBLIC = {
     "autokd.search": ["SearchResult", "search"],
     "autokd.spec": ["StudySpec", "TrainConfig", "load_study", "load_train_config"],
     "autokd.stopping": ["ParetoRungs"],
+    "autokd.teachers": ["teacher_targets"],
     "autokd.train": ["build_student", "load_student", "train"],
     "autokd.zoo": ["ModelSize", "build_model", "model_size"],
 }

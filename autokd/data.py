@@ -9,7 +9,8 @@ Splits: the test split is fixed per dataset (official test set, or a 20% split w
 fixed seed), so it never moves when `data.seed` changes; validation is carved from the
 rest with `data.seed`; `data.train_subset` then thins the training split. All splits are
 stratified. Inputs are normalised with one scalar mean/std taken from the final training
-split only.
+split only; the Dataset records them (`Dataset.normalization`), together with what the raw
+inputs are, so that a trained model can be shipped with its normalisation (`RawInputModel`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
+from torch import nn
 
 from autokd.errors import ConfigError, DataError
 
@@ -39,6 +41,64 @@ TEST_SEED = 0  # fixed, so the test split never depends on data.seed
 MNIST1D_SEED = 0  # fixed, so mnist1d is the same data for every study
 
 
+RAW_INPUTS = {  # dataset name -> what its raw (unnormalised) inputs are
+    "digits": "pixel values 0..16 as sklearn.datasets.load_digits gives them, float32 [N, 1, 8, 8]",
+    "fashion-mnist": "pixel bytes 0..255 as stored in the IDX files, float32 [N, 1, 28, 28]",
+    "mnist1d": "signals as autokd.data.make_mnist1d generates them, float32 [N, 1, 40]",
+    "file": "the x arrays of data.path as stored, float32 ([N, H, W] gets a channel axis: [N, 1, H, W])",
+}
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """normalised = (raw - mean) / std, one scalar each, taken from the raw training split.
+
+    Example::
+
+        norm = load_data(spec).normalization       # digits: mean 4.876, std 6.012, raw "pixel values 0..16 ..."
+        model = norm.wrap(student)                 # takes raw inputs, as the exported files do
+    """
+
+    mean: float = 0.0
+    std: float = 1.0
+    raw: str = "inputs as given"  # what the raw inputs are, in words (RAW_INPUTS)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw inputs to normalised ones, in float32 exactly as `load_data` computes them."""
+        return (x.float() - torch.tensor(self.mean, dtype=torch.float32)) / torch.tensor(self.std, dtype=torch.float32)
+
+    def wrap(self, model: nn.Module) -> RawInputModel:
+        return RawInputModel(model, self)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "raw": self.raw}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Normalization:
+        return cls(mean=float(values["mean"]), std=float(values["std"]), raw=str(values.get("raw", "")))
+
+
+class RawInputModel(nn.Module):
+    """`model` behind its input normalisation: takes raw inputs, normalises them, calls `model`.
+
+    This is what the exported TorchScript and ONNX files hold. `mean`/`std` are float32
+    buffers, so the result equals `model(normalization.apply(x))` bit for bit.
+    """
+
+    def __init__(self, model: nn.Module, normalization: Normalization):
+        super().__init__()
+        self.model = model
+        self.normalization = normalization
+        self.register_buffer("mean", torch.tensor(normalization.mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(normalization.std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x.to(self.mean.dtype) - self.mean) / self.std)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_features((x.to(self.mean.dtype) - self.mean) / self.std)
+
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
     name: str
@@ -50,6 +110,7 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     input_shape: tuple[int, ...]
+    normalization: Normalization = field(default_factory=Normalization)  # how the x tensors were normalised
     _fingerprint: str | None = field(default=None, init=False, repr=False)
 
     def fingerprint(self) -> str:
@@ -77,8 +138,13 @@ class _Arrays:
     y_val: np.ndarray | None = None
 
 
-def load_data(spec: Any, source: str = "<data>") -> Dataset:
-    """Load the dataset named by `spec` (a DataSpec); errors name `source` and the key."""
+def load_data(spec: Any, source: str = "<data>", *, normalize: bool = True) -> Dataset:
+    """Load the dataset named by `spec` (a DataSpec); errors name `source` and the key.
+
+    Inputs are normalised with the training split's mean/std (`Dataset.normalization`); with
+    ``normalize=False`` they are left raw (what the exported models take), and
+    ``normalization`` still says how training normalised them.
+    """
     loaders = {"digits": _load_digits, "fashion-mnist": _load_fashion_mnist, "mnist1d": _load_mnist1d, "file": _load_file}
     if spec.name not in loaders:
         raise ConfigError(f"{source}: data.name: expected one of {', '.join(loaders)}, got {spec.name!r}")
@@ -102,8 +168,10 @@ def load_data(spec: Any, source: str = "<data>") -> Dataset:
     x_train_t, x_val_t, x_test_t = (torch.from_numpy(x.astype(np.float32)) for x in (x_train, x_val, arrays.x_test))
     std, mean = torch.std_mean(x_train_t)  # training split only: val/test must not leak into it
     std = std if std > 0 else torch.tensor(1.0)  # constant inputs: centre only
-    for x in (x_train_t, x_val_t, x_test_t):
-        x.sub_(mean).div_(std)  # in place: astype above already made private copies
+    normalization = Normalization(mean=float(mean), std=float(std), raw=RAW_INPUTS[spec.name])
+    if normalize:
+        for x in (x_train_t, x_val_t, x_test_t):
+            x.sub_(mean).div_(std)  # in place: astype above already made private copies
 
     return Dataset(
         name=spec.name,
@@ -115,6 +183,7 @@ def load_data(spec: Any, source: str = "<data>") -> Dataset:
         y_test=torch.from_numpy(arrays.y_test.astype(np.int64)),
         num_classes=arrays.num_classes,
         input_shape=tuple(int(d) for d in x_train.shape[1:]),
+        normalization=normalization,
     )
 
 

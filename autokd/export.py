@@ -2,9 +2,18 @@
 
 The search stores every trial's full `TrainConfig` (user attr ``config``). Export picks one
 COMPLETE trial by a rule, then writes that config as YAML with everything a later
-`autokd train` needs to retrain exactly the trial's student: the trial's seed, absolute paths
-(data, teacher checkpoints, teacher cache) and a ``provenance`` block naming the study, the
-trial, its validation accuracy and size, and the cache key of every teacher it learnt from.
+`autokd train` needs to retrain exactly the trial's student: the trial's seed, only the teachers
+it learnt from, and a ``provenance`` block naming the study, the trial, its validation accuracy
+and size, the cache key of every teacher it learnt from and the input normalisation its data
+had (``normalization``: mean, std, what raw inputs are).
+
+The file is portable: it holds no path of the exporting machine. Data files, a Fashion-MNIST
+``data_dir`` (only when the study gave one) and teacher checkpoints are written relative to the
+exported file, as `autokd train` reads them (absolute only when they share no folder but the
+root with it); ``cache_dir`` is relative to the working directory, as `autokd train` reads it
+(a cache outside it becomes the default: teachers are rebuilt there once, under the same keys);
+a SQLite storage in the provenance is relative to the exported file, any password masked.
+Data keys that the dataset does not read (``mnist1d_samples`` for digits, ...) are left out.
 
 Selection reads validation accuracy only; test accuracy is never stored in a study.
 """
@@ -21,14 +30,16 @@ import numpy as np
 import optuna
 import yaml
 
-from autokd.data import load_data
+from autokd.data import Dataset, load_data
 from autokd.errors import AutokdError
 from autokd.pareto import knee_index, select_index
 from autokd.results import log_sizes, study_and_spec
-from autokd.spec import StudySpec, TrainConfig, load_train_config, train_config_from_dict
+from autokd.spec import DataSpec, StudySpec, TrainConfig, load_train_config, read_yaml, train_config_from_dict
 from autokd.teachers import file_digest, teacher_key
 
 RULE_FLAGS = "--trial, --max-params/--max-bytes, --min-accuracy, --knee"
+DATASET_KEYS = {"data_dir": "fashion-mnist", "path": "file", "mnist1d_samples": "mnist1d"}  # key -> the one reader
+DEFAULT_CACHE_DIR = TrainConfig.model_fields["cache_dir"].default
 COMPLETE = optuna.trial.TrialState.COMPLETE
 
 
@@ -52,7 +63,7 @@ def export_config(study: str, output: str | Path, *, storage: str | None = None,
     chosen = choose_trial(optuna_study, trial=trial, max_params=max_params, max_bytes=max_bytes,
                           min_accuracy=min_accuracy, knee=knee)
     storage_url = storage or spec.storage_url()  # study_and_spec needs one of the two
-    config = exported_config(optuna_study, chosen, spec, storage_url)
+    config = exported_config(optuna_study, chosen, spec, storage_url, folder=output.parent)
     _write_checked(output, _header(optuna_study, chosen, output) + _yaml(config), config)
     return output, chosen.number
 
@@ -150,8 +161,12 @@ def _state_counts(study: optuna.Study) -> str:
 
 
 def exported_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: StudySpec | None,
-                    storage_url: str) -> TrainConfig:
-    """The trial's TrainConfig, made standalone: its seed, absolute paths, only the teachers it used.
+                    storage_url: str, folder: str | Path = ".") -> TrainConfig:
+    """The trial's TrainConfig, made standalone and portable, for a file in `folder`.
+
+    Its seed, only the teachers it used, only the data keys its dataset reads, paths relative
+    to `folder` (see the module docstring), and a provenance with the teachers' cache keys and
+    the data's input normalisation.
 
     Example::
 
@@ -164,52 +179,104 @@ def exported_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: 
     stored = train_config_from_dict(trial.user_attrs["config"], where)
     uses_teachers = stored.distill.w_kd > 0 or stored.distill.w_feat > 0
     # Paths are resolved the way the search resolved them: checkpoints from the study file's
-    # folder, data and cache from the working directory.
+    # folder, data from the working directory (the study's loader already joined its folder).
     resolve = spec.resolve_path if spec is not None else Path
-    teachers = [t.model_copy(update={"checkpoint": _absolute(resolve(t.checkpoint)) if t.checkpoint else None})
+    teachers = [t.model_copy(update={"checkpoint": str(resolve(t.checkpoint).expanduser().resolve())
+                                     if t.checkpoint else None})
                 for t in (stored.selected_teachers() if uses_teachers else [])]
-    data = stored.data.model_dump(mode="json")
+    data_spec = _dataset_data(stored.data)
+    data = load_data(data_spec, where)
+    keys = _teacher_keys(teachers, data, where)  # from the absolute checkpoints, before they become relative
+    folder = Path(folder)
+    data_document = data_spec.model_dump(mode="json")
     for key in ("data_dir", "path"):
-        if data[key]:
-            data[key] = _absolute(Path(data[key]))
+        if data_document[key]:
+            data_document[key] = _portable_path(Path(data_document[key]), folder)
     document = {
         **stored.model_dump(mode="json"),
         "name": f"{study.study_name}-trial{trial.number}",
         "seed": int(trial.user_attrs.get("seed", stored.seed)),
-        "data": data,
-        "teachers": [t.model_dump(mode="json") for t in teachers],
+        "data": data_document,
+        "teachers": [{**t.model_dump(mode="json"),
+                      "checkpoint": _portable_path(Path(t.checkpoint), folder) if t.checkpoint else None}
+                     for t in teachers],
         "distill": {**stored.distill.model_dump(mode="json"), **({} if uses_teachers else {"teachers": None})},
-        "cache_dir": _absolute(Path(stored.cache_dir)),
+        "cache_dir": _portable_cache_dir(stored.cache_dir),
     }
     config = train_config_from_dict(document, where)
-    config.provenance = _provenance(study, trial, storage_url, _teacher_keys(config, where))
+    config.provenance = _provenance(study, trial, _portable_storage(storage_url, folder), keys, data)
     return config
 
 
-def _absolute(path: Path) -> str:
-    return str(path.expanduser().resolve())
+def _dataset_data(data: DataSpec) -> DataSpec:
+    """`data` with the keys its dataset does not read back at their defaults, and paths absolute."""
+    updates = {key: DataSpec.model_fields[key].default for key, reader in DATASET_KEYS.items() if reader != data.name}
+    for key in ("data_dir", "path"):
+        if key not in updates and getattr(data, key):
+            updates[key] = str(Path(getattr(data, key)).expanduser().resolve())
+    return data.model_copy(update=updates)
 
 
-def _teacher_keys(config: TrainConfig, where: str) -> dict[str, str]:
+def _portable_path(path: Path, folder: Path) -> str:
+    """`path` relative to `folder`, so that the exported file and what it names can move together.
+
+    Absolute only when the two share no folder but the filesystem root: a relative path would
+    then be no more portable than the absolute one.
+    """
+    target, base = path.expanduser().resolve(), folder.expanduser().resolve()
+    if Path(os.path.commonpath([target, base])) == Path(target.anchor):
+        return str(target)
+    return os.path.relpath(target, base)
+
+
+def _portable_cache_dir(cache_dir: str) -> str:
+    """The teacher cache as `autokd train` looks for it, from the working directory.
+
+    A relative path stays; an absolute one inside the working directory becomes relative; any
+    other is a path of this machine only and gives way to the default (teachers are rebuilt
+    there once, under the same cache keys).
+    """
+    path = Path(cache_dir).expanduser()
+    if not path.is_absolute():
+        return cache_dir
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return DEFAULT_CACHE_DIR
+
+
+def _portable_storage(url: str, folder: Path) -> str:
+    """The storage URL with any password masked; a SQLite file relative to `folder`."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return "sqlite:///" + _portable_path(Path(url.removeprefix("sqlite:///")), folder)
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: its scheme only
+        return url.split("://", 1)[0] + "://..."
+
+
+def _teacher_keys(teachers: list, data: Dataset, where: str) -> dict[str, str]:
     """Each teacher's cache key, as `teachers.prepare_teachers` computes it (train checks them)."""
-    if not config.teachers:
+    if not teachers:
         return {}
-    missing = [t.checkpoint for t in config.teachers if t.checkpoint and not Path(t.checkpoint).is_file()]
+    missing = [t.checkpoint for t in teachers if t.checkpoint and not Path(t.checkpoint).is_file()]
     if missing:
         raise AutokdError(f"export: {where}: teacher checkpoint not found: {missing[0]} (open the study by its "
                           "YAML file so that relative checkpoint paths resolve)")
-    fingerprint = load_data(config.data, where).fingerprint()
+    fingerprint = data.fingerprint()
     return {t.name: teacher_key(t, fingerprint, file_digest(Path(t.checkpoint)) if t.checkpoint else None)
-            for t in config.teachers}
+            for t in teachers}
 
 
-def _provenance(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_url: str,
-                teacher_keys: dict[str, str]) -> dict[str, Any]:
+def _provenance(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage: str,
+                teacher_keys: dict[str, str], data: Dataset) -> dict[str, Any]:
     sizes = {name: trial.user_attrs.get(name) for name in ("params", "bytes_fp32", "macs")}
-    return {"study": study.study_name, "storage": storage_url, "trial": trial.number,
+    return {"study": study.study_name, "storage": storage, "trial": trial.number,
             "val_accuracy": float(trial.values[0]), **sizes,
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "teacher_keys": teacher_keys}
+            "teacher_keys": teacher_keys, "normalization": data.normalization.as_dict()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,6 +285,9 @@ def _provenance(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_ur
 
 def _yaml(config: TrainConfig) -> str:
     document = config.model_dump(mode="json")
+    name = document["data"]["name"]
+    document["data"] = {key: value for key, value in document["data"].items()
+                        if value is not None and DATASET_KEYS.get(key, name) == name}  # only what the dataset reads
     return yaml.safe_dump({"name": document.pop("name"), **document}, sort_keys=False)  # name first: a title
 
 
@@ -226,11 +296,14 @@ def _header(study: optuna.Study, trial: optuna.trial.FrozenTrial, output: Path) 
     size = f", {params:,} params" if isinstance(params, int) else ""
     return (f"# Exported by `autokd export` from study {study.study_name!r}, trial {trial.number} "
             f"(val accuracy {trial.values[0]:.4f}{size}).\n"
-            f"# Train it at production length: autokd train {output} --epochs E [--seeds K]\n")
+            f"# Train it at production length: autokd train {output.name} --epochs E [--seeds K]\n")
 
 
 def _write_checked(path: Path, text: str, expected: TrainConfig) -> None:
-    """Write `text` to a temp file, check it reads back as `expected`, then rename it into place."""
+    """Write `text` to a temp file, check it reads back as `expected`, then rename it into place.
+
+    Read back as written (relative paths unresolved), and once more as `autokd train` reads it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -238,7 +311,8 @@ def _write_checked(path: Path, text: str, expected: TrainConfig) -> None:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
-        if load_train_config(temporary).model_dump() != expected.model_dump():
+        load_train_config(temporary)
+        if train_config_from_dict(read_yaml(temporary), str(path)).model_dump() != expected.model_dump():
             raise RuntimeError(f"exported config does not round-trip through load_train_config: {path}")
         os.replace(temporary, path)
     finally:

@@ -248,3 +248,70 @@ def teacher_outputs(teachers: list[Teacher], data: Dataset, batch_size: int = 20
         all_logits.append(cached["train_logits"])
         all_features.append(cached["train_features"])
     return CachedTeacherOutputs([t.name for t in teachers], torch.stack(all_logits), all_features)
+
+
+# ---------------------------------------------------------------------------------------------
+# For your own training loop
+
+
+@dataclass
+class TeacherTargets:
+    """A config's data and its teachers' outputs, for a training loop of your own.
+
+    `for_batch(indices, inputs)` gives what `autokd train` feeds `distill.fit` for the training
+    samples `indices`: (teacher_logits [teachers, batch, classes], teacher_features [batch, D]),
+    or (None, None) when the config learns from no teacher (w_kd = w_feat = 0).
+    """
+
+    config: object  # the TrainConfig
+    data: Dataset  # normalised tensors, split as the search split them
+    teachers: list[Teacher]
+    outputs: CachedTeacherOutputs | OnlineTeachers | None
+
+    @property
+    def feature_dim(self) -> int | None:
+        """Width of the teachers' concatenated features (DistillationLoss's teacher_feature_dim)."""
+        return self.outputs.feature_dim if self.outputs is not None else None
+
+    def for_batch(self, indices: torch.Tensor, inputs: torch.Tensor,
+                  features: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.outputs is None:
+            return None, None
+        return self.outputs.for_batch(indices, inputs, features)
+
+
+def teacher_targets(config, *, log: Callable[[str], None] = print) -> TeacherTargets:
+    """The data and teacher outputs of a training config or a study (its default student), as `autokd train` uses them.
+
+    `config` is a file (an exported config, or a study) or a TrainConfig. The teachers the
+    config learns from are trained or loaded once and cached in its ``cache_dir``, as
+    `autokd train` does; outputs are cached per training sample, or computed on the batch
+    itself when the config augments its inputs. Relative checkpoint paths are read from the
+    file's folder (from the working directory for a TrainConfig).
+
+    Example::
+
+        targets = autokd.teacher_targets("best.yaml")
+        indices = torch.arange(64)
+        teacher_logits, teacher_features = targets.for_batch(indices, targets.data.x_train[indices])
+    """
+    from autokd.data import load_data
+    from autokd.spec import TrainConfig, load_train_config
+
+    if isinstance(config, TrainConfig):
+        source, base = "<config>", Path(".")
+    else:
+        source, base = str(config), Path(config).parent
+        config = load_train_config(config)
+    data = load_data(config.data, source)
+    uses_teachers = config.distill.w_kd > 0 or config.distill.w_feat > 0
+    teachers = prepare_teachers(config.selected_teachers() if uses_teachers else [], data, config.cache_dir,
+                                lambda path: Path(path) if Path(path).is_absolute() else base / path,
+                                log=log, source=source)
+    if not teachers:
+        outputs = None
+    elif config.augment:
+        outputs = OnlineTeachers([t.model for t in teachers])
+    else:
+        outputs = teacher_outputs(teachers, data)
+    return TeacherTargets(config, data, teachers, outputs)

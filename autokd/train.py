@@ -3,14 +3,17 @@
 A run folder holds::
 
     student.pt                state_dict; loads with torch.load(..., weights_only=True)
-    student.torchscript.pt    the student traced in eval mode (torch.jit.load, no autokd needed)
-    student.onnx              the student with a dynamic batch axis, when `onnx` is installed
+    student.torchscript.pt    the student traced in eval mode behind its input normalisation:
+                              takes RAW inputs (torch.jit.load, no autokd needed)
+    student.onnx              the same with a dynamic batch axis, when `onnx` is installed
     config.yaml               what was trained, replayable with `autokd train`
     metrics.json              val/test accuracy per seed, mean and std, size, input shape,
-                              classes, train seconds, and what each export wrote (or why not)
+                              classes, train seconds, the input normalisation (``normalization``:
+                              mean, std and what raw inputs are) and what each export wrote (or why not)
 
 It is written to a temporary folder and renamed, so a crash never leaves a half-written run
-that looks complete. `load_student(folder)` rebuilds the trained student from it.
+that looks complete. `load_student(folder)` rebuilds the trained student from it; the state_dict
+and that student expect normalised inputs, `load_student(folder, raw_inputs=True)` raw ones.
 """
 
 from __future__ import annotations
@@ -146,13 +149,20 @@ def build_student(config: TrainConfig | str | Path, *, input_shape: Sequence[int
     return build_model(config.student, tuple(input_shape), num_classes, seed=config.seed if seed is None else seed)
 
 
-def load_student(run_dir: str | Path) -> ZooModel:
+def load_student(run_dir: str | Path, *, raw_inputs: bool = False) -> ZooModel:
     """The trained student of a run folder, in eval mode; a one-line CheckpointError if it is unusable.
+
+    The student expects *normalised* inputs, as `load_data` returns them and as it was trained.
+    With ``raw_inputs=True`` it comes behind its normalisation (a `data.RawInputModel`) and takes
+    raw inputs, like student.torchscript.pt and student.onnx; metrics.json's ``normalization``
+    says what raw means for the dataset (digits: pixel values 0..16; Fashion-MNIST: bytes 0..255).
 
     Example::
 
         student = autokd.load_student("runs/best")
-        predictions = student(x).argmax(dim=1)
+        predictions = student(load_data(config.data).x_test).argmax(dim=1)
+        model = autokd.load_student("runs/best", raw_inputs=True)
+        predictions = model(load_data(config.data, normalize=False).x_test).argmax(dim=1)   # the same
     """
     folder = Path(run_dir)
     missing = [name for name in ("config.yaml", "metrics.json") if not (folder / name).is_file()]
@@ -167,7 +177,17 @@ def load_student(run_dir: str | Path) -> ZooModel:
                               f"{type(error).__name__}") from None
     student = build_model(config.student, input_shape, num_classes)
     load_state_dict(student, folder / STUDENT_FILE, f"run {folder}")
-    return student.eval()
+    if not raw_inputs:
+        return student.eval()
+    from autokd.data import Normalization
+
+    try:
+        normalization = Normalization.from_dict(metrics["normalization"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{folder / 'metrics.json'}: raw_inputs=True: no usable 'normalization' recorded "
+                              "(a run written before autokd recorded it); load it without raw_inputs and "
+                              "normalise with load_data(config.data).normalization") from None
+    return normalization.wrap(student).eval()
 
 
 def _summary(per_seed: list[dict]) -> dict:
@@ -180,18 +200,27 @@ def _summary(per_seed: list[dict]) -> dict:
     return summary
 
 
-def write_run(folder: Path, student: ZooModel, config: TrainConfig, metrics: dict) -> dict[str, str]:
+def write_run(folder: Path, student: ZooModel, config: TrainConfig, metrics: dict,
+              normalization=None) -> dict[str, str]:
     """Write the run folder atomically (a temp folder renamed into place); returns what each export wrote.
 
     `metrics` must hold ``input_shape`` and ``num_classes``: `load_student` rebuilds the model from them.
+    `normalization` (a `data.Normalization`; else ``metrics["normalization"]``; else the config's data,
+    loaded again) is recorded in metrics.json and built into the TorchScript and ONNX files.
     """
+    from autokd.data import Normalization
+
+    if normalization is None:
+        normalization = (Normalization.from_dict(metrics["normalization"]) if "normalization" in metrics
+                         else load_data(config.data).normalization)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         torch.save(student.state_dict(), staging / STUDENT_FILE)
         (staging / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        exports = export_student(student, tuple(metrics["input_shape"]), staging)
-        (staging / "metrics.json").write_text(json.dumps({**metrics, "exports": exports}, indent=2))
+        exports = export_student(student, tuple(metrics["input_shape"]), staging, normalization)
+        (staging / "metrics.json").write_text(json.dumps(
+            {**metrics, "normalization": normalization.as_dict(), "exports": exports}, indent=2))
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
@@ -201,22 +230,25 @@ def write_run(folder: Path, student: ZooModel, config: TrainConfig, metrics: dic
     return exports
 
 
-def export_student(student: ZooModel, input_shape: tuple[int, ...], folder: Path) -> dict[str, str]:
+def export_student(student: ZooModel, input_shape: tuple[int, ...], folder: Path,
+                   normalization=None) -> dict[str, str]:
     """Write TorchScript and ONNX copies of `student` into `folder`; {kind: file written, or why not}.
 
+    With `normalization` (a `data.Normalization`) the files hold the student behind it, so they
+    take raw inputs (`data.RawInputModel`); without it they take what `student` takes.
     An exporter failure is recorded, never raised: the state_dict is the checkpoint that matters.
 
     Example::
 
-        export_student(student, (1, 8, 8), Path("runs/best"))
+        export_student(student, (1, 8, 8), Path("runs/best"), load_data(config.data).normalization)
         # {"torchscript": "student.torchscript.pt", "onnx": "student.onnx"}
     """
-    student = student.cpu().eval()
+    model = student.cpu().eval() if normalization is None else normalization.wrap(student.cpu()).eval()
     example = torch.zeros(2, *input_shape)  # batch 2: torch.export specialises a batch of 1 to a constant
     outcomes = {}
     for kind, file, write in (("torchscript", TORCHSCRIPT_FILE, _write_torchscript), ("onnx", ONNX_FILE, _write_onnx)):
         try:
-            write(student, example, folder / file)
+            write(model, example, folder / file)
             outcomes[kind] = file
         except ImportError as error:
             outcomes[kind] = f"skipped: {error.name or 'a module'} is not installed"
@@ -225,13 +257,13 @@ def export_student(student: ZooModel, input_shape: tuple[int, ...], folder: Path
     return outcomes
 
 
-def _write_torchscript(student: ZooModel, example: torch.Tensor, path: Path) -> None:
+def _write_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():  # torch.jit is deprecated upstream but still the one format C++ loads
         warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.trace(student, example), str(path))
+        torch.jit.save(torch.jit.trace(model, example), str(path))
 
 
-def _write_onnx(student: ZooModel, example: torch.Tensor, path: Path) -> None:
+def _write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     import onnx  # noqa: F401  (the exporter needs it; without it the export is skipped, not failed)
 
     exporter_log = logging.getLogger("torch.onnx")
@@ -240,7 +272,7 @@ def _write_onnx(student: ZooModel, example: torch.Tensor, path: Path) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(student, (example,), str(path), input_names=["input"], output_names=["logits"],
+            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
                               dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
                               external_data=False, verbose=False)
     finally:

@@ -1,10 +1,17 @@
-"""Export: each rule picks the right COMPLETE trial; impossible asks fail on one line; output round-trips.
+"""Export: each rule picks the right COMPLETE trial; impossible asks fail on one line; output round-trips
+and is portable (no machine paths, only the data keys its dataset reads).
 
-The study is synthetic, stored the way search.py writes it (directions, "objectives",
-"study_spec", per-trial "config"/"seed"/sizes), so no training happens here.
+The studies are synthetic, stored the way search.py writes them (directions, "objectives",
+"study_spec", per-trial "config"/"seed"/sizes), so no search happens here.
 """
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import numpy as np
 
 import optuna
 import pytest
@@ -17,6 +24,7 @@ from autokd.export import export_config
 from autokd.spec import load_study, load_train_config
 from autokd.teachers import prepare_teachers
 from autokd.zoo import arch_size, build_model
+from conftest import AUTOKD, REPO, run_cli
 
 TEACHER_ARCH = {"family": "mlp", "depth": 1, "width": 16}
 COMPLETE, FAIL, PRUNED, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
@@ -112,13 +120,16 @@ def test_exported_config_is_standalone_and_round_trips(study_file, tmp_path):
     assert config.student == stored.user_attrs["config"]["student"]
     assert config.schedule.model_dump() == stored.user_attrs["config"]["schedule"]
     assert [t.name for t in config.teachers] == ["loaded"]  # only the teacher the trial learnt from
-    assert config.teachers[0].checkpoint == str((study_file.parent / "ckpt" / "loaded.pt").resolve())
-    assert Path(config.cache_dir).is_absolute()
+    checkpoint = Path(config.teachers[0].checkpoint)  # relative to the exported file, as `autokd train` reads it
+    assert not checkpoint.is_absolute()
+    assert (path.parent / checkpoint).resolve() == (study_file.parent / "ckpt" / "loaded.pt").resolve()
+    assert config.cache_dir == ".cache/autokd"  # the study's cache is outside the working directory: the default
     provenance = config.provenance
     assert provenance["study"] == "synthetic" and provenance["trial"] == 3
     assert provenance["val_accuracy"] == 0.95
     assert (provenance["params"], provenance["bytes_fp32"]) == (2410, 4 * 2410)
     assert {"storage", "macs", "exported_at"} <= set(provenance)
+    assert provenance["normalization"] == load_data(config.data).normalization.as_dict()
     assert not any("test" in key for key in provenance)
     assert not list(path.parent.glob(".*.tmp"))  # the temp file was renamed, not left behind
 
@@ -127,7 +138,8 @@ def test_teacher_keys_match_the_cache_that_training_uses(study_file, tmp_path):
     path, _ = export_config(str(study_file), tmp_path / "best.yaml", trial=1)
     config = load_train_config(path)
     data = load_data(config.data)
-    cached = prepare_teachers(config.teachers, data, config.cache_dir)  # "loaded": no training, just a load
+    # "loaded": no training, just a load; its checkpoint read from the exported file's folder, as train does
+    cached = prepare_teachers(config.teachers, data, load_study(study_file).cache_dir, lambda p: path.parent / p)
     assert config.provenance["teacher_keys"] == {t.name: t.meta["key"] for t in cached}
 
 
@@ -141,7 +153,9 @@ def test_ce_only_trial_exports_without_teachers(study_file, tmp_path):
 def test_study_opens_by_name_with_storage(study_file, tmp_path):
     url = load_study(study_file).storage_url()
     path, chosen = export_config("synthetic", tmp_path / "best.yaml", storage=url, max_params=1000)
-    assert chosen == 0 and load_train_config(path).provenance["storage"] == url
+    recorded = load_train_config(path).provenance["storage"]  # the SQLite file, relative to the exported file
+    assert chosen == 0 and not Path(recorded.removeprefix("sqlite:///")).is_absolute()
+    assert (tmp_path / recorded.removeprefix("sqlite:///")).resolve() == Path(url.removeprefix("sqlite:///")).resolve()
 
 
 def test_relative_checkpoint_unresolvable_by_name_fails_on_one_line(study_file, tmp_path):
@@ -210,3 +224,103 @@ def test_the_knee_is_taken_on_log_size_as_the_plot_and_the_hypervolume_are():
     for accuracy, params in [(0.50, 100), (0.80, 1_000), (0.90, 10_000), (0.95, 100_000)]:
         study.add_trial(optuna.trial.create_trial(state=COMPLETE, values=[accuracy, params]))
     assert choose_trial(study, knee=True).values == [0.80, 1_000]
+
+
+# ---------------------------------------------------------------------------------------------
+# Portability: no machine paths, only the data keys the dataset reads
+
+
+def _one_trial_study(folder: Path, data: dict, **changes) -> Path:
+    """A study with one COMPLETE trial (its default student, seed 0), stored the way search.py stores it."""
+    document = {"name": "portable", "data": data, "student": {"family": "mlp", "depth": 1, "width": 8},
+                "distill": {"w_ce": 1.0, "w_kd": 0.0}, "schedule": {"epochs": 1, "batch_size": 64},
+                "cache_dir": str(folder / "cache"),
+                "search_space": {"params": {"schedule.lr": {"type": "float", "low": 0.001, "high": 0.01}}},
+                **changes}
+    path = folder / "portable.yaml"
+    path.write_text(yaml.safe_dump(document))
+    spec = load_study(path)
+    study = optuna.create_study(study_name=spec.name, storage=spec.storage_url(), directions=spec.directions)
+    study.set_user_attr("study_spec", spec.model_dump(mode="json"))
+    config = spec.train_config()
+    study.add_trial(optuna.trial.create_trial(
+        state=COMPLETE, values=[0.9, 610], params={"schedule.lr": 0.003},
+        distributions={"schedule.lr": optuna.distributions.FloatDistribution(0.001, 0.01)},
+        user_attrs={"config": config.model_dump(), "seed": 0, "params": 610, "bytes_fp32": 2440, "macs": 600}))
+    return path
+
+
+def _strings(node) -> list[str]:
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in _strings(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in _strings(value)]
+    return [node] if isinstance(node, str) else []
+
+
+def _idx(path: Path, array: np.ndarray, magic: int) -> None:
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_fashion(folder: Path) -> None:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("t10k", 20)):
+        _idx(folder / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 2051)
+        _idx(folder / f"{split}-labels-idx1-ubyte", np.arange(n) % 10, 2049)
+
+
+@pytest.mark.parametrize("data, written", [
+    ({"name": "digits", "mnist1d_samples": 500, "data_dir": "ignored", "path": "ignored.npz"}, {}),
+    ({"name": "mnist1d", "mnist1d_samples": 500}, {"mnist1d_samples": 500}),
+    ({"name": "fashion-mnist", "data_dir": "fashion"}, {"data_dir": "../fashion"}),
+    ({"name": "file", "path": "mine.npz"}, {"path": "../mine.npz"}),
+])
+def test_exported_data_holds_only_what_its_dataset_reads_relative_to_the_file(tmp_path, data, written):
+    _fake_fashion(tmp_path / "fashion")
+    np.savez(tmp_path / "mine.npz", x=np.random.default_rng(0).random((50, 8, 8)), y=np.arange(50) % 5)
+    study = _one_trial_study(tmp_path, {**data, "val_fraction": 0.2})
+    path, _ = export_config(str(study), tmp_path / "out" / "best.yaml", trial=0)
+
+    document = yaml.safe_load(path.read_text())
+    assert document["data"] == {"name": data["name"], "val_fraction": 0.2, "seed": 0, **written}
+    assert not any(Path(s).is_absolute() for s in _strings(document)), path.read_text()
+    assert str(tmp_path) not in path.read_text()
+    # `autokd train` reads the relative paths from the file's folder and finds the same data.
+    exported, original = load_train_config(path), load_study(study)
+    assert load_data(exported.data).fingerprint() == load_data(original.data).fingerprint()
+
+
+def test_fashion_mnist_without_a_data_dir_exports_none(tmp_path, monkeypatch):
+    _fake_fashion(tmp_path / "fashion")
+    monkeypatch.setattr("autokd.data.FASHION_MNIST_DIR", str(tmp_path / "fashion"))  # "the installed package"
+    study = _one_trial_study(tmp_path, {"name": "fashion-mnist"})
+    path, _ = export_config(str(study), tmp_path / "best.yaml", trial=0)
+    assert "data_dir" not in yaml.safe_load(path.read_text())["data"]
+
+
+@pytest.mark.slow
+def test_an_exported_config_copied_to_another_folder_trains_there(tmp_path):
+    """`autokd export`, then the file alone copied elsewhere: no path of this machine in it, and it trains."""
+    (tmp_path / "made").mkdir()
+    study = _one_trial_study(tmp_path / "made", {"name": "digits", "val_fraction": 0.15, "mnist1d_samples": 500},
+                             teachers=[{"name": "tiny", "arch": TEACHER_ARCH, "schedule": {"epochs": 1}}],
+                             distill={"w_ce": 0.5, "w_kd": 0.5})
+    exported = tmp_path / "made" / "out" / "best.yaml"
+    run_cli("export", study, "--trial", "0", "-o", exported, check=True)
+    text = exported.read_text()
+    machine = {str(tmp_path), str(REPO), str(Path.home()), os.path.realpath(tmp_path)}
+    assert not [part for part in machine if part in text], text
+    assert not any(Path(s).is_absolute() or s.startswith("~") for s in _strings(yaml.safe_load(text))), text
+    assert "mnist1d_samples" not in text and "data_dir" not in text
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(exported, elsewhere / "best.yaml")
+    completed = subprocess.run([*AUTOKD, "train", "best.yaml"], cwd=elsewhere, capture_output=True, text=True,
+                               timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert (elsewhere / "runs" / "portable-trial0" / "metrics.json").is_file()
+    assert list((elsewhere / ".cache" / "autokd" / "teachers").iterdir())  # the teacher rebuilt there, once
+    assert "warning" not in completed.stdout + completed.stderr  # under the very cache key the trial used
