@@ -27,10 +27,10 @@ from typing import Annotated, Any, Literal, Union
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from autokd.archs import FAMILIES
 from autokd.errors import ConfigError
 from autokd.spec import (DistillSpec, ScheduleSpec, StudySpec, TrainConfig, config_error, describe_validation_error,
                          read_yaml)
-from autokd.zoo import FAMILIES
 
 SECTIONS = ("distill", "schedule", "student")
 SUBSET_SEPARATOR = "+"
@@ -219,9 +219,6 @@ def _check_values(space: SearchSpace, study: StudySpec) -> None:
                 space.apply(base, values)
             except ValidationError as error:
                 _, reason = describe_validation_error(error)
-                raise ConfigError(f"{space.source}: params.{name}.{label}: {reason}") from None
-            except ConfigError as error:  # raised by zoo.validate_arch for a student shape
-                reason = str(error).rsplit(": ", 1)[-1]
                 raise ConfigError(f"{space.source}: params.{name}.{label}: {reason}") from None
 
 

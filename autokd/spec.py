@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from autokd.archs import ARCH_ERROR, ArchDict
 from autokd.errors import ConfigError
 
 SIZE_METRICS = ("params", "bytes_fp32", "bytes_fp16", "macs")
@@ -61,7 +62,7 @@ class TeacherSpec(_Strict):
     """A teacher: a zoo architecture trained with `schedule`, or loaded from `checkpoint`."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    arch: dict[str, Any]
+    arch: ArchDict
     checkpoint: str | None = None
     schedule: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(epochs=20))
     seed: int = 0
@@ -94,7 +95,7 @@ class _RunFields(_Strict):
 
     data: DataSpec = Field(default_factory=DataSpec)
     teachers: list[TeacherSpec] = Field(default_factory=list)
-    student: dict[str, Any] = Field(default_factory=lambda: {"family": "mlp", "depth": 1, "width": 32})
+    student: ArchDict = Field(default_factory=lambda: {"family": "mlp", "depth": 1, "width": 32})
     distill: DistillSpec = Field(default_factory=DistillSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     seed: int = 0
@@ -105,22 +106,11 @@ class _RunFields(_Strict):
     # re-run, a test evaluation or `autokd train` of its config computes bit-identically on CPU.
     threads: int | None = Field(None, gt=0)
 
-    @field_validator("student")
-    @classmethod
-    def _student_arch(cls, arch: dict[str, Any]) -> dict[str, Any]:
-        from autokd.zoo import validate_arch
-
-        return validate_arch(arch, where="student", source="")
-
     @model_validator(mode="after")
     def _teachers_consistent(self) -> _RunFields:
-        from autokd.zoo import validate_arch
-
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names must be unique, got {names}")
-        for teacher in self.teachers:
-            teacher.arch = validate_arch(teacher.arch, where="teachers.arch", source="")
         unknown = sorted(set(self.distill.teachers or []) - set(names))
         if unknown:
             raise ValueError(f"distill.teachers: unknown teacher(s) {unknown}; allowed: {names}")
@@ -308,6 +298,8 @@ def describe_validation_error(error: ValidationError) -> tuple[str, str]:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "<top level>"
     kind, message = first["type"], first["msg"]
+    if kind == ARCH_ERROR:  # worded by autokd.archs; ctx names the parameter inside the architecture
+        return ".".join(filter(None, (key, first["ctx"]["key"]))), message
     if kind == "extra_forbidden":
         return key, "unknown key"
     if kind == "missing":
@@ -334,8 +326,6 @@ def _validate(model: type[BaseModel], document: dict[str, Any], source: str | Pa
         return model.model_validate(document)
     except ValidationError as error:
         raise config_error(source, error) from None
-    except ConfigError as error:  # raised inside a validator (e.g. by zoo.validate_arch)
-        raise ConfigError(f"{source}{error}" if str(error).startswith(":") else str(error)) from None
 
 
 def _relative_to_file(spec: _RunFields, path: str | Path) -> None:

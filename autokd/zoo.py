@@ -1,7 +1,7 @@
 """Model families for students and teachers, built from a small dict, and their size.
 
-An architecture is a flat dict: a ``family`` plus that family's shape parameters. Missing
-parameters take the family's defaults, so ``{"family": "mlp", "width": 64}`` is complete::
+An architecture is a flat dict: a ``family`` plus that family's shape parameters, checked
+and completed with defaults by `autokd.archs` (torch-free: configs are validated without torch)::
 
     >>> model = build_model({"family": "mlp", "depth": 1, "width": 32}, input_shape=(1, 8, 8), num_classes=10)
     >>> model_size(model, (1, 8, 8)).params      # 64*32 + 32 + 32*10 + 10
@@ -27,88 +27,18 @@ import functools
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from autokd.errors import ConfigError
+from autokd.archs import FAMILIES, validate_arch
 
 __all__ = ["FAMILIES", "ModelSize", "ZooModel", "arch_size", "build_model", "model_size", "validate_arch"]
 
-FAMILIES: dict[str, dict[str, Any]] = {
-    "cnn": {"stages": 2, "channels": 16, "kernel": 3, "batch_norm": True, "head_width": 64},
-    "mlp": {"depth": 2, "width": 128, "activation": "relu", "dropout": 0.0},
-    "resnet": {"blocks": 2, "channels": 16, "downsample": True},
-}
-
+# One module per name in `archs.ACTIVATION_NAMES` (tests/test_zoo.py checks they agree).
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python, not to us
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """What one shape parameter accepts: `check(value)` and the words for the error message."""
-
-    check: Callable[[Any], bool]
-    expected: str
-    convert: Callable[[Any], Any] = lambda value: value
-
-
-_RULES: dict[str, _Rule] = {
-    "depth": _Rule(lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
-    "width": _Rule(lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
-    "activation": _Rule(lambda v: v in ACTIVATIONS, f"must be one of {sorted(ACTIVATIONS)}"),
-    "dropout": _Rule(lambda v: _is_number(v) and 0 <= v < 1, "must be a number with 0 <= p < 1", float),
-    "stages": _Rule(lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
-    "channels": _Rule(lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
-    "kernel": _Rule(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, "must be an odd integer >= 1"),
-    "batch_norm": _Rule(lambda v: isinstance(v, bool), "must be true or false"),
-    "head_width": _Rule(lambda v: _is_int(v) and v >= 0, "must be an integer >= 0 (0: no hidden head layer)"),
-    "blocks": _Rule(lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
-    "downsample": _Rule(lambda v: isinstance(v, bool), "must be true or false"),
-}
-
-
-def validate_arch(arch: dict, where: str = "student", source: str = "<arch>") -> dict:
-    """A new dict: `family` first, then every shape parameter (given or default).
-
-    Raises `ConfigError` with one line naming ``<source>: <where>.<key>``.
-
-        >>> validate_arch({"family": "mlp", "width": 64})
-        {'family': 'mlp', 'depth': 2, 'width': 64, 'activation': 'relu', 'dropout': 0.0}
-    """
-    if not isinstance(arch, dict):
-        raise ConfigError(f"{source}: {where}: must be a mapping with a 'family' key, got {arch!r}")
-    if "family" not in arch:
-        raise ConfigError(f"{source}: {where}.family: required key is missing (one of {sorted(FAMILIES)})")
-    family = arch["family"]
-    if not isinstance(family, str) or family not in FAMILIES:
-        raise ConfigError(f"{source}: {where}.family: must be one of {sorted(FAMILIES)}, got {family!r}")
-    defaults = FAMILIES[family]
-    unknown = [key for key in arch if key != "family" and key not in defaults]
-    if unknown:
-        raise ConfigError(f"{source}: {where}.{unknown[0]}: unknown key for family {family!r}, "
-                          f"allowed: {sorted(defaults)}")
-    validated = {"family": family}
-    for key, default in defaults.items():
-        value = arch.get(key, default)
-        rule = _RULES[key]
-        if not rule.check(value):
-            raise ConfigError(f"{source}: {where}.{key}: {rule.expected}, got {value!r}")
-        validated[key] = rule.convert(value)
-    return validated
 
 
 # --------------------------------------------------------------------------- models

@@ -1,5 +1,8 @@
 """Config validation: every error is one line naming the file and the dotted key."""
 
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -69,6 +72,10 @@ def test_early_stopping_kind_follows_the_budget_unless_given(tmp_path, budget, e
     ("constraints", ["params < 5"], "constraints: expected '<metric> <= <number>'"),
     ("student.width", -3, "student.width: must be an integer >= 1, got -3"),
     ("student.family", "vit", "student.family: must be one of"),
+    ("student.widht", 8, "student.widht: unknown key for family 'mlp', allowed: ['activation', 'depth',"),
+    ("student", [1], "student: must be a mapping with a 'family' key, got [1]"),
+    ("teachers.0.arch.kernel", 3, "teachers.0.arch.kernel: unknown key for family 'mlp'"),
+    ("teachers.0.arch", {"family": "cnn", "kernel": 4}, "teachers.0.arch.kernel: must be an odd integer >= 1, got 4"),
     ("distill.teachers", ["nope"], "unknown teacher(s) ['nope']"),
     ("distill.teachers", [], "must name at least one teacher"),
     ("data.val_fraction", 1.5, "data.val_fraction: must be < 1, got 1.5"),
@@ -111,3 +118,24 @@ def test_kd_weight_without_teachers_is_refused(tmp_path):
     document = {"student": {"family": "mlp"}, "distill": {"w_kd": 0.5}}
     with pytest.raises(ConfigError, match="need at least one entry in teachers"):
         load_train_config(write(tmp_path, document, "train.yaml"))
+
+
+def test_architectures_are_stored_as_plain_dicts_with_every_parameter(tmp_path):
+    spec = load_study(write(tmp_path, with_change("teachers.0.arch", {"family": "cnn", "kernel": 5})))
+    stored = spec.train_config().model_dump(mode="json")
+    assert stored["teachers"][0]["arch"] == {"family": "cnn", "stages": 2, "channels": 16, "kernel": 5,
+                                             "batch_norm": True, "head_width": 64}
+    assert stored["student"] == spec.student and type(spec.student) is dict
+
+
+def test_validating_a_config_imports_no_torch(tmp_path):
+    # A bad config must answer at once: torch takes seconds to import; architectures are checked without it.
+    good, bad = write(tmp_path, VALID, "good.yaml"), write(tmp_path, with_change("student.width", -1), "bad.yaml")
+    code = ("import sys, autokd.spec\n"
+            f"autokd.spec.load_study({str(good)!r})\n"
+            f"try: autokd.spec.load_study({str(bad)!r})\n"
+            "except autokd.spec.ConfigError as error: print(error)\n"
+            "print('torch' in sys.modules)")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.splitlines() == [f"{bad}: student.width: must be an integer >= 1, got -1", "False"], \
+        completed.stdout + completed.stderr

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
+from autokd.archs import ACTIVATION_NAMES
 from autokd.errors import ConfigError
-from autokd.zoo import FAMILIES, ModelSize, arch_size, build_model, model_size, validate_arch
+from autokd.zoo import ACTIVATIONS, FAMILIES, ModelSize, arch_size, build_model, model_size, validate_arch
 
 INPUT_SHAPES = [(1, 8, 8), (1, 28, 28), (1, 40)]
 
@@ -157,12 +158,26 @@ def test_validate_does_not_modify_its_argument():
     ({"family": "mlp", "channels": 8},
      "s.yaml: student.channels: unknown key for family 'mlp', allowed: ['activation', 'depth', 'dropout', 'width']"),
     ({"width": 8}, "s.yaml: student.family: required key is missing (one of ['cnn', 'mlp', 'resnet'])"),
+    ({"family": 3}, "s.yaml: student.family: must be one of ['cnn', 'mlp', 'resnet'], got 3"),
+    (5, "s.yaml: student: must be a mapping with a 'family' key, got 5"),
+    ({"family": "mlp", "dropout": float("nan")}, "s.yaml: student.dropout: must be a number with 0 <= p < 1, got nan"),
+    ({"family": "cnn", "head_width": -1},
+     "s.yaml: student.head_width: must be an integer >= 0 (0: no hidden head layer), got -1"),
+    # an unknown key is named before a bad value: the misspelling usually explains the rest
+    ({"family": "mlp", "width": -1, "widht": 8},
+     "s.yaml: student.widht: unknown key for family 'mlp', allowed: ['activation', 'depth', 'dropout', 'width']"),
 ])
 def test_validation_errors_name_the_key(arch, message):
     with pytest.raises(ConfigError) as error:
         validate_arch(arch, where="student", source="s.yaml")
     assert str(error.value) == message
     assert "\n" not in str(error.value)
+
+
+def test_every_activation_name_has_a_module():
+    assert sorted(ACTIVATIONS) == sorted(ACTIVATION_NAMES)
+    for name in ACTIVATION_NAMES:
+        build_model({"family": "mlp", "activation": name}, (1, 8, 8), 10)
 
 
 def test_build_model_validates_first():
