@@ -33,7 +33,7 @@ import yaml
 from autokd.data import Dataset, load_data
 from autokd.errors import AutokdError
 from autokd.pareto import knee_index, select_index
-from autokd.results import log_sizes, study_and_spec
+from autokd.results import architecture_choices, log_sizes, study_and_spec
 from autokd.spec import DataSpec, StudySpec, TrainConfig, load_train_config, read_yaml, train_config_from_dict
 from autokd.teachers import file_digest, teacher_key
 
@@ -94,6 +94,10 @@ def choose_trial(study: optuna.Study, *, trial: int | None = None, max_params: f
     if trial is not None:
         return _numbered_trial(study, trial)
     complete = study.get_trials(deepcopy=False, states=(COMPLETE,))
+    choices = architecture_choices(study)
+    if choices:  # two levels: only an architecture's choice stands for it (never a config below its baselines)
+        chosen = {choice.trial for choice in choices.values()}
+        complete = [t for t in complete if t.number in chosen]
     if not complete:
         raise AutokdError(f"export: study {study.study_name!r} has no complete trial yet "
                           f"({_state_counts(study)})")

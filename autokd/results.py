@@ -22,9 +22,9 @@ from autokd.spec import StudySpec, load_study
 SCHEMA_RACE_RETRIES = 5
 INTERRUPTED = "interrupted: the search stopped before this trial finished (re-queued)"
 TRIAL_ATTRS = ("seed", "params", "bytes_fp32", "bytes_fp16", "macs", "train_seconds", "epochs_trained",
-               "node", "device", "driver", "failure_reason", "pruned_reason", "level", "role", "arch")
+               "node", "node_id", "device", "driver", "failure_reason", "pruned_reason", "level", "role", "arch")
 # Columns of a two-level study's front choice (see `architecture_choices`).
-CHOICE_COLUMNS = ("gain_vs_ce", "gain_se", "front_reason")
+CHOICE_COLUMNS = ("val_gain_vs_ce", "val_gain_se", "front_reason")
 
 
 def open_storage(url: str, source: str = "--storage") -> optuna.storages.BaseStorage:
@@ -103,8 +103,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         eligible = frame["trial"].isin([choice.trial for choice in choices.values()])
         for choice in choices.values():
             at = frame["trial"] == choice.trial
-            frame.loc[at, "gain_vs_ce"] = choice.gain_vs_ce
-            frame.loc[at, "gain_se"] = choice.gain_se
+            frame.loc[at, "val_gain_vs_ce"] = choice.gain_vs_ce
+            frame.loc[at, "val_gain_se"] = choice.gain_se
             frame.loc[at, "front_reason"] = choice.reason
     frame["pareto_rank"] = pareto_rank_column(frame, objectives, study.directions, eligible)
     return frame

@@ -139,7 +139,9 @@ class AutokdSearcher(OptunaSearch):
         trained = self._epochs_seen.pop(trial_id, 0)
         attrs = {"val_accuracy_curve": curve, "epochs_trained": trained,
                  "train_seconds": result.get("train_seconds"), "node": result.get("node"),
-                 "device": result.get("device"), "val_accuracy_seeds": result.get("val_accuracy_seeds")}
+                 "node_id": result.get("node_id"),
+                 "device": result.get("device"), "val_accuracy_seeds": result.get("val_accuracy_seeds"),
+                 "visible_devices": result.get("visible_devices")}
         values = [result.get(m) for m in self.metrics]
         seeds = ot_trial.user_attrs.get("seeds") or []
         if result.get("failure_reason") or error:

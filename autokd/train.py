@@ -82,7 +82,8 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path | None = None, *
             f"test {per_seed[-1]['test_accuracy']:.4f} ({result.train_seconds:.1f} s)")
 
     metrics = {**_summary(per_seed), **model_size(students[0], data.input_shape).as_dict(),
-               "input_shape": list(data.input_shape), "num_classes": data.num_classes, "seeds": per_seed,
+               "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+               "normalization": data.normalization.as_dict(), "seeds": per_seed,
                "teachers": {t.name: {"val_accuracy": t.meta["val_accuracy"], "test_accuracy": t.meta["test_accuracy"],
                                      "params": t.meta["params"]} for t in teachers}}
     folder = Path(out_dir) if out_dir else Path("runs") / config.name
@@ -200,30 +201,30 @@ def _summary(per_seed: list[dict]) -> dict:
     return summary
 
 
-def write_run(folder: Path, student: ZooModel, config: TrainConfig, metrics: dict,
-              normalization=None) -> dict[str, str]:
+def write_run(folder: Path, student: ZooModel, config: TrainConfig, metrics: dict) -> dict[str, str]:
     """Write the run folder atomically (a temp folder renamed into place); returns what each export wrote.
 
-    `metrics` must hold ``input_shape`` and ``num_classes``: `load_student` rebuilds the model from them.
-    `normalization` (a `data.Normalization`; else ``metrics["normalization"]``; else the config's data,
-    loaded again) is recorded in metrics.json and built into the TorchScript and ONNX files.
+    `metrics` must hold ``input_shape`` and ``num_classes`` (`load_student` rebuilds the model from
+    them) and ``normalization`` (built into the TorchScript and ONNX files, which take raw inputs).
+    A previous run in `folder` is removed only once the new one is in place.
     """
     from autokd.data import Normalization
 
-    if normalization is None:
-        normalization = (Normalization.from_dict(metrics["normalization"]) if "normalization" in metrics
-                         else load_data(config.data).normalization)
+    normalization = Normalization.from_dict(metrics["normalization"])
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         torch.save(student.state_dict(), staging / STUDENT_FILE)
         (staging / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         exports = export_student(student, tuple(metrics["input_shape"]), staging, normalization)
-        (staging / "metrics.json").write_text(json.dumps(
-            {**metrics, "normalization": normalization.as_dict(), "exports": exports}, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
+        (staging / "metrics.json").write_text(json.dumps({**metrics, "exports": exports}, indent=2))
+        previous = folder.with_name(f".{folder.name}.previous") if folder.exists() else None
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+            folder.rename(previous)  # kept until the new run is in place: a crash never leaves neither
         staging.rename(folder)
+        if previous is not None:
+            shutil.rmtree(previous)
     finally:
         if staging.exists():
             shutil.rmtree(staging)

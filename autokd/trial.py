@@ -8,6 +8,7 @@ Any exception becomes the trial's `failure_reason`: the search records it and go
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -18,13 +19,17 @@ from autokd.spec import TrainConfig
 
 def run_trial(trial: dict, data, outputs) -> None:
     """`trial`: {"config", "trial_number", "size", "seeds"}; `data`, `outputs`: the study's (Ray object store)."""
-    import torch
+    import ray
     from ray import tune
 
     config = TrainConfig.model_validate(trial["config"])
     seeds = trial.get("seeds") or [config.seed]
     epochs = config.schedule.epochs
-    report = {**trial["size"], "epochs": epochs, "node": socket.gethostname()}
+    # What Ray left visible to this trial: "" when it reserved no GPU (see ray_cluster.py).
+    # node: the host's name for people; node_id: Ray's (two nodes of one host share a name).
+    report = {**trial["size"], "epochs": epochs, "node": socket.gethostname(),
+              "node_id": ray.get_runtime_context().get_node_id(),
+              "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     started = time.perf_counter()
     seed_accuracies: list[float] = []
     try:
@@ -48,7 +53,7 @@ def run_trial(trial: dict, data, outputs) -> None:
                              "val_accuracy_seeds": list(seed_accuracies), "epoch": fitted.epochs_trained,
                              "epochs_trained": len(seed_accuracies) * epochs,
                              "train_seconds": time.perf_counter() - started})
-    except (Exception, torch.OutOfMemoryError) as error:  # the reason goes to the study; the search goes on
+    except Exception as error:  # the reason goes to the study; the search goes on
         message = str(error).splitlines()[0] if str(error) else ""
         tune.report({**report, "failure_reason": f"{type(error).__name__}: {message}"[:500],
                      "epochs_trained": len(seed_accuracies) * epochs,

@@ -171,7 +171,7 @@ def test_search_completes_when_a_node_leaves_the_cluster(tmp_path):
     try:
         search_thread.start()
         deadline = time.monotonic() + 300
-        while not any(t.user_attrs.get("node") == worker.node_id for t in _trials_or_empty(tmp_path)
+        while not any(t.user_attrs.get("node_id") == worker.node_id for t in _trials_or_empty(tmp_path)
                       if t.state == States.COMPLETE):
             assert time.monotonic() < deadline and search_thread.is_alive(), \
                 f"no trial finished on the worker node; search outcome: {outcome!r}"
@@ -189,4 +189,4 @@ def test_search_completes_when_a_node_leaves_the_cluster(tmp_path):
     finished = [t for t in trials if t.state in (States.COMPLETE, States.FAIL)]
     assert len(finished) == 10, [t.state.name for t in trials]
     after = [t for t in trials if t.state == States.COMPLETE and t.datetime_start.timestamp() > removed_at]
-    assert after and all(t.user_attrs["node"] != worker.node_id for t in after)
+    assert after and all(t.user_attrs["node_id"] != worker.node_id for t in after)

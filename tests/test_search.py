@@ -31,6 +31,39 @@ def test_search_writes_a_real_optuna_study(study_file):
         assert 0.0 <= trial.values[0] <= 1.0 and trial.values[1] == trial.user_attrs["params"]
         assert {"config", "seed", "bytes_fp32", "macs", "train_seconds", "node"} <= set(trial.user_attrs)
         assert len(trial.user_attrs["val_accuracy_curve"]) == trial.user_attrs["config"]["schedule"]["epochs"]
+        # Optuna's own channels: the curve as intermediate values, readable by any Optuna tool.
+        assert list(trial.intermediate_values.values()) == trial.user_attrs["val_accuracy_curve"]
+    assert study.metric_names == ["val_accuracy", "params"]
+    assert not study.user_attrs.get("heartbeats"), "a driver that ended leaves no heartbeat behind"
+
+
+@pytest.mark.slow
+def test_the_readme_optuna_dashboard_recipe_shows_metric_names_and_curves(study_file):
+    """`optuna-dashboard sqlite:///studies/x.db` (README): its API serves what autokd wrote."""
+    import io
+    import json
+    import sys
+
+    from optuna_dashboard import wsgi
+
+    run_cli("search", study_file, "--no-report", "--no-progress", "--trials", "2", check=True)
+    app = wsgi(f"sqlite:///{study_file.parent / 'tiny.db'}")
+
+    def get(path: str) -> dict:
+        status = []
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "localhost",
+                   "SERVER_PORT": "8080", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
+                   "wsgi.errors": sys.stderr}
+        body = b"".join(app(environ, lambda code, headers, exc_info=None: status.append(code)))
+        assert status[0].startswith("200"), (path, status, body[:300])
+        return json.loads(body)
+
+    summary = next(s for s in get("/api/studies")["study_summaries"] if s["study_name"] == "tiny")
+    study = get(f"/api/studies/{summary['study_id']}")
+    assert study["objective_names"] == ["val_accuracy", "params"]  # not "Objective 0"
+    assert study["has_intermediate_values"]
+    curves = [[point["value"] for point in trial["intermediate_values"]] for trial in study["trials"]]
+    assert all(len(curve) == 2 for curve in curves), curves  # one value per epoch
 
 
 @pytest.mark.slow
@@ -72,7 +105,7 @@ def test_search_runs_on_a_two_node_cluster(tmp_path):
         # Trials of a few seconds: the two concurrent trials overlap, so both nodes get an actor.
         study_file = tiny_study(tmp_path, trials=6, epochs=10)
         result = autokd.search(study_file, address=cluster.address, progress=False, log=lambda message: None)
-        nodes = {t.user_attrs["node"] for t in result.study.get_trials() if t.state == States.COMPLETE}
+        nodes = {t.user_attrs["node_id"] for t in result.study.get_trials() if t.state == States.COMPLETE}
         assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s)"
     finally:
         ray.shutdown()
