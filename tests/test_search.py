@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from conftest import run_cli, tiny_study
+from conftest import run_cli, tiny_study, with_faults
 
 States = optuna.trial.TrialState
 
@@ -92,18 +92,21 @@ def test_existing_study_needs_resume_and_nothing_is_written(study_file):
 
 
 @pytest.mark.slow
-def test_search_runs_on_a_two_node_cluster(tmp_path):
+def test_search_runs_on_a_two_node_cluster(tmp_path, monkeypatch):
     import ray
     from ray.cluster_utils import Cluster
 
     import autokd
 
+    # Trials 0 and 1 wait for each other: two actors at once, one CPU per node, so both nodes train
+    # (on a loaded machine a second actor used to start only after the short trials had all finished).
+    for name, value in {**with_faults("0:overlap,1:overlap"), "AUTOKD_FAULT_DIR": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
-        # Trials of a few seconds: the two concurrent trials overlap, so both nodes get an actor.
-        study_file = tiny_study(tmp_path, trials=6, epochs=10)
+        study_file = tiny_study(tmp_path, trials=4, epochs=2)
         result = autokd.search(study_file, address=cluster.address, progress=False, log=lambda message: None)
         nodes = {t.user_attrs["node_id"] for t in result.study.get_trials() if t.state == States.COMPLETE}
         assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s)"

@@ -1,6 +1,8 @@
 """Test-only fault injection, loaded into every process of a test search (driver and Ray workers).
 
-A fault test puts this folder on PYTHONPATH and sets AUTOKD_INJECT_FAULT="3:nan,4:build,5:raise,7:oom,9:exit";
+A fault test puts this folder on PYTHONPATH and sets AUTOKD_INJECT_FAULT="3:nan,4:build,5:raise,7:oom,9:exit"
+(or "0:overlap,1:overlap": those trials wait, up to a minute, until both have started, so that two
+worker actors must exist at once; trials mark their start in AUTOKD_FAULT_DIR);
 Python imports `sitecustomize` at start-up, and this one wraps the product's documented seam,
 `autokd.runner.run_config` (every trial trains through it), as soon as `autokd.trial` is imported.
 Nothing of this lives in the product.
@@ -10,6 +12,8 @@ import importlib.abc
 import importlib.util
 import os
 import sys
+import time
+from pathlib import Path
 
 FAULTS = dict(item.split(":", 1) for item in os.environ.get("AUTOKD_INJECT_FAULT", "").split(",") if ":" in item)
 
@@ -24,6 +28,13 @@ def _install(trial_module) -> None:
 
     def faulty_run_trial(trial, data, outputs):
         current["number"] = str(trial["trial_number"])
+        if FAULTS.get(current["number"], "").strip() == "overlap":
+            marks = Path(os.environ["AUTOKD_FAULT_DIR"])
+            (marks / f"started-{current['number']}").touch()
+            overlapping = sum(FAULTS[n].strip() == "overlap" for n in FAULTS)
+            deadline = time.monotonic() + 60
+            while len(list(marks.glob("started-*"))) < overlapping and time.monotonic() < deadline:
+                time.sleep(0.2)
         return run_trial(trial, data, outputs)
 
     def faulty_run_config(config, data, targets, on_epoch=None, **kwargs):
