@@ -195,8 +195,6 @@ def test_ctrl_c_exits_130_leaves_no_trial_running_and_writes_no_report(interrupt
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="typer >= 0.24 turns the KeyboardInterrupt a command raises into a bare "
-                                       "exit 130: cli.main never sees SearchInterrupted (fix: catch it in `search`)")
 def test_ctrl_c_says_how_far_the_search_got_and_how_to_go_on(interrupted):
     done = sum(t.state == States.COMPLETE for t in interrupted["trials"])
     line = f"interrupted: {done}/{BUDGET} trials done — continue with: autokd search tiny.yaml --resume"
