@@ -47,9 +47,15 @@ def search(study: Path = typer.Argument(..., help="Study YAML file."),
                                                "--concurrency": ("resources", "concurrency", concurrency),
                                                "--timeout": ("budget", "time_limit_s", timeout)})
     from autokd.results import counts  # torch, Ray and Optuna load only once the flags are known to be good
+    from autokd.search import SearchInterrupted
     from autokd.search import search as run_search
 
-    result = run_search(spec, resume=resume, storage=storage, address=address, progress=not no_progress)
+    try:
+        result = run_search(spec, resume=resume, storage=storage, address=address, progress=not no_progress)
+    except SearchInterrupted as interrupt:  # caught here: typer would turn it into a bare exit 130
+        typer.echo(f"interrupted: {interrupt.done}/{interrupt.budget} trials done — continue with: "
+                   f"autokd search {interrupt.source} --resume", err=True)
+        raise typer.Exit(130) from None
     _print_front(result.pareto, result.spec.objectives)
     if report:
         from autokd.report import build_report
@@ -336,13 +342,8 @@ def main() -> None:
     except typer.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except KeyboardInterrupt as interrupt:
-        done = getattr(interrupt, "done", None)  # search.SearchInterrupted says how far the search got
-        if done is not None:
-            print(f"interrupted: {done}/{interrupt.budget} trials done — continue with: "
-                  f"autokd search {interrupt.source} --resume", file=sys.stderr)
-        else:
-            print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(exit_code if isinstance(exit_code, int) else 0)
 
