@@ -248,12 +248,14 @@ def export(study: str = typer.Argument(..., help="Study YAML file, or the study'
 
 
 # Columns of the front table, most important first; the last ones go first when the terminal is
-# narrow. Short headers are used before any column is dropped.
-_FRONT_EXTRAS = ("robust", "student.family", "distill.kind", "distill.temperature", "distill.teachers",
-                 "params", "macs")
+# narrow. Short headers are used before any column is dropped. A two-level study's front adds
+# `val_gain_pt` (paired val gain over CE-only ± SE, points) and `choice` (the role standing there).
+_FRONT_EXTRAS = ("val_gain_pt", "choice", "robust", "student.family", "distill.kind", "distill.temperature",
+                 "distill.teachers", "params", "macs")
 _SHORT_HEADERS = {"val_accuracy": "val acc", "bytes_fp32": "fp32 B", "bytes_fp16": "fp16 B",
-                  "student.family": "student", "distill.kind": "kd", "distill.temperature": "T",
-                  "distill.teachers": "teachers"}
+                  "val_gain_pt": "gain pt", "student.family": "student", "distill.kind": "kd",
+                  "distill.temperature": "T", "distill.teachers": "teachers"}
+_CHOICES = {"ce": "CE-only", "vanilla_kd": "vanilla KD", "tuned": "tuned KD"}
 
 
 def _print_front(front, objectives: list[str]) -> None:
@@ -262,6 +264,10 @@ def _print_front(front, objectives: list[str]) -> None:
     if front is None or len(front) == 0:
         typer.echo("no complete trials yet")
         return
+    if "val_gain_vs_ce" in front.columns and front["val_gain_vs_ce"].notna().any():  # a two-level front
+        front = front.assign(
+            val_gain_pt=[_gain_cell(gain, se) for gain, se in zip(front["val_gain_vs_ce"], front["val_gain_se"])],
+            choice=[_CHOICES.get(role, role or "") if isinstance(role, str) else "" for role in front["role"]])
     width = _terminal_width()
     console = Console(width=width)
     columns = ["trial", *objectives] + [c for c in _FRONT_EXTRAS if c in front.columns and c not in objectives]
@@ -289,6 +295,14 @@ def _front_table(front, columns: list[str], short: bool):
     for _, row in front.iterrows():
         table.add_row(*[_cell(int(row[c]) if c in SIZE_METRICS else row[c]) for c in columns])
     return table
+
+
+def _gain_cell(gain, standard_error) -> str:
+    """`+0.42±0.10`: a paired gain over CE-only and its standard error, fractions shown in points."""
+    if gain is None or gain != gain:
+        return ""
+    spread = "" if standard_error is None or standard_error != standard_error else f"±{100 * standard_error:.2f}"
+    return f"{100 * gain:+.2f}{spread}"
 
 
 def _terminal_width() -> int:

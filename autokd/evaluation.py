@@ -6,6 +6,14 @@ accuracy comes out as recorded) and measured once on the test split. Baselines s
 distillation bought: per distinct student architecture the same student is also trained with
 cross-entropy only and with vanilla KD, at the same schedule and seed.
 
+A level-2 trial of a two-level study (trial attrs `seeds`, `arch`, `role`) is evaluated on its
+paired seeds instead: the trial's config, its architecture's CE-only and vanilla-KD baselines
+(the level-2 baseline trials' configs; vanilla KD learns from the trial's `teachers_allowed`),
+each on every seed. Test accuracy is then the mean over the seeds, and the gains are paired
+(`pairing.paired_gain`, per seed) with their standard error. A trial that is itself a baseline
+is run once, under that baseline's kind: a CE-only front point and its CE-only baseline are the
+same runs.
+
 Every evaluation is cached as JSON under ``<cache_dir>/evaluations/<study>/<sha256>.json``
 (hash of the config, seed and kind), so a second report retrains nothing. Nothing here writes
 to the Optuna study, and test accuracy never feeds back into any choice.
@@ -24,6 +32,7 @@ import pandas as pd
 
 from autokd import data as data_module
 from autokd import distill
+from autokd import pairing
 from autokd.spec import DistillSpec, StudySpec, TrainConfig
 from autokd.teachers import atomic_write_bytes
 from autokd.runner import run_config
@@ -35,9 +44,11 @@ VANILLA_KD = {"kind": "kl", "temperature": 4.0, "w_kd": 0.9, "w_ce": 0.1, "w_fea
               "aggregation": "mean_logits"}
 
 # Columns of `evaluate_front` besides "trial" and the recorded "val_accuracy"; gains are in
-# test-accuracy percentage points (trial minus baseline).
+# test-accuracy percentage points (trial minus baseline). Over paired seeds, accuracies are means
+# and gains paired means with their standard error (`*_se`; NaN for one seed); `test_seeds` counts them.
 EVALUATION_COLUMNS = ("val_accuracy_retrained", "test_accuracy", "ce_test_accuracy", "vanilla_kd_test_accuracy",
-                      "gain_vs_ce", "gain_vs_vanilla_kd", "baseline_trial")
+                      "gain_vs_ce", "gain_vs_vanilla_kd", "baseline_trial", "gain_vs_ce_se", "gain_vs_vanilla_kd_se",
+                      "test_seeds")
 
 
 def evaluate_front(study: optuna.Study, spec: StudySpec, trial_numbers: Sequence[int], *, baselines: bool = True,
@@ -46,6 +57,7 @@ def evaluate_front(study: optuna.Study, spec: StudySpec, trial_numbers: Sequence
 
     Returns one row per trial: its recorded and retrained val accuracy, test accuracy, the test
     accuracy of its architecture's CE-only and vanilla-KD baselines, and the gains over them.
+    A level-2 trial of a two-level study is measured on its paired seeds (means, paired gains ± SE).
 
     Example::
 
@@ -54,17 +66,19 @@ def evaluate_front(study: optuna.Study, spec: StudySpec, trial_numbers: Sequence
         print(evaluate_front(study, spec, front["trial"].tolist())[["trial", "test_accuracy", "gain_vs_ce"]])
     """
     runner = _Runner(spec, log)
+    siblings = _level2_baselines(study)
     baselines_by_arch: dict[str, tuple[int, dict[str, float]]] = {}
     rows = []
     for trial in _complete_trials(study, trial_numbers):
+        if _paired(trial):
+            rows.append(_evaluate_paired(runner, trial, siblings, baselines, log))
+            continue
         config = TrainConfig.model_validate(trial.user_attrs["config"])
         result = runner.run(config, "trial", trial.number)
         recorded = trial.values[0]
-        if not math.isclose(result["val_accuracy"], recorded, rel_tol=0, abs_tol=1e-9):
-            log(f"warning: trial {trial.number} retrained to val accuracy {result['val_accuracy']:.4f}, "
-                f"recorded {recorded:.4f} (not reproducible on this machine)")
+        _warn_if_drifted(trial.number, result["val_accuracy"], recorded, log)
         row = {"trial": trial.number, "val_accuracy": recorded, "val_accuracy_retrained": result["val_accuracy"],
-               "test_accuracy": result["test_accuracy"]}
+               "test_accuracy": result["test_accuracy"], "test_seeds": 1}
         if baselines:
             # One pair of baselines per architecture, at the schedule and seed of its first trial.
             arch = json.dumps(config.student, sort_keys=True)
@@ -76,6 +90,88 @@ def evaluate_front(study: optuna.Study, spec: StudySpec, trial_numbers: Sequence
                        gain_vs_vanilla_kd=_gain(result["test_accuracy"], accuracies["vanilla_kd_test_accuracy"]))
         rows.append(row)
     return pd.DataFrame(rows, columns=["trial", "val_accuracy", *EVALUATION_COLUMNS])
+
+
+def _warn_if_drifted(number: int, retrained: float, recorded: float, log: Callable[[str], None]) -> None:
+    if not math.isclose(retrained, recorded, rel_tol=0, abs_tol=1e-9):
+        log(f"warning: trial {number} retrained to val accuracy {retrained:.4f}, "
+            f"recorded {recorded:.4f} (not reproducible on this machine)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Two-level studies: a level-2 trial on its paired seeds
+
+
+def _paired(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.user_attrs.get("level") == 2 and bool(trial.user_attrs.get("seeds"))
+
+
+def _level2_baselines(study: optuna.Study) -> dict[tuple[int, str], optuna.trial.FrozenTrial]:
+    """{(architecture, "ce" or "vanilla_kd"): its COMPLETE level-2 baseline trial} (the first, should there be two)."""
+    found: dict[tuple[int, str], optuna.trial.FrozenTrial] = {}
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        attrs = trial.user_attrs
+        if _paired(trial) and attrs.get("role") in (pairing.CE, pairing.VANILLA_KD) and "config" in attrs:
+            found.setdefault((int(attrs["arch"]), attrs["role"]), trial)
+    return found
+
+
+def _evaluate_paired(runner: _Runner, trial: optuna.trial.FrozenTrial,
+                     siblings: dict[tuple[int, str], optuna.trial.FrozenTrial], baselines: bool,
+                     log: Callable[[str], None]) -> dict:
+    """The trial, its CE-only and its vanilla-KD baseline on each of the trial's paired seeds."""
+    attrs = trial.user_attrs
+    seeds = [int(seed) for seed in attrs["seeds"]]
+    config = TrainConfig.model_validate(attrs["config"])
+    role, arch = attrs.get("role"), attrs.get("arch")
+    # A baseline trial runs under its baseline's kind, so that baseline is never trained a second time.
+    kind = role if role in (pairing.CE, pairing.VANILLA_KD) else "trial"
+    runs = _on_seeds(runner, config, kind, trial.number, seeds)
+    retrained = sum(run["val_accuracy"] for run in runs) / len(runs)  # as the trial averaged its seeds
+    recorded = trial.values[0]
+    _warn_if_drifted(trial.number, retrained, recorded, log)
+    tests = [run["test_accuracy"] for run in runs]
+    row = {"trial": trial.number, "val_accuracy": recorded, "val_accuracy_retrained": retrained,
+           "test_accuracy": sum(tests) / len(tests), "test_seeds": len(seeds)}
+    if not baselines:
+        return row
+    ce_trial = siblings.get((int(arch), pairing.CE)) if arch is not None else None
+    row["baseline_trial"] = ce_trial.number if ce_trial is not None else trial.number
+    for baseline in (pairing.CE, pairing.VANILLA_KD):
+        if kind == baseline:
+            baseline_runs = runs
+        else:
+            sibling = siblings.get((int(arch), baseline)) if arch is not None else None
+            other = _paired_baseline_config(config, baseline, sibling, attrs.get("teachers_allowed"))
+            if other is None:  # vanilla KD without a teacher: the study has none
+                row.update({f"{baseline}_test_accuracy": math.nan, f"gain_vs_{baseline}": math.nan,
+                            f"gain_vs_{baseline}_se": math.nan})
+                continue
+            baseline_runs = _on_seeds(runner, other, baseline, sibling.number if sibling else trial.number, seeds)
+        baseline_tests = [run["test_accuracy"] for run in baseline_runs]
+        gain, standard_error = pairing.paired_gain(tests, baseline_tests)
+        row.update({f"{baseline}_test_accuracy": sum(baseline_tests) / len(baseline_tests),
+                    f"gain_vs_{baseline}": round(100.0 * gain, 6),
+                    f"gain_vs_{baseline}_se": round(100.0 * standard_error, 6)})
+    return row
+
+
+def _paired_baseline_config(config: TrainConfig, kind: str, sibling: optuna.trial.FrozenTrial | None,
+                            teachers_allowed: list[str] | None) -> TrainConfig | None:
+    """The baseline the search trained for this architecture; rebuilt from `config` when it has none."""
+    if sibling is not None:
+        return TrainConfig.model_validate(sibling.user_attrs["config"])
+    if kind == pairing.VANILLA_KD:
+        if not config.teachers:
+            return None
+        if teachers_allowed:
+            config = config.model_copy(update={"distill": config.distill.model_copy(
+                update={"teachers": list(teachers_allowed)})})
+    return baseline_config(config, kind)
+
+
+def _on_seeds(runner: _Runner, config: TrainConfig, kind: str, trial_number: int, seeds: list[int]) -> list[dict]:
+    return [runner.run(config.model_copy(update={"seed": seed}), kind, trial_number) for seed in seeds]
 
 
 def baseline_config(config: TrainConfig, kind: str) -> TrainConfig:

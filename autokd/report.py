@@ -11,6 +11,9 @@
     hypervolume.png   front hypervolume after each trial, against the stated reference point
     importance.png    Optuna parameter importance for each objective
     effects.png       temperature and KD weight against val accuracy, coloured by size
+    temperature.png/.svg  two-level studies: each front architecture's chosen temperature and KD share
+                      against its size, labelled with the paired val gain over CE-only (CE-only points
+                      hollow at the bottom); skipped with a note in a flat study
     trials.csv        every trial (`results.trials_frame`)
     pareto.csv        the rank-0 rows of trials.csv, plus test accuracy and gains over baselines
     summary.json      what the page shows, machine-readable
@@ -19,6 +22,11 @@ The study is only read, once: its trials are copied into memory, so a search tha
 writing cannot change them mid-build and every table and plot describes the same trials. The
 folder is built beside its target and renamed into place, so a crash never leaves half a report.
 Test accuracy comes from `evaluation.evaluate_front`; it is shown, never used to select anything.
+
+A two-level study's front holds one choice per architecture (`results.architecture_choices`): the
+table says which role stands there and why, with its paired gain over CE-only ± SE on val (from
+the search) and on test (the same seeds, retrained). Teachers less accurate than the best CE-only
+student are flagged: they cannot teach it much, and a two-level search leaves them out of level 2.
 
 The knee is `pareto.knee_index` over the front in trial order on log size, the points and order
 `autokd export --knee` sees, so the two name the same trial. Front trials below half
@@ -56,6 +64,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from autokd.errors import AutokdError, StorageError
 from autokd.evaluation import EVALUATION_COLUMNS, evaluate_front
+from autokd.pairing import CE, TUNED, VANILLA_KD, paired_gain
 from autokd.pareto import USEFUL_SHARE, hypervolume, knee_index, pareto_front_mask, useful_mask
 from autokd.results import (front_frame, hypervolume_points, hypervolume_reference, log_sizes, robust_frame,
                             study_and_spec, study_hypervolume, trials_frame)
@@ -67,6 +76,12 @@ FAINT, FRONT, KNEE, TEACHER, LIMIT = "#8a96a3", "#c0392b", "#f1c40f", "#222222",
 KNEE_RULE = ("farthest below the line joining the ends of the front on log size, among front trials with at least "
              f"{USEFUL_SHARE:.0%} of the best val accuracy")
 RAY_NODE_ID = re.compile(r"[0-9a-f]{56}")
+TEMPERATURE_KINDS = ("kl", "dkd", "lskd", "dist")  # the KD kinds that soften logits with T
+ROLE_LABELS = {CE: "CE-only", VANILLA_KD: "vanilla KD", TUNED: "tuned KD", "architecture": "architecture (level 1)"}
+WEAKER = "weaker than the best CE-only student"
+HINTON_T = (2.5, 4.0)  # Hinton et al. 2015: the best T for 30-unit MNIST students
+TEMPERATURE_CAPTION = ("the study's own answer to which T for which student (Hinton et al. 2015 found 30-unit "
+                       "MNIST students best at T 2.5-4)")
 
 
 def build_report(study: str | Path, storage: str | None = None, out: str | Path | None = None,
@@ -97,6 +112,8 @@ def build_report(study: str | Path, storage: str | None = None, out: str | Path 
                    "front_by_mean": "robust_front_by_mean"}
         front = front.merge(robust[["trial", *columns]].rename(columns=columns), on="trial", how="left")
     teachers = _teacher_rows(spec, notes, log)
+    best_ce_only = _best_ce_only_student(snapshot)
+    teachers = _flag_weak_teachers(teachers, snapshot, spec, best_ce_only)
     folder = Path(out) if out is not None else Path("reports") / spec.name
 
     with _staging(folder) as staging:
@@ -108,8 +125,18 @@ def build_report(study: str | Path, storage: str | None = None, out: str | Path 
             _plot_importance(staging / "importance.png", importances)
         if not _plot_effects(staging / "effects.png", frame, spec):
             notes.append(f"effects plot skipped: no complete trial has {' or '.join(EFFECT_PARAMS)}")
+        curve = _temperature_points(front, spec) if _two_level(snapshot) else None
+        if curve is None:
+            notes.append("temperature curve skipped: a flat study has no per-architecture choice to plot "
+                         "(two-level studies only)")
+        elif curve.empty:
+            notes.append("temperature curve skipped: no architecture has its level-2 choice yet")
+        else:
+            _plot_temperature(staging, curve, spec)
         summary = _summary(str(study), storage, spec, snapshot, frame, front, teachers, importances, knee, notes)
         summary["robust"] = robust.to_dict("records")
+        summary["best_ce_only_student"] = best_ce_only
+        summary["temperature_curve"] = [] if curve is None else curve.to_dict("records")
         frame.to_csv(staging / "trials.csv", index=False)
         front.to_csv(staging / "pareto.csv", index=False)
         (staging / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
@@ -137,6 +164,90 @@ def _snapshot(study: optuna.Study) -> optuna.Study:
     return copy
 
 
+def _two_level(study: optuna.Study) -> bool:
+    return study.user_attrs.get("search_mode") == "two_level"
+
+
+def _best_ce_only_student(study: optuna.Study) -> dict[str, Any] | None:
+    """{"trial", "val_accuracy"} of the study's most accurate CE-only student, or None.
+
+    Two-level: the best level-1 trial (architectures train with cross-entropy only; what
+    `levels.TwoLevelPlan.able_teachers` compares teachers with). Flat: the best trial whose config
+    has w_kd == 0 and w_feat == 0, if any. Ties go to the lower trial number.
+    """
+    two_level = _two_level(study)
+    best = None
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if not trial.values:
+            continue
+        if two_level:
+            ce_only = trial.user_attrs.get("level") == 1
+        else:
+            settings = (trial.user_attrs.get("config") or {}).get("distill") or {}
+            ce_only = settings.get("w_kd", 1.0) == 0 and settings.get("w_feat", 0.0) == 0
+        if ce_only and (best is None or trial.values[0] > best["val_accuracy"]):
+            best = {"trial": trial.number, "val_accuracy": float(trial.values[0])}
+    return best
+
+
+def _flag_weak_teachers(teachers: list[dict], study: optuna.Study, spec: StudySpec,
+                       best: dict[str, Any] | None) -> list[dict]:
+    """The teacher rows with `weaker` (val accuracy below `best`'s) and `can_teach` (the page's verdict).
+
+    In a two-level study the verdict says what level 2 did with a weaker teacher: the level-2
+    trials' `teachers_allowed` when there are any, else the plan's rule (left out unless
+    `search.weak_teachers: keep`, or unless every teacher is weaker).
+    """
+    if not teachers:
+        return teachers
+    weaker = {t["name"]: best is not None and t["val_accuracy"] < best["val_accuracy"] for t in teachers}
+    allowed = None
+    if _two_level(study):
+        lists = [t.user_attrs["teachers_allowed"] for t in study.get_trials(deepcopy=False)
+                 if t.user_attrs.get("level") == 2 and t.user_attrs.get("teachers_allowed") is not None]
+        if lists:
+            allowed = {name for names in lists for name in names}
+        elif spec.search.weak_teachers == "keep" or all(weaker.values()):
+            allowed = set(weaker)
+        else:
+            allowed = {name for name, weak in weaker.items() if not weak}
+    rows = []
+    for teacher in teachers:
+        name = teacher["name"]
+        if not weaker[name]:
+            verdict = "yes"
+        elif allowed is None:
+            verdict = WEAKER
+        elif name not in allowed:
+            verdict = f"{WEAKER}: left out of level 2"
+        else:
+            why = ("search.weak_teachers: keep" if spec.search.weak_teachers == "keep"
+                   else "no teacher is stronger")
+            verdict = f"{WEAKER}: kept in level 2 ({why})"
+        rows.append({**teacher, "weaker": weaker[name], "can_teach": verdict})
+    return rows
+
+
+def _best_distilled(study: optuna.Study) -> dict[int, dict[str, Any]]:
+    """Per architecture of a two-level study: the most accurate distilled level-2 config (vanilla KD or
+    tuned, by mean val) and its paired gain over CE-only, in points. What a CE-only place turned down."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if t.user_attrs.get("level") == 2 and t.user_attrs.get("val_accuracy_seeds")]
+    baselines = {t.user_attrs.get("arch"): t for t in complete if t.user_attrs.get("role") == CE}
+    best: dict[int, dict[str, Any]] = {}
+    for trial in sorted(complete, key=lambda t: (-t.values[0], t.number)):
+        arch, role = trial.user_attrs.get("arch"), trial.user_attrs.get("role")
+        baseline = baselines.get(arch)
+        if role == CE or baseline is None or arch in best:
+            continue
+        seeds, baseline_seeds = trial.user_attrs["val_accuracy_seeds"], baseline.user_attrs["val_accuracy_seeds"]
+        if len(seeds) != len(baseline_seeds):
+            continue
+        gain, standard_error = paired_gain(seeds, baseline_seeds)
+        best[int(arch)] = {"trial": trial.number, "gain_pt": 100 * gain, "se_pt": 100 * standard_error}
+    return best
+
+
 def _front_with_tests(frame: pd.DataFrame, snapshot: optuna.Study, spec: StudySpec, evaluate_test: bool,
                       baselines: bool, notes: list[str], log: Callable[[str], None]) -> pd.DataFrame:
     """Exactly the rank-0 rows of `frame` (smallest first), with the test columns joined on."""
@@ -154,6 +265,9 @@ def _front_with_tests(frame: pd.DataFrame, snapshot: optuna.Study, spec: StudySp
             notes.append("test accuracy not evaluated for this build (evaluate_test=False)")
     if evaluate_test and len(front) and not baselines:
         notes.append("baselines not trained (--no-baselines): gains are empty")
+    if evaluate_test and (front["test_seeds"] > 1).any():
+        notes.append("two-level front points are measured on their paired seeds: test accuracy is the mean over "
+                     "them, test gains are paired (per seed) means ± standard error, the same runs as on val")
     return front
 
 
@@ -391,6 +505,97 @@ def _plot_effects(path: Path, frame: pd.DataFrame, spec: StudySpec) -> bool:
     return True
 
 
+def _temperature_points(front: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
+    """One row per level-2 choice on the front: trial, role, size, the chosen temperature (NaN where T does
+    not apply: CE-only, or a KD kind without T), the KD share w_kd / (w_ce + w_kd) and the paired val gain
+    over CE-only ± SE in points. Smallest student first."""
+    size = spec.objectives[1]
+    columns = ["trial", "role", "size", "temperature", "kd_share", "kind", "val_gain_pt", "val_gain_se_pt"]
+    rows = []
+    for row in front.to_dict("records") if "role" in front.columns else []:
+        if row.get("role") not in (CE, VANILLA_KD, TUNED):
+            continue
+        settings = (json.loads(row["config"]) if isinstance(row.get("config"), str) else {}).get("distill", {})
+        w_ce, w_kd = float(settings.get("w_ce", 0.0)), float(settings.get("w_kd", 0.0))
+        distilled = row["role"] != CE and (w_kd > 0 or float(settings.get("w_feat", 0.0)) > 0)
+        kind = settings.get("kind") if distilled else None
+        rows.append({"trial": int(row["trial"]), "role": row["role"], "size": float(row[size]),
+                     "temperature": float(settings["temperature"]) if kind in TEMPERATURE_KINDS else math.nan,
+                     "kd_share": w_kd / (w_ce + w_kd) if distilled and w_ce + w_kd > 0 else 0.0, "kind": kind,
+                     "val_gain_pt": _points(row.get("val_gain_vs_ce")),
+                     "val_gain_se_pt": _points(row.get("val_gain_se"))})
+    points = pd.DataFrame(rows, columns=columns)
+    return points.sort_values(["size", "trial"]).reset_index(drop=True)
+
+
+def _plot_temperature(folder: Path, points: pd.DataFrame, spec: StudySpec) -> None:
+    figure = _temperature_figure(points, spec)
+    figure.savefig(folder / "temperature.png", dpi=110)
+    figure.savefig(folder / "temperature.svg")
+
+
+def _temperature_figure(points: pd.DataFrame, spec: StudySpec) -> Figure:
+    """Chosen T (left) and KD share (right) against log size; where T does not apply the point sits hollow
+    (CE-only) or as x (a KD kind without T) on the bottom edge. Each point carries its paired val gain."""
+    size = spec.objectives[1]
+    figure, (t_axes, share_axes) = _figure(11, 4.4, columns=2, left=0.07, right=0.98, bottom=0.14, top=0.84,
+                                           wspace=0.22)
+    figure.suptitle(f"{spec.name}: the distillation chosen per front architecture "
+                    "(labels: paired val gain over CE-only, pt)", fontsize=10)
+    sizes = np.log10(np.maximum(points["size"].to_numpy(float), 1.0))
+    margin = max(0.12 * (sizes.max() - sizes.min()), 0.3)
+    left, right = sizes.min() - margin, sizes.max() + margin
+    temperatures = points["temperature"].dropna()
+    t_top = max(8.0, 1.25 * float(temperatures.max())) if len(temperatures) else 8.0
+    t_axes.axhspan(*HINTON_T, color=KNEE, alpha=0.25, linewidth=0, label="Hinton et al. 2015: T 2.5-4")
+    ce = points["role"] == CE
+    has_t = points["temperature"].notna()
+    no_t = ~ce & ~has_t
+    for axes, column, bottom, top in ((t_axes, "temperature", 0.0, t_top), (share_axes, "kd_share", 0.0, 1.05)):
+        _log_axis(axes.xaxis)
+        axes.set_xlim(10 ** left, 10 ** right)
+        axes.set_ylim(bottom, top)
+        values = points[column].fillna(bottom) if column == "temperature" else points[column]
+        line = points[~ce & has_t] if column == "temperature" else points[~ce]  # the curve over the distilled
+        axes.plot(line["size"], line[column], color=FRONT, linewidth=1.2, linestyle="--", alpha=0.7)
+        axes.scatter(points.loc[~ce & ~no_t, "size"], values[~ce & ~no_t], s=46, color=FRONT, zorder=3,
+                     clip_on=False, label="distilled choice")
+        if no_t.any():
+            axes.scatter(points.loc[no_t, "size"], values[no_t], s=46, marker="x", color=FRONT, zorder=3,
+                         clip_on=False, label="distilled, kind without T (at the bottom)" if column == "temperature"
+                         else "distilled, kind without T")
+        if ce.any():
+            axes.scatter(points.loc[ce, "size"], values[ce], s=52, facecolors="none", edgecolors=TEACHER,
+                         linewidths=1.3, zorder=3, clip_on=False,
+                         label="CE-only: T n/a (at the bottom)" if column == "temperature" else "CE-only: share 0")
+        for (_, row), y in zip(points.iterrows(), values):
+            text = "CE-only" if row["role"] == CE else _gain_text(row["val_gain_pt"], row["val_gain_se_pt"])
+            to_left = (np.log10(max(row["size"], 1.0)) - left) / (right - left) > 0.75
+            axes.annotate(text, (row["size"], y), textcoords="offset points", xytext=(-6 if to_left else 6, 6),
+                          ha="right" if to_left else "left", va="bottom", fontsize=7.5, annotation_clip=False,
+                          color=TEACHER if row["role"] == CE else FRONT)
+        axes.set_xlabel(f"{size} (log scale)")
+        axes.grid(True, which="both", alpha=0.25)
+    t_axes.set_ylabel("chosen temperature T")
+    t_axes.set_title("temperature", fontsize=10)
+    share_axes.set_ylabel("w_kd / (w_ce + w_kd)")
+    share_axes.set_title("KD share of the loss", fontsize=10)
+    t_axes.legend(loc="upper left", fontsize=7.5)
+    return figure
+
+
+def _points(fraction: Any) -> float:
+    """A fraction of accuracy in percentage points; NaN when missing."""
+    return math.nan if _missing(fraction) else 100.0 * float(fraction)
+
+
+def _gain_text(gain_pt: float, se_pt: float) -> str:
+    """`+0.42 ± 0.10 pt`; without a standard error (one seed) just the gain."""
+    if _missing(gain_pt):
+        return "—"
+    return f"{gain_pt:+.2f} pt" if _missing(se_pt) else f"{gain_pt:+.2f} ± {se_pt:.2f} pt"
+
+
 # ---------------------------------------------------------------------------------------------
 # The summary: everything the page shows, as plain data (summary.json is this dict)
 
@@ -404,6 +609,8 @@ def _summary(study_arg: str, storage: str | None, spec: StudySpec, snapshot: opt
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
     all_teachers = [t.name for t in spec.teachers]
+    two_level = _two_level(snapshot)
+    turned_down = _best_distilled(snapshot) if two_level else {}
     useful = (useful_mask(front[spec.objectives].to_numpy(float), spec.directions) if len(front)
               else np.ones(0, dtype=bool))
     return {
@@ -415,6 +622,7 @@ def _summary(study_arg: str, storage: str | None, spec: StudySpec, snapshot: opt
         "constraints": spec.constraints,
         "data": spec.data.model_dump(mode="json"),
         "teachers": teachers,
+        "two_level": two_level,
         "search_space": snapshot.user_attrs.get("space") or spec.search_space,
         "sampler": spec.sampler.model_dump(mode="json"),
         "budget": spec.budget.model_dump(mode="json"),
@@ -434,7 +642,7 @@ def _summary(study_arg: str, storage: str | None, spec: StudySpec, snapshot: opt
         "knee_commands": _knee_commands(study_arg, storage, knee),
         "useful_floor": USEFUL_SHARE * float(front["val_accuracy"].max()) if len(front) else None,
         "front": [{**_front_row(row, position, knee, spec, all_teachers,
-                                _export_command(study_arg, storage, row["trial"])), "useful": bool(ok)}
+                                _export_command(study_arg, storage, row["trial"]), turned_down), "useful": bool(ok)}
                   for position, (row, ok) in enumerate(zip(front.to_dict("records"), useful), start=1)],
         "importance": importances,
         "notes": notes,
@@ -442,22 +650,38 @@ def _summary(study_arg: str, storage: str | None, spec: StudySpec, snapshot: opt
 
 
 def _front_row(values: dict[str, Any], position: int, knee: int | None, spec: StudySpec, all_teachers: list[str],
-               export_command: str) -> dict[str, Any]:
+               export_command: str, turned_down: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
     config = json.loads(values["config"]) if isinstance(values.get("config"), str) else {}
     settings = config.get("distill", {})
     uses_teachers = settings.get("w_kd", 0) > 0 or settings.get("w_feat", 0) > 0
     kind = settings.get("kind")
+    role = values.get("role") if isinstance(values.get("role"), str) else None
     return {
         "position": position, "trial": int(values["trial"]), "knee": bool(values["trial"] == knee),
         **{name: values.get(name) for name in (*spec.objectives, "params", "bytes_fp32", "macs")},
-        "temperature": settings.get("temperature") if uses_teachers and kind in ("kl", "dkd") else None,
+        "temperature": settings.get("temperature") if uses_teachers and kind in TEMPERATURE_KINDS else None,
         "w_ce": settings.get("w_ce"), "w_kd": settings.get("w_kd"), "w_feat": settings.get("w_feat"),
         "kd_kind": kind if uses_teachers else None, "aggregation": settings.get("aggregation"),
         "student": config.get("student", {}),
         "teachers_used": (settings.get("teachers") or all_teachers) if uses_teachers else [],
         **{column: values.get(column) for column in EVALUATION_COLUMNS},
+        "role": role, "choice": _choice_text(values, role, (turned_down or {}).get(values.get("arch"))),
+        "val_gain_vs_ce_pt": _points(values.get("val_gain_vs_ce")),
+        "val_gain_se_pt": _points(values.get("val_gain_se")),
         "export_command": export_command,
     }
+
+
+def _choice_text(values: dict[str, Any], role: str | None, turned_down: dict[str, Any] | None) -> str | None:
+    """`CE-only — distillation did not help at this size (best distilled: trial 7, +0.10 ± 0.20 pt)`."""
+    if role is None:
+        return None
+    reason = values.get("front_reason")
+    text = ROLE_LABELS.get(role, role) + ("" if _missing(reason) else f" — {reason}")
+    if role == CE and turned_down is not None:
+        text += (f" (best distilled: trial {turned_down['trial']}, "
+                 f"{_gain_text(turned_down['gain_pt'], turned_down['se_pt'])})")
+    return text
 
 
 def _export_command(study_arg: str, storage: str | None, trial: int) -> str:
@@ -632,8 +856,11 @@ def _overview_rows(summary: dict) -> list[list[Any]]:
 
 def _front_table(summary: dict) -> str:
     size = summary["objectives"][1]
+    two_level = summary.get("two_level", False)
     headers = ["#", "trial", "params", "bytes (fp32)", "MACs", "val acc", "test acc", "T",
                "weights ce / kd / feat", "KD kind", "student", "teachers", "gain vs CE", "gain vs vanilla KD"]
+    if two_level:
+        headers[-2:] = ["choice", "val gain vs CE", "test gain vs CE", "test gain vs vanilla KD"]
     if size not in ("params", "bytes_fp32", "macs"):
         headers.insert(5, size)
     rows, classes = [], []
@@ -645,6 +872,10 @@ def _front_table(summary: dict) -> str:
                  " / ".join(_number(row[k]) for k in ("w_ce", "w_kd", "w_feat")), row["kd_kind"] or "none (CE)",
                  _arch_text(row["student"]), ", ".join(row["teachers_used"]) or "—", _gain(row["gain_vs_ce"]),
                  _gain(row["gain_vs_vanilla_kd"])]
+        if two_level:
+            cells[-2:] = [row["choice"] or "—", _gain_text(row["val_gain_vs_ce_pt"], row["val_gain_se_pt"]),
+                          _gain_text(row["gain_vs_ce"], row["gain_vs_ce_se"]),
+                          _gain_text(row["gain_vs_vanilla_kd"], row["gain_vs_vanilla_kd_se"])]
         if size not in ("params", "bytes_fp32", "macs"):
             cells.insert(5, _number(row[size]))
         rows.append(cells)
@@ -674,6 +905,35 @@ def _knee_block(summary: dict) -> str:
                      f"drawn ▼ at its bottom edge with their accuracy, stay in the table, and are no candidates "
                      f"for the knee: {_e(listed)}.</p>")
     return "".join(parts)
+
+
+def _two_level_gains_text(summary: dict) -> str:
+    seeds = sorted({int(row["test_seeds"]) for row in summary["front"] if not _missing(row.get("test_seeds"))})
+    counted = " or ".join(map(str, seeds)) or "its"
+    return ("Each architecture holds one front place: CE-only unless a distilled config's paired val gain "
+            "beats the margin (choice). Val and test accuracy are means over the architecture's "
+            f"{_e(counted)} paired seeds; gains are percentage points over the same student trained with "
+            "cross-entropy only (and with vanilla KD: KL, T=4, w_kd 0.9, w_ce 0.1) on the same seeds, the mean of "
+            "the per-seed differences ± its standard error.")
+
+
+def _teachers_block(summary: dict) -> str:
+    """The teachers, each with whether it can teach: one less accurate than the best CE-only student cannot."""
+    best = summary.get("best_ce_only_student")
+    if best is None:
+        intro = "<p>No CE-only student in the study to compare the teachers with.</p>"
+    else:
+        source = ("the best level-1 architecture" if summary.get("two_level") else
+                  "the best trial trained with cross-entropy only")
+        intro = (f"<p>Teachers that can teach: a teacher less accurate (val) than the best CE-only student of the "
+                 f"study (trial {_e(best['trial'])}, val acc {_e(_accuracy(best['val_accuracy']))}, {source}) has "
+                 "little to teach it. A two-level search leaves such teachers out of level 2 unless "
+                 "<code>search.weak_teachers: keep</code>.</p>")
+    rows = [[t["name"], _arch_text(t["arch"]), _number(t["params"]), _accuracy(t["val_accuracy"]),
+             _accuracy(t["test_accuracy"]), t.get("can_teach", "—")] for t in summary["teachers"]]
+    classes = ["low" if t.get("weaker") else "" for t in summary["teachers"]]
+    return intro + _table(["name", "architecture", "params", "val acc", "test acc", "can teach"], rows,
+                          row_classes=classes, table_id="teachers-table")
 
 
 def _robust_table(summary: dict) -> str:
@@ -750,17 +1010,15 @@ def render_html(summary: dict, folder: Path) -> str:
         parts += ["<h2>Pareto front</h2>", _image(folder, "pareto.png", f"{name}: validation accuracy vs size"),
                   _knee_block(summary),
                   '<p>Also as <a href="pareto.svg">SVG</a>; all rows in <a href="pareto.csv">pareto.csv</a>, '
-                  'every trial in <a href="trials.csv">trials.csv</a>. Gains are test-accuracy percentage points '
-                  "over the same student trained with cross-entropy only and with vanilla KD (KL, T=4, "
-                  "w_kd 0.9, w_ce 0.1), same schedule and seed.</p>",
+                  'every trial in <a href="trials.csv">trials.csv</a>. '
+                  + (_two_level_gains_text(summary) if summary.get("two_level") else
+                     "Gains are test-accuracy percentage points over the same student trained with cross-entropy "
+                     "only and with vanilla KD (KL, T=4, w_kd 0.9, w_ce 0.1), same schedule and seed.") + "</p>",
                   _front_table(summary)]
     if summary["robust"]:
         parts += ["<h2>Robust front</h2>", _robust_table(summary)]
     if summary["teachers"]:
-        parts += ["<h2>Teachers</h2>", _table(
-            ["name", "architecture", "params", "val acc", "test acc"],
-            [[t["name"], _arch_text(t["arch"]), _number(t["params"]), _accuracy(t["val_accuracy"]),
-              _accuracy(t["test_accuracy"])] for t in summary["teachers"]])]
+        parts += ["<h2>Teachers</h2>", _teachers_block(summary)]
     if summary["failure_reasons"]:
         parts += ["<h2>Trials that did not complete</h2>",
                   _table(["state", "reason", "count"],
@@ -769,6 +1027,13 @@ def render_html(summary: dict, folder: Path) -> str:
         parts += ["<h2>Search progress</h2>", _image(folder, "hypervolume.png", "front hypervolume by trial"),
                   "<h2>Parameter importance</h2>", _image(folder, "importance.png", "parameter importance"),
                   "<h2>Temperature and KD weight</h2>", _image(folder, "effects.png", "parameter effects")]
+        if summary.get("temperature_curve"):
+            parts += ["<h2>Temperature by student size</h2>",
+                      _image(folder, "temperature.png", "chosen temperature and KD share by student size"),
+                      f'<p class="caption" id="temperature-caption">The temperature curve: {_e(TEMPERATURE_CAPTION)}. '
+                      "Filled: the distilled config that took the architecture's front place, labelled with its "
+                      "paired val gain over CE-only; hollow at the bottom: CE-only (T does not apply); the shaded "
+                      'band is T 2.5-4. Also as <a href="temperature.svg">SVG</a>.</p>']
     parts += ["<h2>Search space</h2>", _table(["parameter", "type", "range / choices", "only when"],
                                               _space_rows(summary["search_space"]))]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -82,6 +82,9 @@ def test_baselines_are_trained_once_per_architecture_with_gains(searched):
     for row in frame.itertuples():
         assert row.gain_vs_ce == pytest.approx(100 * (row.test_accuracy - row.ce_test_accuracy))
         assert row.gain_vs_vanilla_kd == pytest.approx(100 * (row.test_accuracy - row.vanilla_kd_test_accuracy))
+    # One seed per flat trial: no standard error to give.
+    assert frame["test_seeds"].tolist() == [1, 1]
+    assert frame[["gain_vs_ce_se", "gain_vs_vanilla_kd_se"]].isna().all().all()
     folder = Path(spec.cache_dir) / "evaluations" / spec.name
     cached = [json.loads(path.read_text()) for path in folder.glob("*.json")]
     assert sorted(entry["kind"] for entry in cached) == ["ce", "trial", "trial", "vanilla_kd"]

@@ -353,3 +353,101 @@ def test_a_crash_leaves_the_previous_report_untouched(tmp_path, monkeypatch):
         build_report(str(path), out=folder, evaluate_test=False, log=lambda m: None)
     assert (folder / "index.html").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+
+
+def test_a_flat_study_gets_no_temperature_curve_but_a_note(built):
+    folder, _ = built  # FILES (test_all_files_written) has no temperature.png: the figure is skipped
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["temperature_curve"] == [] and not summary["two_level"]
+    assert any(note.startswith("temperature curve skipped: a flat study") for note in summary["notes"])
+    page = (folder / "index.html").read_text()
+    assert "Temperature by student size" not in page and "val gain vs CE" not in page
+
+
+# ---------------------------------------------------------------------------------------------
+# Teachers that can teach: a teacher below the best CE-only student is flagged (issue 12, item 6)
+
+TEACHERS = [{"name": "strong", "val_accuracy": 0.90}, {"name": "weak", "val_accuracy": 0.84},
+            {"name": "equal", "val_accuracy": 0.85}]
+
+
+def _two_level_study(level2_teachers: list[str] | None) -> optuna.Study:
+    """Level 1: trials 0 (0.80) and 1 (0.85, the best CE-only student); level 2 allowed `level2_teachers`."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("search_mode", "two_level")
+    for accuracy in (0.80, 0.85):
+        study.add_trial(optuna.trial.create_trial(values=[accuracy, 100], user_attrs={"level": 1,
+                                                                                      "role": "architecture"}))
+    if level2_teachers is not None:
+        # Its CE-only baseline beats every level-1 trial: the comparison is with level 1 all the same.
+        for role, accuracy in (("ce", 0.95), ("vanilla_kd", 0.86)):
+            study.add_trial(optuna.trial.create_trial(values=[accuracy, 100], user_attrs={
+                "level": 2, "role": role, "arch": 1, "teachers_allowed": level2_teachers}))
+    return study
+
+
+def _verdicts(study: optuna.Study, spec: StudySpec) -> dict[str, str]:
+    best = report._best_ce_only_student(study)
+    return {t["name"]: t["can_teach"] for t in report._flag_weak_teachers(TEACHERS, study, spec, best)}
+
+
+def test_two_level_teachers_below_the_best_level1_student_are_left_out_of_level_2(tmp_path):
+    spec = study_spec(tmp_path)
+    study = _two_level_study(["strong", "equal"])
+    assert report._best_ce_only_student(study) == {"trial": 1, "val_accuracy": 0.85}
+    assert _verdicts(study, spec) == {"strong": "yes", "equal": "yes",
+                                      "weak": "weaker than the best CE-only student: left out of level 2"}
+    # Before level 2 has a trial the plan's rule says the same.
+    assert _verdicts(_two_level_study(None), spec)["weak"] == \
+        "weaker than the best CE-only student: left out of level 2"
+    # Kept on request: still flagged, and the page says why it was kept.
+    keep = spec.model_copy(update={"search": spec.search.model_copy(update={"weak_teachers": "keep"})})
+    assert _verdicts(_two_level_study(["strong", "weak", "equal"]), keep)["weak"] == \
+        "weaker than the best CE-only student: kept in level 2 (search.weak_teachers: keep)"
+    assert _verdicts(_two_level_study(None), keep)["weak"] == \
+        "weaker than the best CE-only student: kept in level 2 (search.weak_teachers: keep)"
+
+
+def _flat_study(distill_settings: list[tuple[float, dict]]) -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for accuracy, settings in distill_settings:
+        study.add_trial(optuna.trial.create_trial(values=[accuracy, 100],
+                                                  user_attrs={"config": {"distill": settings}}))
+    return study
+
+
+def test_flat_teachers_are_compared_with_the_best_trial_without_distillation(tmp_path):
+    spec = study_spec(tmp_path)
+    study = _flat_study([(0.99, {"w_ce": 0.5, "w_kd": 0.5}), (0.845, {"w_ce": 1.0, "w_kd": 0.0, "w_feat": 0.0}),
+                         (0.97, {"w_ce": 1.0, "w_kd": 0.0, "w_feat": 0.5}), (0.80, {"w_ce": 1.0, "w_kd": 0.0})])
+    assert report._best_ce_only_student(study) == {"trial": 1, "val_accuracy": 0.845}  # w_feat > 0 distils
+    assert _verdicts(study, spec) == {"strong": "yes", "equal": "yes", "weak": "weaker than the best CE-only student"}
+    # No CE-only trial at all: nothing to compare with, no flag.
+    nothing = _flat_study([(0.99, {"w_ce": 0.5, "w_kd": 0.5})])
+    assert report._best_ce_only_student(nothing) is None
+    assert set(_verdicts(nothing, spec).values()) == {"yes"}
+
+
+def test_the_teacher_table_shows_the_flag_and_the_student_it_compares_with(tmp_path, monkeypatch):
+    path, spec = case_study(tmp_path, {0: (0.95, 1_000), 1: (0.60, 10)})
+    study = optuna.load_study(study_name=spec.name, storage=spec.storage)
+    study.add_trial(optuna.trial.create_trial(values=[0.70, 50], user_attrs={
+        "params": 50, "bytes_fp32": 200, "macs": 50, "config": {"distill": {"w_ce": 1.0, "w_kd": 0.0}}}))
+    rows = [{**teacher, "arch": {"family": "mlp", "width": 8}, "test_accuracy": 0.5, "params": 1_000,
+             "bytes_fp32": 4_000, "macs": 1_000} for teacher in TEACHERS[:2]]
+    monkeypatch.setattr(report, "_teacher_rows", lambda spec, notes, log: [dict(row) for row in rows])
+    folder = build_report(str(path), out=tmp_path / "out", evaluate_test=False, baselines=False, log=lambda m: None)
+    page = (folder / "index.html").read_text()
+    table = re.search(r'<div class="scroll" id="teachers-table">(.*?)</div>', page).group(1)
+    assert '<tr class="low"><td>weak</td>' not in table  # 0.84 is above the only CE-only student (0.70)
+    assert "best CE-only student of the study (trial 2, val acc 0.7000" in page
+    # A CE-only student above the weak teacher: now it is flagged.
+    study.add_trial(optuna.trial.create_trial(values=[0.88, 60], user_attrs={
+        "params": 60, "bytes_fp32": 240, "macs": 60, "config": {"distill": {"w_ce": 1.0, "w_kd": 0.0}}}))
+    folder = build_report(str(path), out=tmp_path / "out", evaluate_test=False, baselines=False, log=lambda m: None)
+    page = (folder / "index.html").read_text()
+    table = re.search(r'<div class="scroll" id="teachers-table">(.*?)</div>', page).group(1)
+    assert '<tr class="low"><td>weak</td>' in table and "<td>weaker than the best CE-only student</td>" in table
+    assert "<td>strong</td>" in table and table.count("<td>yes</td>") == 1
+    assert json.loads((folder / "summary.json").read_text())["best_ce_only_student"] == {"trial": 3,
+                                                                                         "val_accuracy": 0.88}
