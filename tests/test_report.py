@@ -12,7 +12,7 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from autokd import report
+from autokd import report, report_data, report_figures, report_summary
 from autokd.export import choose_trial
 from autokd.report import build_report
 from autokd.results import front_frame, hypervolume_reference
@@ -159,7 +159,7 @@ def test_summary_json_has_counts_hypervolume_and_reference(built):
 def test_hypervolume_curve_ends_at_the_study_hypervolume(built, tmp_path):
     folder, spec = built
     trials = pd.read_csv(folder / "trials.csv")
-    numbers, curve = report._hypervolume_curve(trials, spec)
+    numbers, curve = report_data.hypervolume_curve(trials, spec)
     assert list(numbers) == sorted(trials.loc[trials["state"] == "COMPLETE", "trial"])
     assert np.all(np.diff(curve) >= 0)
     assert curve[-1] == pytest.approx(json.loads((folder / "summary.json").read_text())["hypervolume"])
@@ -267,7 +267,7 @@ def test_pareto_plot_shows_the_useful_band_trial_numbers_constraint_and_whole_la
     front = front_frame(frame)
     teachers = [{"name": "resnet-wide-teacher", "params": 120_000, "val_accuracy": 0.985},
                 {"name": "cnn-teacher", "params": 30_000, "val_accuracy": 0.10}]  # a teacher below the band too
-    figure = report._pareto_figure(frame, front, spec, teachers, knee=13)
+    figure = report_figures.pareto_figure(frame, front, spec, teachers, knee=13)
     axes = figure.axes[0]
     bottom, top = axes.get_ylim()
     # The band: from just under the lowest useful front point (0.90) to just over the best teacher.
@@ -308,7 +308,7 @@ def test_pareto_plot_shows_the_useful_band_trial_numbers_constraint_and_whole_la
 def test_the_device_row_shows_host_names_and_short_ray_node_ids():
     ray_id = "3f2a1b9c" + "0" * 48
     frame = pd.DataFrame({"node": [ray_id, ray_id, "worker-1", None, "a" * 55]})
-    device = report._device(frame)
+    device = report_summary._device(frame)
     assert device["search_nodes"] == ["3f2a1b9c", "a" * 55, "worker-1"]  # 55 hex digits is no Ray id
     assert device["search_node_trials"] == {"3f2a1b9c": 2, "a" * 55: 1, "worker-1": 1}
 
@@ -348,7 +348,7 @@ def test_a_crash_leaves_the_previous_report_untouched(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(report, "_plot_effects", crash)
+    monkeypatch.setattr(report, "effects_figure", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         build_report(str(path), out=folder, evaluate_test=False, log=lambda m: None)
     assert (folder / "index.html").read_text() == before
@@ -387,14 +387,14 @@ def _two_level_study(level2_teachers: list[str] | None) -> optuna.Study:
 
 
 def _verdicts(study: optuna.Study, spec: StudySpec) -> dict[str, str]:
-    best = report._best_ce_only_student(study)
-    return {t["name"]: t["can_teach"] for t in report._flag_weak_teachers(TEACHERS, study, spec, best)}
+    best = report_data.best_ce_only_student(study)
+    return {t["name"]: t["can_teach"] for t in report_data.flag_weak_teachers(TEACHERS, study, spec, best)}
 
 
 def test_two_level_teachers_below_the_best_level1_student_are_left_out_of_level_2(tmp_path):
     spec = study_spec(tmp_path)
     study = _two_level_study(["strong", "equal"])
-    assert report._best_ce_only_student(study) == {"trial": 1, "val_accuracy": 0.85}
+    assert report_data.best_ce_only_student(study) == {"trial": 1, "val_accuracy": 0.85}
     assert _verdicts(study, spec) == {"strong": "yes", "equal": "yes",
                                       "weak": "weaker than the best CE-only student: left out of level 2"}
     # Before level 2 has a trial the plan's rule says the same.
@@ -420,11 +420,11 @@ def test_flat_teachers_are_compared_with_the_best_trial_without_distillation(tmp
     spec = study_spec(tmp_path)
     study = _flat_study([(0.99, {"w_ce": 0.5, "w_kd": 0.5}), (0.845, {"w_ce": 1.0, "w_kd": 0.0, "w_feat": 0.0}),
                          (0.97, {"w_ce": 1.0, "w_kd": 0.0, "w_feat": 0.5}), (0.80, {"w_ce": 1.0, "w_kd": 0.0})])
-    assert report._best_ce_only_student(study) == {"trial": 1, "val_accuracy": 0.845}  # w_feat > 0 distils
+    assert report_data.best_ce_only_student(study) == {"trial": 1, "val_accuracy": 0.845}  # w_feat > 0 distils
     assert _verdicts(study, spec) == {"strong": "yes", "equal": "yes", "weak": "weaker than the best CE-only student"}
     # No CE-only trial at all: nothing to compare with, no flag.
     nothing = _flat_study([(0.99, {"w_ce": 0.5, "w_kd": 0.5})])
-    assert report._best_ce_only_student(nothing) is None
+    assert report_data.best_ce_only_student(nothing) is None
     assert set(_verdicts(nothing, spec).values()) == {"yes"}
 
 
@@ -435,7 +435,7 @@ def test_the_teacher_table_shows_the_flag_and_the_student_it_compares_with(tmp_p
         "params": 50, "bytes_fp32": 200, "macs": 50, "config": {"distill": {"w_ce": 1.0, "w_kd": 0.0}}}))
     rows = [{**teacher, "arch": {"family": "mlp", "width": 8}, "test_accuracy": 0.5, "params": 1_000,
              "bytes_fp32": 4_000, "macs": 1_000} for teacher in TEACHERS[:2]]
-    monkeypatch.setattr(report, "_teacher_rows", lambda spec, notes, log: [dict(row) for row in rows])
+    monkeypatch.setattr(report, "teacher_rows", lambda spec, notes, log: [dict(row) for row in rows])
     folder = build_report(str(path), out=tmp_path / "out", evaluate_test=False, baselines=False, log=lambda m: None)
     page = (folder / "index.html").read_text()
     table = re.search(r'<div class="scroll" id="teachers-table">(.*?)</div>', page).group(1)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autokd import evaluation, report
+from autokd import evaluation, report_data, report_figures, report_html
 from autokd.levels import paired_seeds
 from autokd.pairing import CE, TUNED, VANILLA_KD, paired_gain
 from autokd.report import build_report
@@ -144,7 +144,7 @@ def test_the_temperature_curve_is_drawn_over_the_front(two_level):
             assert point["kd_share"] == pytest.approx(row["w_kd"] / (row["w_ce"] + row["w_kd"]))
             assert point["temperature"] == row["temperature"]
     page = (folder / "index.html").read_text()
-    assert html.escape(report.TEMPERATURE_CAPTION, quote=True) in page
+    assert html.escape(report_html.TEMPERATURE_CAPTION, quote=True) in page
     assert page.count('<img src="data:image/png;base64,') == 5  # pareto, hypervolume, importance, effects, T
     assert not any("temperature curve skipped" in note for note in summary["notes"])
 
@@ -202,7 +202,7 @@ SYNTHETIC_FRONT = pd.DataFrame([
 
 
 def test_temperature_points_give_t_where_it_applies_and_the_kd_share():
-    points = report._temperature_points(SYNTHETIC_FRONT.sample(frac=1, random_state=0), SPEC)
+    points = report_data.temperature_points(SYNTHETIC_FRONT.sample(frac=1, random_state=0), SPEC)
     assert points["trial"].tolist() == [3, 5, 7, 9]  # smallest student first
     assert points["temperature"].tolist()[0] == 3.0 and points["temperature"].tolist()[2] == 4.0
     assert points["temperature"].isna().tolist() == [False, True, False, True]  # CE-only, and mse has no T
@@ -211,7 +211,7 @@ def test_temperature_points_give_t_where_it_applies_and_the_kd_share():
 
 
 def test_temperature_figure_draws_ce_only_hollow_at_the_bottom_and_labels_the_gains():
-    figure = report._temperature_figure(report._temperature_points(SYNTHETIC_FRONT, SPEC), SPEC)
+    figure = report_figures.temperature_figure(report_data.temperature_points(SYNTHETIC_FRONT, SPEC), SPEC)
     t_axes, share_axes = figure.axes[:2]
     assert t_axes.get_xscale() == "log" and share_axes.get_xscale() == "log"
     for axes in (t_axes, share_axes):
