@@ -2,7 +2,8 @@
 
 Three arms search the same space (search_quality.SPACE: mlp/cnn students with their shapes,
 teacher subset, KD kind, temperature, w_ce, w_kd, lr; ``params <= 50000``) with the default
-sampler (tpe), 3 seeds each, on digits and Fashion-MNIST:
+sampler (tpe) and the flat, one-level search (``search: {mode: flat}``), 3 seeds each, on
+digits and Fashion-MNIST:
 
 - ``none``: ``early_stopping: {kind: none}``, N trials of E epochs each;
 - ``pareto``: ``{kind: pareto, grace_epochs: 1, eta: 3}``, autokd's Pareto-aware successive halving;
@@ -96,7 +97,8 @@ def run_arm(folder: Path, dataset: str, arm: str, seed: int, trials: int, epochs
     name = f"es-{dataset}-{arm}-s{seed}"
     stopping = {"kind": arm, "grace_epochs": GRACE_EPOCHS, "eta": ETA}
     spec = study_spec(folder, dataset, name, trials=arm_trials(arm, trials), epochs=epochs,
-                      sampler=DEFAULT_SAMPLER, seed=seed, early_stopping=stopping, compute_epochs=trials * epochs)
+                      sampler=DEFAULT_SAMPLER, seed=seed, early_stopping=stopping, compute_epochs=trials * epochs,
+                      mode="flat")
     started = time.perf_counter()
     result = search(spec, progress=False, log=quiet)
     wall = time.perf_counter() - started

@@ -1,16 +1,22 @@
-"""The Fashion-MNIST search shared by `distillation_gain.py` and `production_train.py`.
+"""The Fashion-MNIST bench search that `production_train.py` exports from and retrains.
 
 A cheaper variant of ``studies/fashion_mnist.yaml``: the same data split and the same three
 teachers (so their cached checkpoints and outputs are reused), small students only (MLPs, and
-CNNs of at most 2 stages and 8 channels) under ``params <= 100000``, 5 epochs per trial. The
-study lives in ``.cache/autokd/bench/<name>.db``; running it again resumes it, so the second
-script reuses the first one's trials instead of searching again.
+CNNs of at most 2 stages and 8 channels) under ``params <= 100000``, 5 epochs per trial, the
+flat one-level search (``search: {mode: flat}``: one trial, one config, one seed, as the study
+was first run). The study lives in ``.cache/autokd/bench/<name>.db``; running it again resumes
+it, so a finished study trains nothing. `production_train.py` runs it when it is missing.
+
+    python benchmarks/fashion_study.py            # 48 trials, 5 epochs each (~15 min)
+    python benchmarks/fashion_study.py --quick    # 4 one-epoch trials (a smoke run)
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +91,7 @@ def study_spec(size: SearchSize) -> StudySpec:
         "constraints": [f"params <= {MAX_PARAMS}"],
         "budget": {"trials": size.trials, "time_limit_s": size.time_limit_s},
         "sampler": {"name": "tpe", "seed": 0},
+        "search": {"mode": "flat"},
         "resources": {"cpus_per_trial": 1, "concurrency": 2},
         "cache_dir": str(CACHE_DIR),
         "storage": storage_url(size.name),
@@ -126,3 +133,16 @@ def mean_std(values: list[float]) -> dict[str, float]:
     percent = [100.0 * v for v in values]
     return {"mean": round(statistics.fmean(percent), 3),
             "std": round(statistics.stdev(percent), 3) if len(percent) > 1 else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 one-epoch trials: a smoke run")
+    args = parser.parse_args()
+    spec = study_spec(QUICK if args.quick else FULL)
+    _, figures = run_search(spec)
+    print(f"{spec.name} in {spec.storage}: " + ", ".join(f"{key} {value}" for key, value in figures.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

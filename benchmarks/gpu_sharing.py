@@ -1,9 +1,10 @@
 """GPU sharing: k students on one GPU through fractional resources (issue 6 item 5).
 
-For k in 1, 2, 4, 8 a search runs with ``concurrency = k`` and each trial asking 1/k of one
-device, with a fixed student and a space over the distillation settings only (so trials cost
-about the same). Ray is started once, before any timing, and every level reuses it
-(`search._init_ray` leaves a running Ray alone); a 1-trial search warms it up first.
+For k in 1, 2, 4, 8 a flat search (``search: {mode: flat}``) runs with ``concurrency = k`` and
+each trial asking 1/k of one device, with a fixed student and a space over the distillation
+settings only (so trials cost about the same). Ray is started once, before any timing, with
+autokd's environment (`ray_cluster.RAY_ENVIRONMENT`), and every level reuses it
+(`ray_cluster.init_ray` leaves a running Ray alone); a 1-trial search warms it up first.
 
 - With CUDA: the Fashion-MNIST study (its teachers cached, or trained on the GPU first), a small
   CNN student, ``gpus_per_trial = 1/k`` and ``device: cuda``; `distill.fit` then keeps the data
@@ -13,7 +14,7 @@ about the same). Ray is started once, before any timing, and every level reuses 
 - Without CUDA (this machine): the same code path on CPU, on digits (its teachers train in a
   minute; the Fashion-MNIST ones take about an hour on 2 cores) with an MLP student. Ray is
   started with one whole custom resource ``fake_gpu: 1`` standing in for the GPU, and each trial
-  asks ``resources.custom: {fake_gpu: 1/k}``. (Ray must be started here: when `search._init_ray`
+  asks ``resources.custom: {fake_gpu: 1/k}``. (Ray must be started here: when `ray_cluster.init_ray`
   starts Ray itself it creates per-trial amount x concurrency, which always admits `concurrency`
   trials and so would not show that the resource gates anything.) Ray gets ``max(cores, 8)``
   logical CPUs so that only ``fake_gpu`` limits how many trials run. Figures per k: the most
@@ -78,7 +79,8 @@ def study_spec(study_file: Path, folder: Path, name: str, k: int, concurrency: i
     return StudySpec.model_validate({
         **original.model_dump(), "name": name, "student": student, "search_space": SPACE,
         "schedule": {**original.schedule.model_dump(), "epochs": epochs}, "constraints": [],
-        "budget": {"trials": trials}, "sampler": {"name": "random", "seed": k}, "resources": resources,
+        "budget": {"trials": trials}, "sampler": {"name": "random", "seed": k}, "search": {"mode": "flat"},
+        "resources": resources,
         "device": "cuda" if on_gpu else "auto", "cache_dir": str(CACHE_DIR),
         "storage": f"sqlite:///{folder / (name + '.db')}", "source": str(study_file)})
 
@@ -87,8 +89,12 @@ def start_ray(on_gpu: bool, logical_cpus: int) -> None:
     """Ray started once for every level: the GPU as Ray detects it, or one whole fake_gpu on CPU."""
     import ray
 
+    from autokd.ray_cluster import RAY_ENVIRONMENT
+
+    os.environ.update(RAY_ENVIRONMENT)  # before Ray starts: its processes inherit it, as with init_ray
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    # address="local": a private instance, never a cluster that Ray's temp dir happens to name.
+    kwargs = {"address": "local", "include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     if on_gpu:
         ray.init(**kwargs)
     else:

@@ -3,7 +3,8 @@
 Arm (a) runs a digits study through `autokd.search.search` (OptunaSearch in the driver, Ray
 Tune workers, concurrency 2, 1 CPU each). Arm (b) trains the very configs that (a) sampled,
 enqueued into an in-memory Optuna study and run by ``study.optimize(objective, n_jobs=2)`` in
-threads with ``torch.set_num_threads(1)``, through `train.fit_config` (the same `distill.fit`).
+threads with ``torch.set_num_threads(1)``, through `runner.run_config` at 1 thread (what a trial
+calls). Both arms run the flat, one-level search (``search: {mode: flat}``).
 Training is deterministic on CPU for a fixed seed, so (b) must reproduce (a)'s val accuracy for
 every trial: that check proves both arms trained the same configs.
 
@@ -12,7 +13,7 @@ Figures (medians over repeats; the arms alternate a, b, a, b, ... so background 
   ``wall_ratio_with_startup`` counts it in (a).
 - ``efficiency``: sum of the trials' ``train_seconds`` / (wall(a) x concurrency), from (a) alone,
   Ray start-up excluded; ``efficiency_with_startup`` includes it.
-- ``ray_startup_s``: `search._init_ray` on a fresh (shut down) Ray.
+- ``ray_startup_s``: `ray_cluster.init_ray` on a fresh (shut down) Ray.
 
 Teachers are trained/cached and Ray is warmed up (a 2-trial search) before anything is timed.
 
@@ -36,14 +37,15 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 
 from autokd.data import load_data  # noqa: E402
+from autokd.runner import run_config  # noqa: E402
 from autokd.space import load_space  # noqa: E402
 from autokd.spec import StudySpec, load_study  # noqa: E402
 from autokd.teachers import prepare_teachers, teacher_outputs  # noqa: E402
-from autokd.train import fit_config  # noqa: E402
 
 WALL_RATIO_TARGET = 1.15
 EFFICIENCY_TARGET = 0.85
 CONCURRENCY = 2
+THREADS = 1  # per trial: cpus_per_trial
 
 # The student is fixed so that every trial costs about the same (~3 s at 1 thread on digits);
 # the distillation settings, the teachers and the learning rate vary.
@@ -71,7 +73,8 @@ def study_spec(folder: Path, name: str, trials: int, epochs: int, seed: int) -> 
         "search_space": SPACE,
         "budget": {"trials": trials},
         "sampler": {"name": "tpe", "seed": seed},
-        "resources": {"cpus_per_trial": 1, "concurrency": CONCURRENCY},
+        "search": {"mode": "flat"},
+        "resources": {"cpus_per_trial": THREADS, "concurrency": CONCURRENCY},
         "cache_dir": str(REPO / ".cache" / "autokd"),
         "storage": f"sqlite:///{folder / (name + '.db')}",
         "source": str(folder / f"{name}.yaml"),
@@ -99,12 +102,13 @@ def run_search_arm(spec: StudySpec) -> dict:
     """Arm (a): Ray start-up timed on its own, then `autokd.search` timed."""
     import ray
 
-    from autokd.search import _init_ray, search
+    from autokd.ray_cluster import init_ray
+    from autokd.search import search
 
     if ray.is_initialized():
         ray.shutdown()
     started = time.perf_counter()
-    _init_ray(None, spec)
+    init_ray(None, spec)
     startup = time.perf_counter() - started
     started = time.perf_counter()
     result = search(spec, progress=False, log=quiet)
@@ -127,12 +131,13 @@ def run_search_arm(spec: StudySpec) -> dict:
 def run_inprocess_arm(spec: StudySpec, sampled: list[dict]) -> dict:
     """Arm (b): the same configs, enqueued into plain Optuna and run with n_jobs=2 threads."""
     started = time.perf_counter()
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     data = load_data(spec.data, spec.source)
     teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=quiet)
     outputs = teacher_outputs(teachers, data)
     space = load_space(spec)
     base = spec.train_config()
+    base.threads = THREADS  # as the search records it in a trial's config
     study = optuna.create_study(directions=spec.directions, sampler=optuna.samplers.RandomSampler(seed=0))
     for trial in sampled:
         study.enqueue_trial(trial["params"], user_attrs={"a_number": trial["number"], "seed": trial["seed"]})
@@ -145,10 +150,8 @@ def run_inprocess_arm(spec: StudySpec, sampled: list[dict]) -> dict:
         reference = next(t for t in sampled if t["number"] == trial.user_attrs["a_number"])
         if config.model_dump() != reference["config"]:
             mismatched.append(reference["number"])
-        chosen = [t.name for t in config.selected_teachers()]
-        targets = outputs.select(chosen) if chosen else None
         trial_started = time.perf_counter()
-        student, result = fit_config(config, data, targets, seed=config.seed)
+        student, result = run_config(config, data, outputs, seed=config.seed, threads=THREADS)
         trial.set_user_attr("train_seconds", time.perf_counter() - trial_started)
         return result.val_accuracy, float(sum(p.numel() for p in student.parameters()))
 

@@ -18,8 +18,9 @@
     at the search's E epochs; its first seed is the trial's). Target: test accuracy at 3E with the
     trial's seed > the trial's test accuracy; the S-seed means are recorded beside it.
 
-The study is the one `distillation_gain.py` searched (`fashion_study.py`; run that first), or
-any other given as ``--study NAME --storage URL``.
+The study is the flat Fashion-MNIST bench study of `fashion_study.py` (searched here first when
+its storage does not exist yet: ~15 min, or ~1 min with ``--quick``), or any other given as
+``--study NAME --storage URL``.
 
     python benchmarks/production_train.py             # 3 trials + the knee at 3x epochs, 3 seeds (~25 min)
     python benchmarks/production_train.py --quick     # the quick study, 2 trials, 1 seed (a smoke run)
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 
 from common import REPO, write_result  # noqa: E402  (common puts the repo on sys.path)
-from fashion_study import BENCH_FOLDER, FULL, QUICK, mean_std, study_spec  # noqa: E402
+from fashion_study import BENCH_FOLDER, FULL, QUICK, mean_std, run_search, study_spec  # noqa: E402
 
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -114,14 +115,15 @@ def knee_figures(trial_run: dict, longer_run: dict, epochs: int) -> dict:
             "production_train_wall_s": longer_run["wall_s"]}
 
 
-def resolve_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, str]:
-    """(study name, storage URL): the given study, or the one distillation_gain.py searched."""
+def resolve_study(args: argparse.Namespace) -> tuple[str, str]:
+    """(study name, storage URL): the given study, or the bench study (searched now if it does not exist)."""
     if args.storage:
         return args.study, args.storage
     spec = study_spec(QUICK if args.quick else FULL)
     if not Path(spec.storage.removeprefix("sqlite:///")).is_file():
-        parser.error(f"no study {spec.name!r} yet: run benchmarks/distillation_gain.py"
-                     f"{' --quick' if args.quick else ''} first (or give --study and --storage)")
+        print(f"no study {spec.name!r} yet: searching it (benchmarks/fashion_study.py"
+              f"{' --quick' if args.quick else ''})", flush=True)
+        run_search(spec)
     return spec.name, spec.storage
 
 
@@ -138,7 +140,7 @@ def main() -> None:
     trial_count = args.trials or (2 if args.quick else 3)
     seeds = args.seeds or (1 if args.quick else 3)
 
-    name, storage = resolve_study(args, parser)
+    name, storage = resolve_study(args)
     study = optuna.load_study(study_name=name, storage=open_storage(storage))
     folder = BENCH_FOLDER / "production_train" / name
     knee_config = folder / "knee.yaml"

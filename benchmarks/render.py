@@ -8,6 +8,7 @@ benchmarks/ wrote, with its command and the machine it ran on.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from typing import Any
@@ -18,7 +19,8 @@ from common import REPO, RESULTS
 SECTIONS = [
     ("orchestration", "Orchestration overhead: autokd search (Ray Tune) vs in-process Optuna", "issue 6.1"),
     ("trial_cost", "Trial cost vs a bare PyTorch loop; cached vs online teachers", "issue 6.2"),
-    ("search_quality", "Search quality: hypervolume of TPE vs random vs NSGA-II", "issue 6.3"),
+    ("search_quality", "Search quality: hypervolume of TPE vs random vs NSGA-II, and of the two-level search",
+     "issue 6.3, issue 12"),
     ("distillation_gain", "Distillation gain on Fashion-MNIST: searched vs CE-only vs vanilla KD", "issue 6.4"),
     ("gpu_sharing", "Students sharing one GPU through fractional resources", "issue 6.5"),
     ("early_stopping", "Pareto-aware early stopping vs none vs stock ASHA at equal compute", "issue 8"),
@@ -27,6 +29,7 @@ SECTIONS = [
     ("stopping_replay", "Early-stopping rules replayed on recorded learning curves, with an oracle bound", "issue 8"),
     ("production_train", "Production training of exported configs", "issue 5"),
     ("report_speed", "Report build time for 1,000 trials", "issue 4"),
+    ("import_time", "Import time of autokd vs torch; how fast a bad config is answered", "issue 16.7"),
 ]
 README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 LONG_LIST = 8  # lists longer than this (curves) stay in the JSON file
@@ -126,6 +129,7 @@ def headline_table(results: dict[str, dict]) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     results = {path.stem: json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))}
     body = ["# Benchmarks", "",
             "Every figure below comes from a script in `benchmarks/` that wrote `benchmarks/results/<name>.json`; "

@@ -1,13 +1,14 @@
 """Report build time for a 1,000-trial study (issue 4: `build_report` in <= 10 s).
 
-A synthetic study is written to a temporary SQLite storage the way `autokd search` writes one:
-parameters sampled (random sampler) from the study's real search space, the trial's config from
-`SearchSpace.apply`, its size from `zoo.arch_size`, the user attributes the searcher sets
-(config, seed, params, bytes_fp32, bytes_fp16, macs, val_accuracy_curve, epochs_trained,
-train_seconds, node), constraint values, and the study attributes (objectives, space, study_spec,
-study_file). Configs that break the study's size constraint are PRUNED as infeasible (as the
-searcher does), a few trials FAIL with a reason or are PRUNED as stopped early, the rest are
-COMPLETE. Accuracies and timings are synthetic: nothing is trained.
+A synthetic study is written to a temporary SQLite storage the way `autokd search` writes a
+flat one (``search: {mode: flat}``): parameters sampled (random sampler) from the study's real
+search space, the trial's config from `SearchSpace.apply`, its size from `zoo.arch_size`, the
+user attributes the searcher sets (config, seed, params, bytes_fp32, bytes_fp16, macs,
+val_accuracy_curve, epochs_trained, train_seconds, node), constraint values, and the study
+attributes (objectives, space, study_spec, study_file, search_mode). Configs that break the
+study's size constraint are PRUNED as infeasible (as the searcher does), a few trials FAIL with
+a reason or are PRUNED as stopped early, the rest are COMPLETE. Accuracies and timings are
+synthetic: nothing is trained.
 
 The report is built once untimed (warm: teachers loaded from the cache, fonts cached), then
 `repeats` timed builds of ``build_report(name, storage, out, evaluate_test=False, baselines=False)``;
@@ -62,8 +63,8 @@ States = optuna.trial.TrialState
 def study_spec(study_file: Path, storage_url: str) -> StudySpec:
     """The repo's study with a temporary storage and the shared teacher cache."""
     original = load_study(study_file)
-    return StudySpec.model_validate({**original.model_dump(), "storage": storage_url, "cache_dir": str(CACHE_DIR),
-                                    "source": str(study_file)})
+    return StudySpec.model_validate({**original.model_dump(), "search": {"mode": "flat"}, "storage": storage_url,
+                                     "cache_dir": str(CACHE_DIR), "source": str(study_file)})
 
 
 def synthetic_accuracy(params: int, rng: np.random.Generator) -> float:
@@ -144,6 +145,7 @@ def write_study(spec: StudySpec, space: SearchSpace, trials: list[optuna.trial.F
     study.set_user_attr("space", {name: param.model_dump() for name, param in space.params.items()})
     study.set_user_attr("study_spec", spec.model_dump(mode="json"))
     study.set_user_attr("study_file", spec.source)
+    study.set_user_attr("search_mode", "flat")
     study.add_trials(trials)
 
 

@@ -1,11 +1,11 @@
 """Early-stopping rules replayed on recorded learning curves, with an oracle for a bound.
 
 A real search (benchmarks/early_stopping.py) mixes the stopping rule with the sampler, Ray's
-timing and seeds. This replay isolates the rule: one random-sampler study per dataset trains
-a pool of configs to full length and records their accuracy curves (the benchmark space of
-search_quality.py); then many random orders of that pool are replayed through each rule with
-2 concurrent workers (epoch durations as measured), and HV at compute is read as in
-early_stopping.py (COMPLETE = full-length trials only; compute = epochs trained).
+timing and seeds. This replay isolates the rule: one random-sampler study per dataset (flat,
+``search: {mode: flat}``) trains a pool of configs to full length and records their accuracy
+curves (the benchmark space of search_quality.py); then many random orders of that pool are
+replayed through each rule with 2 concurrent workers (epoch durations as measured), and HV at
+compute is read as in early_stopping.py (COMPLETE = full-length trials only; compute = epochs trained).
 
 Rules, all at the rungs of grace 1, eta 3:
 
@@ -54,7 +54,8 @@ def record_pool(folder: Path, dataset: str, trials: int, epochs: int) -> list[di
     """Train `trials` random configs to full length; their accuracy curves, sizes and epoch times."""
     from autokd.search import search
 
-    spec = study_spec(folder, dataset, f"pool-{dataset}", trials=trials, epochs=epochs, sampler="random", seed=123)
+    spec = study_spec(folder, dataset, f"pool-{dataset}", trials=trials, epochs=epochs, sampler="random", seed=123,
+                      mode="flat")
     prepare_dataset(spec)
     study = search(spec, progress=False, log=quiet).study
     return [{"params": t.user_attrs["params"], "curve": t.user_attrs["val_accuracy_curve"],

@@ -71,8 +71,8 @@ WORKLOADS = [  # (study, student, slow): slow workloads get fewer repeats
 
 def study_spec(name: str) -> StudySpec:
     original = load_study(REPO / "studies" / f"{name}.yaml")
-    return StudySpec.model_validate({**original.model_dump(), "cache_dir": str(CACHE_DIR),
-                                     "source": original.source})
+    return StudySpec.model_validate({**original.model_dump(), "search": {"mode": "flat"},
+                                     "cache_dir": str(CACHE_DIR), "source": original.source})
 
 
 def cached_teacher_names(spec: StudySpec, data: Dataset) -> list[str]:
@@ -136,7 +136,7 @@ def since(started: tuple[float, float]) -> tuple[float, float]:
 
 
 def fit_epoch(data: Dataset, source, arch: dict, schedule: ScheduleSpec) -> tuple[tuple[float, float], torch.nn.Module]:
-    """Arm "fit": one epoch through `distill.fit`, as `search._run_trial` calls it."""
+    """Arm "fit": one epoch through `distill.fit`, as a trial calls it (through `runner.train_model`)."""
     student = build_model(arch, data.input_shape, data.num_classes, seed=SEED)
     started = clocks()
     fit(student, data, source, DISTILL, schedule, seed=SEED, device="cpu")
