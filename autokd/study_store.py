@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import warnings
 
@@ -54,7 +55,7 @@ def make_sampler(spec: StudySpec, trials_so_far: int = 0) -> optuna.samplers.Bas
     seed = spec.sampler.seed + trials_so_far
     if spec.sampler.name == "nsga2":
         # Optuna's default population (50) would make a 30-40 trial study one random generation.
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=nsga2_population(spec.budget.trials))
+        return PicklableNSGAIISampler(seed=seed, population_size=nsga2_population(spec.budget.trials))
     if spec.sampler.name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     if spec.sampler.name == "random":
@@ -62,6 +63,18 @@ def make_sampler(spec: StudySpec, trials_so_far: int = 0) -> optuna.samplers.Bas
     with warnings.catch_warnings():  # multivariate/group are "experimental" in Optuna, and much better here
         warnings.simplefilter("ignore")
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+
+
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna 5.1's NSGA-II holds a thread lock, and Ray Tune pickles the searcher (and its sampler)
+    with the experiment state: the lock is left out of the pickle and made anew when loaded."""
+
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "_thread_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 def nsga2_population(trials: int) -> int:
@@ -127,7 +140,7 @@ def recover_interrupted(study: optuna.Study, own_only: bool = False) -> int:
 
 
 # Attributes an enqueued trial carries into its run (see `searcher`): what it is, not what happened.
-REQUEUED_ATTRS = ("level", "role", "arch_key", "seeds")
+REQUEUED_ATTRS = ("level", "role", "arch", "seeds", "teachers_allowed")
 
 
 def existing_study(spec: StudySpec, storage_url: str) -> optuna.Study | None:

@@ -1,0 +1,32 @@
+"""The study's storage side: samplers that survive Tune's pickling, heartbeats that end with their driver."""
+
+from __future__ import annotations
+
+import pickle
+
+import optuna
+import pytest
+
+from autokd.spec import load_study
+from autokd.study_store import DRIVER, beat, clear_beat, heartbeats, make_sampler
+from conftest import tiny_study
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2", "gp", "random"])
+def test_every_sampler_survives_the_pickling_tune_does_and_still_proposes(tmp_path, name):
+    # Ray Tune pickles the searcher, sampler included, with its experiment state; Optuna 5.1's
+    # NSGA-II holds a thread lock that a plain pickle refuses.
+    spec = load_study(tiny_study(tmp_path, sampler={"name": name, "seed": 3}))
+    sampler = pickle.loads(pickle.dumps(make_sampler(spec)))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.optimize(lambda trial: (trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)), n_trials=6)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 6
+
+
+def test_a_driver_removes_its_heartbeat_when_it_ends():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("heartbeats", {"other-host:1": 5.0})
+    beat(study)
+    assert set(heartbeats(study)) == {"other-host:1", DRIVER}
+    clear_beat(study)
+    assert heartbeats(study) == {"other-host:1": 5.0}
