@@ -19,6 +19,7 @@ from common import REPO, RESULTS
 SECTIONS = [
     ("orchestration", "Orchestration overhead: autokd search (Ray Tune) vs in-process Optuna", "issue 6.1"),
     ("trial_cost", "Trial cost vs a bare PyTorch loop; cached vs online teachers", "issue 6.2"),
+    ("packing", "Packed trials: 8 configs of one MLP student as one batched model vs one by one", "issue 17.2"),
     ("search_quality", "Search quality: hypervolume of TPE vs random vs NSGA-II, and of the two-level search",
      "issue 6.3, issue 12"),
     ("distillation_gain", "Distillation gain on Fashion-MNIST: searched vs CE-only vs vanilla KD", "issue 6.4"),
