@@ -71,3 +71,21 @@ def run_config(config: TrainConfig, data: Dataset, targets: TeacherSource | None
                          threads=config.threads if threads is None else threads, on_epoch=on_epoch,
                          augment=config.augment)
     return student.cpu().eval(), result
+
+
+def run_seeds(config: TrainConfig, data: Dataset, targets: TeacherSource | None, seeds: list[int], *,
+              threads: int | None = None, device: str | torch.device | None = None,
+              pack: bool = True) -> list[FitResult]:
+    """The config trained once per seed: packed into one batched model when it can be (`packing`), else
+    one run after another. Either way run k equals `run_config(config, ..., seed=seeds[k])` (bit for bit
+    on CPU), so packing changes the speed only."""
+    from autokd import packing  # packing builds on this module
+
+    if pack and len(seeds) > 1 and packing.pack_key(config) is not None:
+        runs = packing.fit_packed([config] * len(seeds), data, targets, seeds, device=device, threads=threads)
+        failed = next((run.error for run in runs if run.error is not None), None)
+        if failed is not None:
+            raise failed
+        return [run.result for run in runs]
+    return [run_config(config, data, targets, seed=seed, threads=threads, device=device)[1] for seed in seeds]
+

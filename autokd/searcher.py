@@ -84,7 +84,8 @@ class AutokdSearcher(OptunaSearch):
                 self._finish(ot_trial, States.PRUNED, pruned_reason="infeasible: " + ", ".join(broken))
                 continue
             self._ot_trials[trial_id] = ot_trial
-            return {"config": config.model_dump(), "trial_number": ot_trial.number, "size": size, "seeds": seeds}
+            return {"config": config.model_dump(), "trial_number": ot_trial.number, "size": size, "seeds": seeds,
+                    "pack": self.spec.search.pack_seeds}
         raise AutokdError(f"{self.spec.source}: constraints: {MAX_INFEASIBLE_IN_A_ROW} proposals in a row broke "
                           f"{self.spec.constraints}; widen the constraints or shrink the search space")
 
@@ -143,7 +144,6 @@ class AutokdSearcher(OptunaSearch):
                  "device": result.get("device"), "val_accuracy_seeds": result.get("val_accuracy_seeds"),
                  "visible_devices": result.get("visible_devices")}
         values = [result.get(m) for m in self.metrics]
-        seeds = ot_trial.user_attrs.get("seeds") or []
         if result.get("failure_reason") or error:
             reason = result.get("failure_reason") or "the trial's worker process died or raised (see Ray logs)"
             self._finish(ot_trial, States.FAIL, failure_reason=reason, **attrs)
@@ -151,9 +151,6 @@ class AutokdSearcher(OptunaSearch):
             missing = [m for m, v in zip(self.metrics, values) if v is None or not math.isfinite(float(v))]
             self._finish(ot_trial, States.FAIL,
                          failure_reason=f"missing or non-finite metric(s) {missing} in the last result", **attrs)
-        elif len(seeds) > 1 and len(result.get("val_accuracy_seeds") or []) < len(seeds):
-            done = len(result.get("val_accuracy_seeds") or [])
-            self._finish(ot_trial, States.FAIL, failure_reason=f"stopped after {done} of {len(seeds)} seeds", **attrs)
         elif result.get("epoch", 0) < result.get("epochs", 0):
             self._finish(ot_trial, States.PRUNED,
                          pruned_reason=f"early-stopped at epoch {result['epoch']} of {result['epochs']}", **attrs)

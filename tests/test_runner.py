@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autokd.data import load_data
-from autokd.runner import config_targets, run_config, torch_threads
+from autokd.runner import config_targets, run_config, run_seeds, torch_threads
 from autokd.spec import TrainConfig, load_study
 from autokd.teachers import prepare_teachers, teacher_outputs
 from conftest import run_cli, tiny_study
@@ -27,6 +27,19 @@ def test_a_config_without_distillation_gets_no_teacher_targets(tmp_path):
     config = spec.train_config()
     config.distill.w_kd, config.distill.w_ce = 0.0, 1.0
     assert config_targets(config, object()) is None
+
+
+def test_paired_seeds_train_packed_or_one_by_one_to_the_same_accuracies(tmp_path):
+    spec = load_study(tiny_study(tmp_path, epochs=2))
+    data = load_data(spec.data, spec.source)
+    outputs = teacher_outputs(prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path,
+                                               progress=False), data)
+    config = spec.train_config()
+    config.threads = 1
+    packed = run_seeds(config, data, outputs, [5, 6, 7], pack=True)
+    one_by_one = run_seeds(config, data, outputs, [5, 6, 7], pack=False)
+    assert [r.val_accuracy for r in packed] == [r.val_accuracy for r in one_by_one]
+    assert len({r.val_accuracy for r in one_by_one}) > 1  # the seeds really differ
 
 
 @pytest.mark.slow
