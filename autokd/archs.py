@@ -37,14 +37,15 @@ def _odd(value: int) -> int:
     return value
 
 
-_Count = Annotated[int, Field(strict=True, ge=1, description="an integer >= 1")]
+_INT64_MAX = 2**63 - 1  # torch stops there
+_Count = Annotated[int, Field(strict=True, ge=1, le=_INT64_MAX, description="an integer >= 1")]
 _Switch = Annotated[bool, Field(strict=True, description="true or false")]
 
 
 class _Family(BaseModel):
-    """A family's shape parameters: unknown keys are errors, `bool`s are not integers."""
+    """A family's shape parameters: unknown keys are errors, `bool`s are not integers, no float is inf or NaN."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MlpArch(_Family):
@@ -64,9 +65,11 @@ class CnnArch(_Family):
     family: Literal["cnn"] = "cnn"
     stages: _Count = 2
     channels: _Count = 16
-    kernel: Annotated[int, Field(strict=True, ge=1, description="an odd integer >= 1"), AfterValidator(_odd)] = 3
+    kernel: Annotated[int, Field(strict=True, ge=1, le=_INT64_MAX, description="an odd integer >= 1"),
+                      AfterValidator(_odd)] = 3
     batch_norm: _Switch = True
-    head_width: int = Field(64, strict=True, ge=0, description="an integer >= 0 (0: no hidden head layer)")
+    head_width: int = Field(64, strict=True, ge=0, le=_INT64_MAX,
+                            description="an integer >= 0 (0: no hidden head layer)")
 
 
 class ResnetArch(_Family):
@@ -104,14 +107,25 @@ def _describe(error: ErrorDetails) -> tuple[str, str]:
     if kind == "union_tag_not_found":
         return "family", f"required key is missing (one of {families})"
     if kind == "union_tag_invalid":
-        return "family", f"must be one of {families}, got {given['family']!r}"
+        return "family", f"must be one of {families}, got {_shown(given['family'])}"
     if len(loc) < 2:  # not a mapping: the union found nothing to read a family from
-        return "", f"must be a mapping with a 'family' key, got {given!r}"
+        return "", f"must be a mapping with a 'family' key, got {_shown(given)}"
     family, key = str(loc[0]), str(loc[1])
     if kind == "extra_forbidden":
-        return key, f"unknown key for family {family!r}, allowed: {sorted(FAMILIES[family])}"
+        return _cut(key), f"unknown key for family {family!r}, allowed: {sorted(FAMILIES[family])}"
+    if kind == "less_than_equal":  # only the int64 bound is an upper bound of an integer here
+        return key, f"must be an integer of at most 64 bits (|x| < 2**63), got {_shown(given)}"
     description = FAMILY_MODELS[family].model_fields[key].description
-    return key, (f"must be {description}, got {given!r}" if description else error["msg"])
+    return key, (f"must be {description}, got {_shown(given)}" if description else error["msg"])
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    """An error line never echoes a whole hostile input (`autokd.spec.cut`; spec imports this module)."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
+def _shown(value: Any) -> str:
+    return _cut(repr(value))
 
 
 def _validated(arch: Any) -> dict[str, Any]:

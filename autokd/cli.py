@@ -28,6 +28,8 @@ STORAGE = typer.Option(None, "--storage", help="Optuna storage URL (default: the
 @app.command()
 def search(study: Path = typer.Argument(..., help="Study YAML file."),
            resume: bool = typer.Option(False, "--resume", help="Continue the study (or start it if new)."),
+           accept_changes: bool = typer.Option(False, "--accept-changes", help="With --resume: go on although "
+                                               "the space, data, teachers or training defaults changed."),
            storage: Optional[str] = STORAGE,
            address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS",
                                                  help="Existing Ray cluster, e.g. 'auto' or 'HOST:6379'."),
@@ -51,7 +53,8 @@ def search(study: Path = typer.Argument(..., help="Study YAML file."),
     from autokd.search import search as run_search
 
     try:
-        result = run_search(spec, resume=resume, storage=storage, address=address, progress=not no_progress)
+        result = run_search(spec, resume=resume, storage=storage, address=address, progress=not no_progress,
+                        accept_changes=accept_changes)
     except SearchInterrupted as interrupt:  # caught here: typer would turn it into a bare exit 130
         typer.echo(f"interrupted: {interrupt.done}/{interrupt.budget} trials done — continue with: "
                    f"autokd search {interrupt.source} --resume", err=True)

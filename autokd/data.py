@@ -164,9 +164,19 @@ def load_data(spec: Any, source: str = "<data>", *, normalize: bool = True) -> D
     if spec.train_subset is not None and spec.train_subset < len(y_train):
         keep, _ = stratified_split(y_train, spec.train_subset, spec.seed)
         x_train, y_train = x_train[keep], y_train[keep]
+    classes = np.unique(y_train)
+    if len(classes) < 2:  # nothing to tell apart: every student (and teacher) is trivially "right"
+        key = "data.train_subset" if spec.train_subset is not None else "data.path" if spec.name == "file" else "data"
+        raise DataError(f"{source}: {key}: the training split has a single class ({int(classes[0])}) in "
+                        f"{len(y_train)} sample(s); a classifier needs at least two")
 
     x_train_t, x_val_t, x_test_t = (torch.from_numpy(x.astype(np.float32)) for x in (x_train, x_val, arrays.x_test))
+    for x in (x_train_t, x_val_t, x_test_t):
+        if not torch.isfinite(x).all():  # finite in float64, but beyond float32
+            raise DataError(f"{source}: data.path: inputs beyond float32's range (|x| > 3.4e38)")
     std, mean = torch.std_mean(x_train_t)  # training split only: val/test must not leak into it
+    if not (torch.isfinite(std) and torch.isfinite(mean)):
+        raise DataError(f"{source}: data.path: inputs too large to normalise in float32 (their std overflows)")
     std = std if std > 0 else torch.tensor(1.0)  # constant inputs: centre only
     normalization = Normalization(mean=float(mean), std=float(std), raw=RAW_INPUTS[spec.name])
     if normalize:
@@ -242,8 +252,9 @@ def _load_fashion_mnist(spec: Any, source: str) -> _Arrays:
         else:
             missing.append(name)
     if missing:
+        which = "" if len(missing) == len(FASHION_MNIST_FILES) else f": {', '.join(missing)} (.gz or plain)"
         raise DataError(
-            f"{source}: data.data_dir: Fashion-MNIST IDX files missing in {folder}: {', '.join(missing)} (.gz or plain); "
+            f"{source}: data.data_dir: Fashion-MNIST IDX files missing in {folder}{which}; "
             "install Debian package dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist) "
             "or set data.data_dir"
         )

@@ -21,7 +21,6 @@ Selection reads validation accuracy only; test accuracy is never stored in a stu
 from __future__ import annotations
 
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import optuna
 import yaml
 
+from autokd.atomic import write_text
 from autokd.data import Dataset, load_data
 from autokd.errors import AutokdError
 from autokd.pareto import knee_index, select_index
@@ -304,21 +304,13 @@ def _header(study: optuna.Study, trial: optuna.trial.FrozenTrial, output: Path) 
 
 
 def _write_checked(path: Path, text: str, expected: TrainConfig) -> None:
-    """Write `text` to a temp file, check it reads back as `expected`, then rename it into place.
+    """Write `text` atomically, once it reads back as `expected` (`autokd.atomic.write_text`'s check).
 
     Read back as written (relative paths unresolved), and once more as `autokd train` reads it.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
+    def reads_back(temporary: Path) -> None:
         load_train_config(temporary)
         if train_config_from_dict(read_yaml(temporary), str(path)).model_dump() != expected.model_dump():
             raise RuntimeError(f"exported config does not round-trip through load_train_config: {path}")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+
+    write_text(path, text, check=reads_back)

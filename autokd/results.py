@@ -28,9 +28,14 @@ CHOICE_COLUMNS = ("val_gain_vs_ce", "val_gain_se", "front_reason")
 
 
 def open_storage(url: str, source: str = "--storage") -> optuna.storages.BaseStorage:
-    """An Optuna storage for `url`, or a one-line StorageError."""
+    """An Optuna storage for `url`, or a one-line StorageError.
+
+    A database that holds tables but none of Optuna's belongs to another program: it is refused
+    before Optuna would add its own tables to it. An empty or new database is fine."""
     import sqlalchemy.exc
 
+    if "://" in url:
+        _refuse_foreign_database(url, source)
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
         try:
             if url.endswith((".log", ".journal")) and "://" not in url:
@@ -41,13 +46,60 @@ def open_storage(url: str, source: str = "--storage") -> optuna.storages.BaseSto
             # Two drivers creating the schema of a new database at once: one loses the race on
             # PostgreSQL's catalog; a moment later the schema is there and opening it succeeds.
             if attempt == SCHEMA_RACE_RETRIES:
-                raise StorageError(f"{source}: cannot open storage {url!r}: schema creation kept conflicting "
+                raise StorageError(f"{source}: cannot open storage {_shown_url(url)}: schema creation kept conflicting "
                                    "with another process") from None
             time.sleep(0.5 * (attempt + 1))
         except Exception as error:  # SQLAlchemy raises many kinds for a bad URL or unreachable server
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise StorageError(f"{source}: cannot open storage {url!r}: {message}") from None
+            raise StorageError(f"{source}: cannot open storage {_shown_url(url)}: {message[:160]}") from None
     raise AssertionError("unreachable")
+
+
+# Tables every Optuna RDB storage has (any version); a database with other tables and none of these is not ours.
+OPTUNA_TABLES = frozenset({"alembic_version", "studies", "trials", "version_info"})
+
+
+def _refuse_foreign_database(url: str, source: str) -> None:
+    """Raise StorageError when `url` is an existing database with tables but none of Optuna's. Reads only."""
+    import contextlib
+    import sqlite3
+
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///").partition("?")[0])
+        if not path.is_file() or path.stat().st_size == 0:
+            return  # new or empty: Optuna makes its tables
+        try:  # read-only: not even a journal file is made
+            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as error:
+            raise StorageError(f"{source}: cannot open storage {_shown_url(url)}: not an SQLite database "
+                               f"({str(error)[:80]})") from None
+    else:
+        import sqlalchemy
+
+        try:
+            engine = sqlalchemy.create_engine(url)
+            try:
+                tables = set(sqlalchemy.inspect(engine).get_table_names())
+            finally:
+                engine.dispose()
+        except Exception:  # unreachable, bad URL, no driver: Optuna's own attempt says so in its words
+            return
+    if tables and not tables & OPTUNA_TABLES:
+        listed = ", ".join(sorted(tables)[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
+        raise StorageError(f"{source}: {_shown_url(url)} is a database of another program (tables: {listed[:80]}), "
+                           "not Optuna's; refused rather than adding Optuna's tables to it")
+
+
+def _shown_url(url: str) -> str:
+    """`url` for an error line: its password masked, at most ~120 characters."""
+    try:
+        import sqlalchemy
+
+        url = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL (a journal file, or the very thing being refused)
+        pass
+    return repr(url) if len(url) <= 120 else repr(url[:120] + "...")
 
 
 def _engine_kwargs(url: str) -> dict:

@@ -31,8 +31,8 @@ from autokd.data import load_data
 from autokd.results import counts, front_frame, trained_epochs, trials_frame
 from autokd.space import load_space
 from autokd.spec import StudySpec, load_study
-from autokd.study_store import (beat, check_resumable, clear_beat, existing_study, open_or_create_study,
-                                recover_interrupted)
+from autokd.study_store import (beat, check_outputs, check_resumable, clear_beat, existing_study,
+                                open_or_create_study, recover_interrupted)
 from autokd.teachers import check_teachers, prepare_teachers, teacher_outputs
 
 
@@ -54,7 +54,8 @@ class SearchInterrupted(KeyboardInterrupt):
 
 
 def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str | None = None,
-           address: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> SearchResult:
+           address: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
+           accept_changes: bool = False) -> SearchResult:
     """Run (or continue) a study and return its trials and Pareto front.
 
     Example::
@@ -62,6 +63,9 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
         import autokd
         result = autokd.search("studies/digits.yaml", resume=True)
         print(result.pareto[["trial", "val_accuracy", "params"]])
+
+    A resume whose study file changed the space, data, teachers or training defaults is refused
+    unless `accept_changes` (the stored trials were sampled and trained from the old ones).
     """
     from autokd.levels import is_two_level
 
@@ -70,12 +74,15 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     spec = study if isinstance(study, StudySpec) else load_study(study)
     space = load_space(spec)
     storage_url = storage or spec.storage_url()
+    check_outputs(spec, storage_url, storage_flag=storage is not None)
     data = load_data(spec.data, spec.source)
     check_teachers(spec.teachers, data, spec.resolve_path, source=spec.source)
     signature = {name: param.model_dump() for name, param in space.params.items()}
     stored = existing_study(spec, storage_url)
     if stored is not None:
-        check_resumable(spec, stored, storage_url, resume, signature)
+        changes = check_resumable(spec, stored, storage_url, resume, signature, accept_changes)
+        if changes:
+            log(f"resume: --accept-changes: {', '.join(changes)} differ from the stored study")
     if _work_left(spec, stored):
         from autokd.ray_cluster import init_ray
 

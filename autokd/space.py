@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from autokd.archs import FAMILIES
 from autokd.errors import ConfigError
-from autokd.spec import (DistillSpec, ScheduleSpec, StudySpec, TrainConfig, config_error, describe_validation_error,
-                         read_yaml)
+from autokd.spec import (DistillSpec, ScheduleSpec, StudySpec, TrainConfig, check_int64, config_error, cut,
+                         describe_validation_error, read_yaml, shown)
 
 SECTIONS = ("distill", "schedule", "student")
 SUBSET_SEPARATOR = "+"
@@ -45,8 +45,15 @@ def _check_range(param):
 
 
 class _Param(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """No bound is infinite or NaN, no integer beyond int64 (as in the study's own models)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     when: dict[str, list[Any]] | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _int64(cls, value: Any) -> Any:
+        return check_int64(value)
 
 
 class FloatParam(_Param):
@@ -69,12 +76,30 @@ class IntParam(_Param):
 
     @model_validator(mode="after")
     def _range(self) -> IntParam:
-        return _check_range(self)
+        _check_range(self)
+        if self.log and self.step != 1:  # Optuna refuses it: a log scale has no even steps
+            raise ValueError(f"log: true cannot go with step {self.step} (a log scale has no even steps)")
+        if (self.high - self.low) % self.step:
+            raise ValueError(f"step {self.step} does not divide high - low = {self.high - self.low} "
+                             f"(Optuna would never sample high={self.high})")
+        return self
+
+    def can_take(self, value: Any) -> bool:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool) and value == int(value)
+                and self.low <= value <= self.high and (int(value) - self.low) % self.step == 0)
 
 
 class CategoricalParam(_Param):
     type: Literal["categorical"]
     choices: list[Any] = Field(min_length=1)
+
+    @field_validator("choices")
+    @classmethod
+    def _storable(cls, choices: list[Any]) -> list[Any]:
+        for choice in choices:  # what Optuna's storage keeps; anything else it only warns about
+            if choice is not None and not isinstance(choice, (bool, int, float, str)):
+                raise ValueError(f"each choice must be a string, number, boolean or null, got {shown(choice)}")
+        return choices
 
 
 class FixedParam(_Param):
@@ -151,8 +176,8 @@ _ABSENT = object()
 def parse_space(document: dict[str, Any], source: str, study: StudySpec) -> SearchSpace:
     """Validate a space's mapping against the study it will search."""
     if set(document) - {"params", "description"}:
-        extra = sorted(set(document) - {"params", "description"})[0]
-        raise ConfigError(f"{source}: {extra}: unknown key (allowed: params, description)")
+        extra = sorted(map(str, set(document) - {"params", "description"}))[0]
+        raise ConfigError(f"{source}: {shown(extra)}: unknown key (allowed: params, description)")
     if not isinstance(document.get("params"), dict) or not document["params"]:
         raise ConfigError(f"{source}: params: expected a non-empty mapping of dotted keys to parameters")
     try:
@@ -168,14 +193,22 @@ def parse_space(document: dict[str, Any], source: str, study: StudySpec) -> Sear
 def _check_names(space: SearchSpace, study: StudySpec) -> None:
     seen: list[str] = []
     families = space.params.get("student.family")
+    if isinstance(families, (CategoricalParam, FixedParam)):  # first: the checks below look families up
+        label, given = (("choices", families.choices) if isinstance(families, CategoricalParam)
+                        else ("value", [families.value]))
+        unknown = [f for f in given if not isinstance(f, str) or f not in FAMILIES]
+        if unknown:
+            raise ConfigError(f"{space.source}: params.student.family.{label}: must be among "
+                              f"{sorted(FAMILIES)}, got {shown(unknown[0])}")
     for name, param in space.params.items():
-        where = f"{space.source}: params.{name}"
+        where = f"{space.source}: params.{cut(name)}"
         section, _, key = name.partition(".")
         if section not in SECTIONS or not key:
             raise ConfigError(f"{where}: expected a dotted key starting with one of {list(SECTIONS)}")
-        for condition in (param.when or {}):
+        for condition, allowed in (param.when or {}).items():
             if condition not in seen:
-                raise ConfigError(f"{where}: when: {condition!r} is not a parameter defined above this one")
+                raise ConfigError(f"{where}: when: {shown(condition)} is not a parameter defined above this one")
+            _check_condition(space, where, condition, allowed)
         if section == "distill" and key not in DistillSpec.model_fields:
             raise ConfigError(f"{where}: unknown key; allowed: {sorted(DistillSpec.model_fields)}")
         if section == "schedule" and key not in ScheduleSpec.model_fields:
@@ -192,11 +225,26 @@ def _check_names(space: SearchSpace, study: StudySpec) -> None:
                 raise ConfigError(f"{where}: family {missing[0]!r} has no parameter {key!r}; "
                                   f"add when: {{student.family: [...]}} with families that have it")
         seen.append(name)
-    if isinstance(families, CategoricalParam):
-        unknown = [f for f in families.choices if f not in FAMILIES]
-        if unknown:
-            raise ConfigError(f"{space.source}: params.student.family.choices: must be among "
-                              f"{sorted(FAMILIES)}, got {unknown[0]!r}")
+
+
+def _check_condition(space: SearchSpace, where: str, condition: str, allowed: list[Any]) -> None:
+    """Every value a `when` lists must be one its parameter can take (compared as `suggest` compares them)."""
+    param = space.params[condition]
+    if isinstance(param, FixedParam):
+        raise ConfigError(f"{where}: when: {condition!r} is fixed, not sampled, so the condition never holds")
+    if isinstance(param, FloatParam):
+        raise ConfigError(f"{where}: when: {condition!r} is a float: it takes any given value with probability "
+                          "zero (make it categorical)")
+    if not allowed:
+        raise ConfigError(f"{where}: when: {condition!r} lists no value, so the condition never holds")
+    for value in allowed:
+        if isinstance(param, IntParam):
+            possible, takes = param.can_take(value), f"integers {param.low}..{param.high} in steps of {param.step}"
+        else:
+            choices = param.choices if isinstance(param, CategoricalParam) else space.subsets(param)
+            possible, takes = any(value == choice for choice in choices), shown(choices, 120)
+        if not possible:
+            raise ConfigError(f"{where}: when: {condition!r} never takes {shown(value)}; it takes {takes}")
 
 
 def _check_values(space: SearchSpace, study: StudySpec) -> None:

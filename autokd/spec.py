@@ -11,12 +11,14 @@ Every error is one line that names the file and the dotted key::
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from autokd.archs import ARCH_ERROR, ArchDict
 from autokd.errors import ConfigError
@@ -24,12 +26,42 @@ from autokd.errors import ConfigError
 SIZE_METRICS = ("params", "bytes_fp32", "bytes_fp16", "macs")
 ACCURACY_METRIC = "val_accuracy"
 _CONSTRAINT = re.compile(r"^\s*(?P<metric>[a-z_0-9]+)\s*<=\s*(?P<limit>[0-9.eE+]+)\s*$")
+INT64_MAX = 2**63 - 1
+SEED_MAX = 2**32 - 1  # numpy's RandomState (Optuna's samplers) takes no more; torch and numpy's Generator agree
+ECHO_LIMIT = 80  # characters of the user's input an error line repeats
+
+
+def cut(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` cut to about `limit` characters: an error line never echoes a whole hostile input."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
+def shown(value: Any, limit: int = ECHO_LIMIT) -> str:
+    """`repr(value)`, cut to about `limit` characters."""
+    return cut(repr(value), limit)
+
+
+def check_int64(value: Any) -> Any:
+    """An int beyond int64 is refused (torch, numpy and the storage's integers stop there)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+        raise PydanticCustomError("int64", "must be an integer of at most 64 bits (|x| < 2**63), got {given}",
+                                  {"given": shown(value)})
+    return value
+
+
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX, description=f"an integer 0..{SEED_MAX}")]
 
 
 class _Strict(BaseModel):
-    """Unknown keys are errors: a typo must never be silently ignored."""
+    """Unknown keys are errors: a typo must never be silently ignored. No float is infinite or NaN,
+    no integer beyond int64: what torch, numpy, Optuna and Ray would refuse later is refused here."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _int64(cls, value: Any) -> Any:
+        return check_int64(value)
 
 
 class DataSpec(_Strict):
@@ -37,7 +69,7 @@ class DataSpec(_Strict):
     data_dir: str | None = None
     path: str | None = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
     train_subset: int | None = Field(None, gt=0)
     mnist1d_samples: int = Field(4000, ge=100)
 
@@ -65,7 +97,7 @@ class TeacherSpec(_Strict):
     arch: ArchDict
     checkpoint: str | None = None
     schedule: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(epochs=20))
-    seed: int = 0
+    seed: Seed = 0
 
 
 class DistillSpec(_Strict):
@@ -98,7 +130,7 @@ class _RunFields(_Strict):
     student: ArchDict = Field(default_factory=lambda: {"family": "mlp", "depth": 1, "width": 32})
     distill: DistillSpec = Field(default_factory=DistillSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     augment: list[Literal["shift", "flip"]] = Field(default_factory=list)
     cache_dir: str = ".cache/autokd"
@@ -143,7 +175,7 @@ class Budget(_Strict):
 
 class SamplerSpec(_Strict):
     name: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
-    seed: int = 0
+    seed: Seed = 0
 
 
 class Resources(_Strict):
@@ -221,9 +253,7 @@ class StudySpec(_RunFields):
     @classmethod
     def _constraints(cls, constraints: list[str]) -> list[str]:
         for text in constraints:
-            match = _CONSTRAINT.match(text)
-            if not match or match["metric"] not in SIZE_METRICS:
-                raise ValueError(f"expected '<metric> <= <number>' with metric in {list(SIZE_METRICS)}, got {text!r}")
+            _constraint(text)  # evaluated now, as `size_limits` will before every trial: a bad one never gets there
         return constraints
 
     @model_validator(mode="after")
@@ -239,9 +269,8 @@ class StudySpec(_RunFields):
         """Constraints as {metric: upper bound}; checked before a trial trains."""
         limits: dict[str, float] = {}
         for text in self.constraints:
-            match = _CONSTRAINT.match(text)
-            assert match is not None  # validated above
-            limits[match["metric"]] = min(float(match["limit"]), limits.get(match["metric"], float("inf")))
+            metric, limit = _constraint(text)
+            limits[metric] = min(limit, limits.get(metric, math.inf))
         return limits
 
     @property
@@ -267,6 +296,20 @@ class StudySpec(_RunFields):
         return TrainConfig(name=f"{self.name}-default", **_plain(run_fields))
 
 
+def _constraint(text: str) -> tuple[str, float]:
+    """(metric, limit) of '<metric> <= <number>'; the limit a finite number > 0."""
+    match = _CONSTRAINT.match(text)
+    if not match or match["metric"] not in SIZE_METRICS:
+        raise ValueError(f"expected '<metric> <= <number>' with metric in {list(SIZE_METRICS)}, got {shown(text)}")
+    try:
+        limit = float(match["limit"])
+    except ValueError:
+        raise ValueError(f"{shown(match['limit'])} is not a number, in {shown(text)}") from None
+    if not math.isfinite(limit) or limit <= 0:
+        raise ValueError(f"the limit must be a finite number > 0 (no model is smaller), got {shown(text)}")
+    return match["metric"], limit
+
+
 def _plain(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v.model_dump() if isinstance(v, BaseModel) else
             [x.model_dump() if isinstance(x, BaseModel) else x for x in v] if isinstance(v, list) else v
@@ -276,19 +319,109 @@ def _plain(fields: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Reading files
 
+MAX_YAML_BYTES = 4 * 2**20  # a study, space or training config is a few kB
+MAX_YAML_NODES = 100_000  # values after expanding every alias; a study has a few hundred
+MAX_YAML_DEPTH = 50  # nesting; a study needs five
+
+
+class _Loader(yaml.SafeLoader):
+    """`yaml.safe_load`, but a key given twice is an error, not "the last one wins", and nesting is bounded."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` then a key of its own: an override
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable: the base class refuses it in its own words
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {shown(key)}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand to more than MAX_YAML_NODES values or MAX_YAML_DEPTH levels.
+
+    Walks the node graph once (shared nodes are counted from a memo), so an alias bomb is
+    measured in microseconds, before anything is built from it."""
+    done: dict[int, tuple[int, int]] = {}  # id(node) -> (values when expanded, height)
+    active: set[int] = set()
+
+    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
+        if id(node) in done:
+            size, height = done[id(node)]
+        elif id(node) in active:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to its own anchor (a recursive value)",
+                                              node.start_mark)
+        elif depth > MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                              node.start_mark)
+        else:
+            active.add(id(node))
+            size, height = 1, 0
+            children = (node.value if isinstance(node, yaml.SequenceNode) else
+                        [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) else [])
+            for child in children:
+                child_size, child_height = measure(child, depth + 1)
+                size, height = size + child_size, max(height, child_height + 1)
+                if size > MAX_YAML_NODES:
+                    raise yaml.composer.ComposerError(None, None, f"aliases expand to more than {MAX_YAML_NODES:,} "
+                                                      "values (an alias bomb?)", child.start_mark)
+            active.discard(id(node))
+            done[id(node)] = size, height
+        if depth + height > MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                              node.start_mark)
+        return size, height
+
+    measure(root, 0)
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from `path` (safe_load only), or a one-line ConfigError."""
+    """A YAML mapping from `path` (safe_load only, bounded: see `_Loader`), or a one-line ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is too large for a YAML config "
+                          f"(at most {MAX_YAML_BYTES:,})")
     try:
-        document = yaml.safe_load(path.read_text())
+        document = _load_yaml(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "cannot parse"
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"{path}: not valid YAML{where}: {cut(problem, 120)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested deeper than {MAX_YAML_DEPTH} levels") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (expected YAML)") from None
     if not isinstance(document, dict):
@@ -299,10 +432,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def describe_validation_error(error: ValidationError) -> tuple[str, str]:
     """Pydantic's first error as (dotted key, what was expected [, got X])."""
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "<top level>"
+    key = cut(".".join(str(part) for part in first["loc"]), 120) or "<top level>"
     kind, message = first["type"], first["msg"]
     if kind == ARCH_ERROR:  # worded by autokd.archs; ctx names the parameter inside the architecture
-        return ".".join(filter(None, (key, first["ctx"]["key"]))), message
+        return ".".join(filter(None, (key, cut(first["ctx"]["key"])))), message
     if kind == "extra_forbidden":
         return key, "unknown key"
     if kind == "missing":
@@ -313,9 +446,9 @@ def describe_validation_error(error: ValidationError) -> tuple[str, str]:
     message = message.replace("greater than", ">").replace("less than or equal to", "<=").replace("less than", "<")
     if kind.endswith("_type") or kind in {"literal_error", "greater_than", "greater_than_equal", "less_than",
                                          "less_than_equal", "string_pattern_mismatch", "int_from_float",
-                                         "int_parsing", "float_parsing", "bool_parsing"}:
-        return key, f"{message}, got {first.get('input')!r}"
-    return key, message
+                                         "int_parsing", "float_parsing", "bool_parsing", "finite_number"}:
+        return key, f"{cut(message, 160)}, got {shown(first.get('input'))}"
+    return key, cut(message, 200)
 
 
 def config_error(source: str | Path, error: ValidationError) -> ConfigError:

@@ -15,12 +15,14 @@ import socket
 import threading
 import time
 import warnings
+from pathlib import Path
+from typing import Any
 
 import optuna
 
 from autokd.errors import StorageError
 from autokd.results import INTERRUPTED, open_storage
-from autokd.spec import StudySpec
+from autokd.spec import StudySpec, cut
 
 DRIVER = f"{socket.gethostname()}:{os.getpid()}"
 # A driver on another host whose heartbeat is older than this is taken for dead.
@@ -143,32 +145,113 @@ def recover_interrupted(study: optuna.Study, own_only: bool = False) -> int:
 REQUEUED_ATTRS = ("level", "role", "arch", "seeds", "teachers_allowed")
 
 
+def storage_file(storage_url: str) -> Path | None:
+    """The file of a SQLite or journal-file storage; None for a database server."""
+    if storage_url.startswith("sqlite:///"):
+        return Path(storage_url.removeprefix("sqlite:///").partition("?")[0])
+    if "://" not in storage_url and storage_url.endswith((".log", ".journal")):
+        return Path(storage_url)
+    return None
+
+
+def check_outputs(spec: StudySpec, storage_url: str, storage_flag: bool = False) -> None:
+    """The storage file and the cache folder can be written: else one line naming the path, before anything is.
+
+    The folder of a storage given by ``--storage`` must exist (a typo makes no folders); the
+    study's own storage folder, and the cache's, are made when missing."""
+    from autokd.atomic import check_writable
+
+    path = storage_file(storage_url)
+    if path is not None and str(path) != ":memory:":
+        what = "--storage" if storage_flag else f"{spec.source}: storage"
+        check_writable(path, what, create_parents=not storage_flag)
+    check_writable(Path(spec.cache_dir), f"{spec.source}: cache_dir", folder=True)
+
+
 def existing_study(spec: StudySpec, storage_url: str) -> optuna.Study | None:
     """The study if the storage already holds it; creates neither the storage file nor the study."""
-    if storage_url.startswith("sqlite:///"):
-        from pathlib import Path
-
-        if not Path(storage_url.removeprefix("sqlite:///")).is_file():
-            return None
-    storage = open_storage(storage_url)
+    path = storage_file(storage_url)
+    if path is not None and not path.is_file():
+        return None
+    storage = open_storage(storage_url, f"{spec.source}: storage" if storage_url == spec.storage_url() else "--storage")
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     return optuna.load_study(study_name=spec.name, storage=storage) if spec.name in names else None
 
 
+# The parts of a study that its trials were sampled and trained from: a resume that changes one of
+# them (or the search space) mixes two searches, and needs --accept-changes. The budget, resources,
+# sampler, constraints, stopping, robust re-runs, storage and cache may change freely.
+RESUME_COMPARED = ("data", "teachers", "student", "distill", "schedule", "seed", "augment", "search")
+_PATH_KEYS = ("data.path", "data.data_dir")  # written relative to the study file: compared as files
+
+
 def check_resumable(spec: StudySpec, study: optuna.Study, storage_url: str, resume: bool,
-                    space_signature: dict) -> None:
-    """Refuse to mix runs that would not be comparable; raises a one-line StorageError."""
-    if not resume and study.get_trials(deepcopy=False):
+                    space_signature: dict, accept_changes: bool = False) -> list[str]:
+    """Refuse to mix runs that would not be comparable; raises a one-line StorageError.
+
+    A study with trials resumed from a file whose space, data, teachers or training defaults
+    differ from the stored ones is refused, naming the changed keys; with `accept_changes`
+    it goes on, and the changed keys are returned. Objectives can never change: the stored
+    trials' values measure the old ones."""
+    trials = study.get_trials(deepcopy=False)
+    if not resume and trials:
         raise StorageError(f"{spec.source}: name: study {spec.name!r} already has trials in {storage_url}; "
                            "use --resume to continue it (or give the study another name)")
     directions = [d.name.lower() for d in study.directions]
     if directions != spec.directions or study.user_attrs.get("objectives") not in (None, spec.objectives):
-        raise StorageError(f"{spec.source}: objectives: study {spec.name!r} in {storage_url} has objectives "
-                           f"{study.user_attrs.get('objectives')} ({directions}); the file asks for "
-                           f"{spec.objectives}")
-    if study.user_attrs.get("space") not in (None, space_signature):
-        raise StorageError(f"{spec.source}: search_space: differs from the space study {spec.name!r} was "
-                           "started with; resuming would mix two searches (use another study name)")
+        raise StorageError(f"{spec.source}: objectives: study {spec.name!r} was run with "
+                           f"{cut(str(study.user_attrs.get('objectives') or directions), 60)}, the file asks for "
+                           f"{cut(str(spec.objectives), 60)}; its trials' values cannot change meaning")
+    changes = resume_changes(spec, study, space_signature) if trials else []
+    if changes and not accept_changes:
+        shown = ", ".join(cut(key, 50) for key in changes[:3]) + (f" (+{len(changes) - 3} more)"
+                                                                   if len(changes) > 3 else "")
+        raise StorageError(f"{spec.source}: {shown}: {'differs' if len(changes) == 1 else 'differ'} from stored "
+                           f"study {cut(spec.name, 40)!r}; resuming would mix two searches (--accept-changes "
+                           "resumes anyway)")
+    return changes
+
+
+def resume_changes(spec: StudySpec, study: optuna.Study, space_signature: dict) -> list[str]:
+    """Dotted keys of the search space and of `RESUME_COMPARED` that differ from what `study` stored."""
+    changes = []
+    if study.user_attrs.get("space") is not None:
+        changes += _differences(study.user_attrs["space"], space_signature, "search_space", one_sided=True)
+    stored = study.user_attrs.get("study_spec")
+    if isinstance(stored, dict):
+        current = spec.model_dump(mode="json")
+        study_file = study.user_attrs.get("study_file")
+        for key in RESUME_COMPARED:
+            if key in stored and key in current:
+                changes += [change for change in _differences(stored[key], current[key], key, one_sided=False)
+                            if not (change in _PATH_KEYS and _same_file(stored, current, change, study_file))]
+    return changes
+
+
+def _differences(old: Any, new: Any, key: str, one_sided: bool) -> list[str]:
+    """Dotted keys where `old` and `new` differ. A key only one side has counts when `one_sided` (else it is
+    a field another autokd version added or removed)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [k for k in {**old, **new} if one_sided or (k in old and k in new)]
+        return [change for k in keys
+                for change in (_differences(old.get(k), new.get(k), f"{key}.{k}", one_sided)
+                               if k in old and k in new else [f"{key}.{k}"])]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [change for index, (a, b) in enumerate(zip(old, new))
+                for change in _differences(a, b, f"{key}.{index}", one_sided)]
+    return [] if old == new else [key]
+
+
+def _same_file(stored: dict, current: dict, dotted: str, study_file: str | None) -> bool:
+    """Do two data paths name one file? The stored one is relative to the first driver's working
+    directory, an ancestor of the study file's folder (or that folder itself)."""
+    section, key = dotted.split(".")
+    old, new = stored[section][key], current[section][key]
+    if old is None or new is None:
+        return old == new
+    target = Path(new).expanduser().resolve()
+    bases = [Path.cwd()] + ([Path(study_file).parent, *Path(study_file).parent.parents] if study_file else [])
+    return any((base / Path(old).expanduser()).resolve() == target for base in bases)
 
 
 def open_or_create_study(spec: StudySpec, storage_url: str, resume: bool, space_signature: dict) -> optuna.Study:

@@ -8,16 +8,17 @@ Cache layout, one folder per teacher under ``<cache_dir>/teachers/``::
 
 The key hashes everything that determines the teacher: architecture, schedule, seed, the
 data's fingerprint (and the checkpoint's bytes for loaded teachers). Files are written to a
-temporary name and renamed, so a crash never leaves a half-written entry that a later run trusts.
+temporary name and renamed (`autokd.atomic`), so a crash never leaves a half-written entry that
+a later run trusts. A checkpoint that cannot teach (weights not finite; for a search, val
+accuracy at chance) is refused before anything is written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import math
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,11 +28,13 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from autokd.atomic import torch_save as atomic_torch_save
+from autokd.atomic import write_bytes as atomic_write_bytes
 from autokd.data import Dataset
 from autokd.distill import EpochResult, evaluate
 from autokd.errors import CheckpointError
 from autokd.runner import train_model
-from autokd.spec import DistillSpec, TeacherSpec
+from autokd.spec import DistillSpec, TeacherSpec, cut
 from autokd.zoo import ZooModel, build_model, model_size
 
 CACHE_VERSION = 2  # 2: teacher init seeded by its own seed
@@ -103,24 +106,6 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "wb") as stream:
-        stream.write(payload)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
-
-
 def load_state_dict(model: nn.Module, path: Path, what: str) -> None:
     """Load weights into `model`, or a one-line CheckpointError naming `what` and the file."""
     if not path.is_file():
@@ -138,16 +123,38 @@ def load_state_dict(model: nn.Module, path: Path, what: str) -> None:
         model.load_state_dict(state)
     except RuntimeError as error:
         first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
-        raise CheckpointError(f"{what}: {path} does not match the architecture {model.arch}: {first}") from None
+        raise CheckpointError(f"{what}: {path} does not match the architecture ({model.arch['family']}): "
+                              f"{cut(first, 120)}") from None
+    broken = [name for name, tensor in model.state_dict().items()
+              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise CheckpointError(f"{what}: {path} has NaN or infinite weights (in {broken[0]!r}"
+                              f"{f' and {len(broken) - 1} more' if len(broken) > 1 else ''})")
+
+
+def chance_accuracy(y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy of always answering the most common class of `y`, and above it the margin that
+    still counts as chance: two binomial standard errors)."""
+    counts = torch.bincount(y)
+    chance = float(counts.max()) / len(y)
+    return chance, 2 * math.sqrt(chance * (1 - chance) / len(y))
 
 
 def check_teachers(specs: list[TeacherSpec], data: Dataset, resolve_path: Callable[[str], Path] = Path,
-                   source: str = "<study>") -> None:
-    """Every checkpoint teacher exists, reads as a state_dict and fits its architecture; writes nothing."""
+                   source: str = "<study>", *, can_teach: bool = True) -> None:
+    """Every checkpoint teacher exists, reads as a state_dict, fits its architecture and has finite
+    weights; with `can_teach` (a search), its val accuracy is also above chance. Writes nothing."""
+    chance, margin = chance_accuracy(data.y_val) if can_teach else (0.0, 0.0)
     for index, spec in enumerate(specs):
         if spec.checkpoint:
             model = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)
-            load_state_dict(model, resolve_path(spec.checkpoint), f"{source}: teachers.{index}.checkpoint")
+            where = f"{source}: teachers.{index}.checkpoint"
+            load_state_dict(model, resolve_path(spec.checkpoint), where)
+            accuracy = evaluate(model.eval(), data.x_val, data.y_val) if can_teach else 1.0
+            if accuracy <= chance + margin:
+                raise CheckpointError(f"{where}: teacher {cut(spec.name)!r} is at chance level: val accuracy "
+                                      f"{accuracy:.4f} vs {chance:.4f} by always answering the most common class; "
+                                      "it has nothing to teach (untrained, or trained on other data?)")
 
 
 def prepare_teachers(specs: list[TeacherSpec], data: Dataset, cache_dir: str | Path,
@@ -159,7 +166,7 @@ def prepare_teachers(specs: list[TeacherSpec], data: Dataset, cache_dir: str | P
     All checkpoints are checked before anything is trained or written. Training a teacher shows
     one progress bar on stderr when it is a terminal (and `progress`), else one line through `log`.
     """
-    check_teachers(specs, data, resolve_path, source)
+    check_teachers(specs, data, resolve_path, source, can_teach=False)  # a search has checked more, before its study
     root = Path(cache_dir) / "teachers"
     entries = []
     for spec in specs:

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import statistics
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Callable, Sequence
 import torch
 import yaml
 
+from autokd.atomic import check_writable, replace_folder
 from autokd.data import load_data
 from autokd.distill import evaluate
 from autokd.errors import CheckpointError
@@ -67,6 +66,8 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path | None = None, *
         config.schedule.epochs = epochs
     if augment is not None:
         config.augment = list(augment)
+    folder = Path(out_dir) if out_dir else Path("runs") / config.name
+    check_writable(folder, "--out" if out_dir else f"{source}: run folder", folder=True)  # before hours of training
 
     data = load_data(config.data, source)
     teachers, targets = prepare_targets(config, data, source, log)
@@ -86,7 +87,6 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path | None = None, *
                "normalization": data.normalization.as_dict(), "seeds": per_seed,
                "teachers": {t.name: {"val_accuracy": t.meta["val_accuracy"], "test_accuracy": t.meta["test_accuracy"],
                                      "params": t.meta["params"]} for t in teachers}}
-    folder = Path(out_dir) if out_dir else Path("runs") / config.name
     metrics["exports"] = write_run(folder, students[0], config, metrics)
     for kind, outcome in metrics["exports"].items():
         if outcome not in (TORCHSCRIPT_FILE, ONNX_FILE):
@@ -211,23 +211,11 @@ def write_run(folder: Path, student: ZooModel, config: TrainConfig, metrics: dic
     from autokd.data import Normalization
 
     normalization = Normalization.from_dict(metrics["normalization"])
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with replace_folder(folder) as staging:  # the previous run stays until the new one is in place
         torch.save(student.state_dict(), staging / STUDENT_FILE)
         (staging / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         exports = export_student(student, tuple(metrics["input_shape"]), staging, normalization)
         (staging / "metrics.json").write_text(json.dumps({**metrics, "exports": exports}, indent=2))
-        previous = folder.with_name(f".{folder.name}.previous") if folder.exists() else None
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
-            folder.rename(previous)  # kept until the new run is in place: a crash never leaves neither
-        staging.rename(folder)
-        if previous is not None:
-            shutil.rmtree(previous)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return exports
 
 

@@ -75,12 +75,67 @@ def test_apply_builds_a_valid_config_and_switches_family():
     ({"student.family": {"type": "categorical", "choices": ["mlp", "cnn"]},
       "student.width": {"type": "int", "low": 2, "high": 8}}, "family 'cnn' has no parameter 'width'"),
     ({"distill.w_ce": {"type": "teacher_subset"}}, "only for distill.teachers"),
+    # values Optuna or the config refuse later: inf/NaN bounds, integers beyond int64, unstorable choices
+    ({"distill.temperature": {"type": "float", "low": 1, "high": float("inf")}}, "high: must be a finite number"),
+    ({"distill.temperature": {"type": "float", "low": float("nan"), "high": 2}}, "low: must be a finite number"),
+    ({"schedule.epochs": {"type": "int", "low": 1, "high": 2**63}}, "high: must be an integer of at most 64 bits"),
+    ({"distill.w_ce": {"type": "categorical", "choices": [0.5, float("inf")]}}, "choices: must be a finite number"),
+    ({"distill.kind": {"type": "categorical", "choices": [["kl"]]}}, "each choice must be a string, number"),
+    # rules that parse but cannot be sampled as written
+    ({"student.width": {"type": "int", "low": 4, "high": 64, "log": True, "step": 2}}, "log: true cannot go with"),
+    ({"student.width": {"type": "int", "low": 4, "high": 63, "step": 4}}, "step 4 does not divide high - low = 59"),
+    ({"distill.kind": {"type": "categorical", "choices": ["kl", "dkd"]},
+      "distill.dkd_beta": {"type": "float", "low": 1, "high": 8, "when": {"distill.kind": ["dkd", "dkdd"]}}},
+     "when: 'distill.kind' never takes 'dkdd'; it takes ['kl', 'dkd']"),
+    ({"student.family": {"type": "categorical", "choices": ["mlp", "cnn"]},
+      "student.width": {"type": "int", "low": 2, "high": 8, "when": {"student.family": ["resnet"]}}},
+     "when: 'student.family' never takes 'resnet'"),
+    ({"schedule.epochs": {"type": "int", "low": 1, "high": 9, "step": 2},
+      "distill.w_kd": {"type": "float", "low": 0, "high": 1, "when": {"schedule.epochs": [4]}}},
+     "when: 'schedule.epochs' never takes 4; it takes integers 1..9 in steps of 2"),
+    ({"schedule.epochs": {"type": "int", "low": 1, "high": 9},
+      "distill.w_kd": {"type": "float", "low": 0, "high": 1, "when": {"schedule.epochs": [10]}}}, "never takes 10"),
+    ({"distill.teachers": {"type": "teacher_subset", "max_size": 1},
+      "distill.w_kd": {"type": "float", "low": 0, "high": 1, "when": {"distill.teachers": ["a+b"]}}},
+     "when: 'distill.teachers' never takes 'a+b'"),
+    ({"distill.kind": {"type": "fixed", "value": "kl"},
+      "distill.w_kd": {"type": "float", "low": 0, "high": 1, "when": {"distill.kind": ["kl"]}}},
+     "'distill.kind' is fixed, not sampled, so the condition never holds"),
+    ({"distill.w_ce": {"type": "float", "low": 0, "high": 1},
+      "distill.w_kd": {"type": "float", "low": 0, "high": 1, "when": {"distill.w_ce": [0.5]}}},
+     "'distill.w_ce' is a float"),
+    ({"distill.kind": {"type": "categorical", "choices": ["kl"]},
+      "distill.w_kd": {"type": "float", "low": 0, "high": 1, "when": {"distill.kind": []}}}, "lists no value"),
+    ({"student.family": {"type": "fixed", "value": "vit"}}, "student.family.value: must be among"),
 ])
 def test_bad_spaces_are_one_line_errors(params, expected):
     with pytest.raises(ConfigError) as error:
         parse_space({"params": params}, "space.yaml", STUDY)
     assert expected in str(error.value) and str(error.value).startswith("space.yaml")
     assert "\n" not in str(error.value)
+
+
+def test_rules_that_can_hold_are_accepted():
+    params = {
+        "schedule.epochs": {"type": "int", "low": 1, "high": 9, "step": 2},
+        "distill.teachers": {"type": "teacher_subset"},
+        "distill.kind": {"type": "categorical", "choices": ["kl", "dkd"]},
+        "distill.w_kd": {"type": "float", "low": 0, "high": 1, "when": {"schedule.epochs": [3, 5.0]}},
+        "distill.w_feat": {"type": "float", "low": 0, "high": 1, "when": {"distill.teachers": ["a+b", "c"]}},
+        "distill.dkd_beta": {"type": "float", "low": 1, "high": 8, "log": True, "when": {"distill.kind": ["dkd"]}},
+    }
+    space = parse_space({"params": params}, "space.yaml", STUDY)
+    for trial in sample(space):
+        assert ("distill.w_kd" in trial) == (trial["schedule.epochs"] in (3, 5))
+        assert ("distill.w_feat" in trial) == (trial["distill.teachers"] in ("a+b", "c"))
+
+
+def test_an_error_echoes_a_bounded_part_of_a_huge_input():
+    with pytest.raises(ConfigError) as error:
+        parse_space({"params": {"distill.kind": {"type": "categorical", "choices": ["kl"]},
+                                "distill.w_kd": {"type": "float", "low": 0, "high": 1,
+                                                 "when": {"distill.kind": ["x" * 100_000]}}}}, "space.yaml", STUDY)
+    assert len(str(error.value)) < 300 and "chars)" in str(error.value)
 
 
 def test_shipped_spaces_load(tmp_path):

@@ -2,12 +2,16 @@
 
 import subprocess
 import sys
+import time
+import tracemalloc
+import typing
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from autokd.errors import ConfigError
-from autokd.spec import load_study, load_train_config
+from autokd.spec import SEED_MAX, StudySpec, load_study, load_train_config
 
 VALID = {
     "name": "s",
@@ -139,3 +143,145 @@ def test_validating_a_config_imports_no_torch(tmp_path):
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert completed.stdout.splitlines() == [f"{bad}: student.width: must be an integer >= 1, got -1", "False"], \
         completed.stdout + completed.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers the libraries below refuse, refused when the file is read (issue 14)
+
+
+def _fields(model: type[BaseModel], kind: type, prefix: str = "") -> list[str]:
+    """Dotted keys of every `kind` field (plain or optional) reachable from `model`; lists as their item 0."""
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if typing.get_origin(annotation) is list and args and isinstance(args[0], type) and issubclass(args[0],
+                                                                                                     BaseModel):
+            keys += _fields(args[0], kind, f"{prefix}{name}.0.")
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += _fields(annotation, kind, f"{prefix}{name}.")
+        elif annotation is kind or (len(args) == 1 and args[0] is kind):
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+FLOAT_KEYS = _fields(StudySpec, float)
+INT_KEYS = [key for key in _fields(StudySpec, int) if not key.endswith("seed")]
+SEED_KEYS = ["seed", "data.seed", "teachers.0.seed", "sampler.seed"]
+
+
+def test_the_walk_finds_the_numbers():
+    assert {"distill.temperature", "schedule.lr", "data.val_fraction", "teachers.0.schedule.lr",
+            "budget.time_limit_s", "resources.cpus_per_trial"} <= set(FLOAT_KEYS)
+    assert {"schedule.epochs", "budget.trials", "resources.concurrency"} <= set(INT_KEYS)
+    assert set(SEED_KEYS) <= set(_fields(StudySpec, int))
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")], ids=["inf", "-inf", "nan"])
+def test_no_float_anywhere_may_be_infinite_or_nan(tmp_path, value):
+    for key in FLOAT_KEYS:
+        path = write(tmp_path, with_change(key, value))
+        with pytest.raises(ConfigError, match=rf": {key}: must be a finite number, got {value}$"):
+            load_study(path)
+    with pytest.raises(ConfigError, match=rf": student.dropout: must be a number with 0 <= p < 1, got {value}$"):
+        load_study(write(tmp_path, with_change("student.dropout", value)))
+
+
+def test_no_integer_anywhere_may_exceed_int64(tmp_path):
+    for key in [*INT_KEYS, "student.width", "teachers.0.arch.depth"]:
+        path = write(tmp_path, with_change(key, 2**63))
+        expected = r"(an integer of at most 64 bits \(\|x\| < 2\*\*63\)|<= \d+)"
+        with pytest.raises(ConfigError, match=rf": {key}: must be {expected}, got 92233"):
+            load_study(path)
+
+
+@pytest.mark.parametrize("key", SEED_KEYS)
+def test_seeds_are_0_to_2_to_the_32_minus_1(tmp_path, key):
+    for value, expected in ((-1, "must be >= 0, got -1"), (SEED_MAX + 1, f"must be <= {SEED_MAX}, got {SEED_MAX + 1}"),
+                            (2**80, f"must be <= {SEED_MAX}")):
+        with pytest.raises(ConfigError, match=rf": {key}: {expected}"):
+            load_study(write(tmp_path, with_change(key, value)))
+    load_study(write(tmp_path, with_change(key, SEED_MAX)))
+
+
+@pytest.mark.parametrize("constraint, expected", [
+    ("params <= 1.2.3", "'1.2.3' is not a number"),
+    ("params <= e", "'e' is not a number"),
+    ("params <= 1e999", "finite number > 0"),
+    ("macs <= 0", "finite number > 0"),
+    ("weights <= 5", "expected '<metric> <= <number>'"),
+])
+def test_constraints_are_evaluated_when_the_study_is_read(tmp_path, constraint, expected):
+    with pytest.raises(ConfigError, match=r": constraints: ") as error:
+        load_study(write(tmp_path, with_change("constraints", ["params <= 5000", constraint])))
+    assert expected in str(error.value)
+
+
+def test_constraints_become_limits(tmp_path):
+    spec = load_study(write(tmp_path, with_change("constraints", ["params <= 5e4", "params <= 60000", "macs <= 1e6"])))
+    assert spec.size_limits() == {"params": 50_000.0, "macs": 1e6}
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile YAML
+
+
+def _bomb(levels: int) -> str:
+    """The billion laughs: `levels` levels of 9 aliases to the level below (9**levels strings expanded)."""
+    lines = ["name: s", "search_space: x", "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_at_once_in_little_memory(tmp_path):
+    path = write(tmp_path, _bomb(12))  # 2.8e11 strings once expanded
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ConfigError, match=r"not valid YAML at line \d+, column \d+: aliases expand to more "
+                                              r"than 100,000 values"):
+            load_study(path)
+        seconds, (_, peak) = time.perf_counter() - started, tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seconds < 0.25 and peak < 5_000_000, (seconds, peak)
+
+
+def test_aliases_that_expand_modestly_still_load(tmp_path):
+    document = {key: value for key, value in VALID.items() if key != "teachers"}
+    text = ("teachers:\n  - &t {name: t1, arch: {family: mlp, width: 32}, schedule: {epochs: 1, batch_size: 32}}\n"
+            + yaml.safe_dump(document) + "schedule: {<<: *t, epochs: 3}\n")
+    text = text.replace("schedule: {<<: *t,", "schedule: {<<: *s,").replace("schedule: {epochs: 1, batch_size: 32}",
+                                                                        "schedule: &s {epochs: 1, batch_size: 32}")
+    spec = load_study(write(tmp_path, text))
+    assert (spec.schedule.epochs, spec.schedule.batch_size) == (3, 32)  # a merge key then an override is fine
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: a\nname: b\n", "at line 2, column 1: duplicate key 'name'"),
+    ("name: a\nschedule: {epochs: 1, epochs: 2}\n", "duplicate key 'epochs'"),
+    ("a: &a [*a]\n", "an alias refers to its own anchor"),
+    ("a: &a {b: *a}\n", "an alias refers to its own anchor"),
+    ("a: " + "[" * 3000 + "]" * 3000 + "\n", "nested deeper than 50 levels"),
+])
+def test_hostile_yaml_is_refused(tmp_path, text, expected):
+    with pytest.raises(ConfigError, match="not valid YAML") as error:
+        load_study(write(tmp_path, text))
+    assert expected in str(error.value)
+
+
+@pytest.mark.parametrize("text", [
+    yaml.safe_dump({**VALID, "k" * 50_000: 1}),
+    yaml.safe_dump({**VALID, "sampler": {"name": "v" * 50_000}}),
+    yaml.safe_dump({**VALID, "objectives": ["val_accuracy", "p" * 50_000]}),
+    yaml.safe_dump({**VALID, "student": {"family": "f" * 50_000}}),
+    yaml.safe_dump({**VALID, "student": {"family": "mlp", "w" * 50_000: 1}}),
+    yaml.safe_dump({**VALID, "constraints": ["params <= " + "9" * 50_000]}),
+    "name: !!python/object/apply:os.system" + "x" * 50_000 + " ['true']\n",
+    "name: [" + "x" * 50_000 + "\n",
+], ids=["key", "value", "objective", "family", "arch-key", "constraint", "tag", "unclosed"])
+def test_an_error_line_echoes_at_most_a_few_hundred_characters(tmp_path, text):
+    with pytest.raises(ConfigError) as error:
+        load_study(write(tmp_path, text))
+    message = str(error.value).removeprefix(str(tmp_path))
+    assert len(message) <= 250 and "\n" not in message, message
