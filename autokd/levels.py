@@ -25,7 +25,7 @@ from autokd.pairing import CE, TUNED, VANILLA_KD
 from autokd.pareto import pareto_front_mask
 from autokd.results import INTERRUPTED
 from autokd.space import SUBSET_SEPARATOR, SearchSpace, TeacherSubsetParam
-from autokd.spec import StudySpec, TrainConfig
+from autokd.spec import StudySpec, TrainConfig, derived_seed
 from autokd.zoo import arch_size
 
 ARCHITECTURE = "architecture"  # the role of a level-1 trial
@@ -64,7 +64,7 @@ def is_two_level(spec: StudySpec, space: SearchSpace) -> bool:
 
 
 def paired_seeds(spec: StudySpec) -> list[int]:
-    return [spec.seed + PAIRED_SEED_STRIDE * (k + 1) for k in range(spec.search.seeds)]
+    return [derived_seed(spec.seed, PAIRED_SEED_STRIDE * (k + 1)) for k in range(spec.search.seeds)]
 
 
 def level1_trials(spec: StudySpec) -> int:
@@ -135,7 +135,8 @@ class TwoLevelPlan:
         metric = self.spec.objectives[1]
         tried = np.log10([max(float(t.user_attrs[metric]), 1.0) for t in level1 if metric in t.user_attrs])
         limits = self.spec.size_limits()
-        draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.spec.sampler.seed * 7919 + count))
+        seed = derived_seed(self.spec.sampler.seed * 7919, count)
+        draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
         best, best_distance = None, -1.0
         for _ in range(STRATIFY_CANDIDATES):
             candidate = draws.ask()

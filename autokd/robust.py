@@ -13,12 +13,12 @@ import optuna
 
 from autokd import runner
 from autokd.results import trials_frame
-from autokd.spec import StudySpec, TrainConfig
+from autokd.spec import StudySpec, TrainConfig, derived_seed
 
 
 def robust_seeds(trial_seed: int, count: int) -> list[int]:
     """The trial's own seed first, then count-1 fresh ones far from other trials' seeds."""
-    return [trial_seed] + [trial_seed + 100_003 * k for k in range(1, count)]
+    return [trial_seed] + [derived_seed(trial_seed, 100_003 * k) for k in range(1, count)]
 
 
 def val_accuracy_with_seed(config_dict: dict, seed: int, data, outputs) -> float:

@@ -24,7 +24,7 @@ from autokd.errors import AutokdError
 from autokd.levels import ALL_SECTIONS, FINISHED, WAIT, Proposal, TwoLevelPlan, role_config, sampled_sections
 from autokd.results import open_storage, trained_epochs
 from autokd.space import SearchSpace
-from autokd.spec import StudySpec, TrainConfig
+from autokd.spec import StudySpec, TrainConfig, derived_seed
 from autokd.study_store import DRIVER, HEARTBEAT_EVERY_S, beat, make_sampler, report_intermediate
 from autokd.zoo import arch_size
 
@@ -69,7 +69,7 @@ class AutokdSearcher(OptunaSearch):
             except (AutokdError, ValueError) as error:
                 self._finish(ot_trial, States.FAIL, failure_reason=f"invalid config: {error}", **attrs)
                 continue
-            seeds = list(attrs.get("seeds") or [self.base.seed + ot_trial.number])
+            seeds = list(attrs.get("seeds") or [derived_seed(self.base.seed, ot_trial.number)])
             config.seed = seeds[0]
             # `driver` tells apart the trials of several drivers adding to one shared study.
             for key, value in {**attrs, "config": config.model_dump(), "seed": config.seed, "driver": DRIVER,

@@ -52,6 +52,12 @@ def check_int64(value: Any) -> Any:
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX, description=f"an integer 0..{SEED_MAX}")]
 
 
+def derived_seed(seed: int, offset: int) -> int:
+    """A seed made from another (a trial's from the study's, a resumed sampler's, a paired one):
+    wrapped into 0..SEED_MAX, so that a valid study seed never derives one the libraries refuse."""
+    return (seed + offset) % (SEED_MAX + 1)
+
+
 class _Strict(BaseModel):
     """Unknown keys are errors: a typo must never be silently ignored. No float is infinite or NaN,
     no integer beyond int64: what torch, numpy, Optuna and Ray would refuse later is refused here."""

@@ -22,7 +22,7 @@ import optuna
 
 from autokd.errors import StorageError
 from autokd.results import INTERRUPTED, open_storage
-from autokd.spec import StudySpec, cut
+from autokd.spec import StudySpec, cut, derived_seed
 
 DRIVER = f"{socket.gethostname()}:{os.getpid()}"
 # A driver on another host whose heartbeat is older than this is taken for dead.
@@ -54,7 +54,7 @@ def make_sampler(spec: StudySpec, trials_so_far: int = 0) -> optuna.samplers.Bas
     """The study's sampler. A resumed driver offsets the seed by the trials already in storage:
     a sampler restarted with its first seed would replay the first driver's random draws and
     train the same configs again."""
-    seed = spec.sampler.seed + trials_so_far
+    seed = derived_seed(spec.sampler.seed, trials_so_far)
     if spec.sampler.name == "nsga2":
         # Optuna's default population (50) would make a 30-40 trial study one random generation.
         return PicklableNSGAIISampler(seed=seed, population_size=nsga2_population(spec.budget.trials))

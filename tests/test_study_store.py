@@ -30,3 +30,14 @@ def test_a_driver_removes_its_heartbeat_when_it_ends():
     assert set(heartbeats(study)) == {"other-host:1", DRIVER}
     clear_beat(study)
     assert heartbeats(study) == {"other-host:1": 5.0}
+
+
+def test_derived_seeds_stay_in_the_range_the_libraries_take(tmp_path):
+    from autokd.levels import paired_seeds
+    from autokd.robust import robust_seeds
+    from autokd.spec import SEED_MAX
+
+    spec = load_study(tiny_study(tmp_path, seed=SEED_MAX, sampler={"name": "tpe", "seed": SEED_MAX},
+                                 search={"mode": "two_level"}))
+    assert all(0 <= seed <= SEED_MAX for seed in paired_seeds(spec) + robust_seeds(SEED_MAX, 3))
+    make_sampler(spec, trials_so_far=10)  # numpy refuses seeds beyond 2**32 - 1
