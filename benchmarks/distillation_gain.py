@@ -157,13 +157,17 @@ def summarise(point: dict) -> dict:
             "ge_ce_plus_0_3pt": 100 * gain_ce >= GAIN_OVER_CE_PT}
 
 
-def front_points(study: optuna.Study) -> list[dict]:
-    """Each front point with its config; two-level points say which role stands there and why."""
+def front_points(study: optuna.Study, cap: int) -> list[dict]:
+    """The front's points (at most `cap`, spread evenly over sizes, both ends kept) with their configs;
+    two-level points say which role stands there and why."""
     frame = trials_frame(study)
     choices = {choice.trial: choice for choice in architecture_choices(study).values()}
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    front = front_frame(frame)
+    if len(front) > cap:
+        front = front.iloc[sorted({round(i * (len(front) - 1) / (cap - 1)) for i in range(cap)})]
     points = []
-    for row in front_frame(frame).itertuples():
+    for row in front.itertuples():
         trial = trials[int(row.trial)]
         config = trial.user_attrs["config"]
         choice = choices.get(trial.number)
@@ -184,6 +188,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30, help="two-level trials (the flat arm: equal compute)")
     parser.add_argument("--epochs", type=int, default=15, help="production epochs of the test runs")
     parser.add_argument("--workers", type=int, default=2, help="training processes (1 thread each)")
+    parser.add_argument("--front-cap", type=int, default=5, help="most front points evaluated per arm")
     args = parser.parse_args()
     trials, search_epochs, production_epochs = (8, 1, 2) if args.quick else (args.trials, 5, args.epochs)
     suffix = "_quick" if args.quick else ""
@@ -197,7 +202,7 @@ def main() -> None:
 
     results = {}
     for name, (spec, study, figures) in arms.items():
-        points = front_points(study)
+        points = front_points(study, args.front_cap)
         production_runs(spec, points, production_epochs, args.workers)
         rows = [summarise(point) for point in points]
         results[name] = {"search": figures, "front": rows}
@@ -233,7 +238,7 @@ def main() -> None:
         "settings": {"trials_two_level": trials, "search_epochs": search_epochs,
                      "production_epochs": production_epochs, "production_seeds": list(PRODUCTION_SEEDS),
                      "teachers": list(TEACHERS), "constraint": f"params <= {MAX_PARAMS}", "space": SPACE["params"],
-                     "workers": args.workers, "threads_per_run": 1}})
+                     "workers": args.workers, "threads_per_run": 1, "front_cap": args.front_cap}})
 
 
 if __name__ == "__main__":
