@@ -145,7 +145,8 @@ def load_data(spec: Any, source: str = "<data>", *, normalize: bool = True) -> D
     ``normalize=False`` they are left raw (what the exported models take), and
     ``normalization`` still says how training normalised them.
     """
-    loaders = {"digits": _load_digits, "fashion-mnist": _load_fashion_mnist, "mnist1d": _load_mnist1d, "file": _load_file}
+    loaders = {"digits": _load_digits, "fashion-mnist": _load_fashion_mnist, "mnist1d": _load_mnist1d,
+               "file": _load_file}
     if spec.name not in loaders:
         raise ConfigError(f"{source}: data.name: expected one of {', '.join(loaders)}, got {spec.name!r}")
     arrays = loaders[spec.name](spec, source)
@@ -404,7 +405,8 @@ def _read_tensor_file(path: Path, source: str) -> dict[str, np.ndarray]:
         if path.suffix == ".pt":
             contents = torch.load(path, weights_only=True, map_location="cpu")
             if not isinstance(contents, dict):
-                raise DataError(f"{source}: data.path: {path}: expected a dict of tensors, got {type(contents).__name__}")
+                raise DataError(f"{source}: data.path: {path}: expected a dict of tensors, "
+                                f"got {type(contents).__name__}")
             return {key: np.asarray(value) for key, value in contents.items()}
     except DataError:
         raise
@@ -421,7 +423,8 @@ def _checked_split(x: np.ndarray, y: np.ndarray, keys: tuple[str, str], path: Pa
     if not np.isfinite(x).all():
         raise DataError(f"{where}: {keys[0]} contains NaN or infinite values")
     if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"{where}: {keys[1]} must be 1-D class indices, one per row of {keys[0]} ({len(x)}), got shape {y.shape}")
+        raise DataError(f"{where}: {keys[1]} must be 1-D class indices, one per row of {keys[0]} ({len(x)}), "
+                        f"got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.number) or not np.all(np.mod(y, 1) == 0) or (y < 0).any():
         raise DataError(f"{where}: {keys[1]} must hold integer class indices >= 0")
     x = x[:, None] if x.ndim == 3 else x  # [N,H,W] -> one channel

@@ -34,7 +34,7 @@ from autokd import data as data_module
 from autokd import distill
 from autokd import pairing
 from autokd.spec import DistillSpec, StudySpec, TrainConfig
-from autokd.teachers import atomic_write_bytes
+from autokd.atomic import write_bytes
 from autokd.runner import run_config
 from autokd.train import prepare_targets
 
@@ -241,7 +241,7 @@ class _Runner:
                   "val_accuracy": fitted.val_accuracy,
                   "test_accuracy": distill.evaluate(student, data.x_test, data.y_test),
                   "train_seconds": round(fitted.train_seconds, 3), "config": config.model_dump(mode="json")}
-        atomic_write_bytes(path, json.dumps(result, indent=2).encode())  # atomic: a crash never leaves half a file
+        write_bytes(path, json.dumps(result, indent=2).encode())  # atomic: a crash never leaves half a file
         self.log(f"test evaluation: trial {trial_number} ({kind}): val {result['val_accuracy']:.4f} "
                  f"test {result['test_accuracy']:.4f} ({fitted.train_seconds:.1f} s)")
         return result

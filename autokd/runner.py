@@ -58,8 +58,9 @@ def run_config(config: TrainConfig, data: Dataset, targets: TeacherSource | None
                on_epoch: Callable[[EpochResult], bool | None] | None = None) -> tuple[ZooModel, FitResult]:
     """Build the config's student from `seed` (default: the config's) and train it; (student in eval mode, result).
 
-    `threads` defaults to the config's own (a search trial's count). `targets` may hold more teachers than the config uses (a study's cached outputs): the
-    config's teacher subset is selected here.
+    `threads` defaults to the config's own (a search trial's count). `targets` may hold more
+    teachers than the config uses (a study's cached outputs): the config's teacher subset is
+    selected here.
     """
     seed = config.seed if seed is None else seed
     device = resolve_device(config.device if device is None else device)

@@ -28,8 +28,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from autokd.atomic import torch_save as atomic_torch_save
-from autokd.atomic import write_bytes as atomic_write_bytes
+from autokd.atomic import torch_save, write_bytes
 from autokd.data import Dataset
 from autokd.distill import EpochResult, evaluate
 from autokd.errors import CheckpointError
@@ -187,8 +186,8 @@ def prepare_teachers(specs: list[TeacherSpec], data: Dataset, cache_dir: str | P
         else:
             meta = _train_or_load(spec, index, model, checkpoint, data, device, log, bars)
             meta["key"] = key
-            atomic_torch_save(model.state_dict(), folder / "model.pt")
-            atomic_write_bytes(folder / "meta.json", json.dumps(meta, indent=2).encode())  # last: marks complete
+            torch_save(model.state_dict(), folder / "model.pt")
+            write_bytes(folder / "meta.json", json.dumps(meta, indent=2).encode())  # last: marks complete
         teachers.append(Teacher(spec.name, model.cpu().eval(), meta, folder))
     return teachers
 
@@ -251,7 +250,7 @@ def teacher_outputs(teachers: list[Teacher], data: Dataset, batch_size: int = 20
                       for i in range(0, len(data.y_train), batch_size)]
             cached = {"train_logits": torch.cat([logits for logits, _ in pieces]),
                       "train_features": torch.cat([features for _, features in pieces])}
-            atomic_torch_save(cached, path)
+            torch_save(cached, path)
         all_logits.append(cached["train_logits"])
         all_features.append(cached["train_features"])
     return CachedTeacherOutputs([t.name for t in teachers], torch.stack(all_logits), all_features)

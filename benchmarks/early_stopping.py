@@ -28,7 +28,7 @@ last (partial) accuracy; autokd records them PRUNED.
 Cheap settings as in search_quality.py (Fashion-MNIST on a stratified 8000-sample
 `data.train_subset`, the subset's teachers trained once and cached in .cache/autokd).
 
-    python benchmarks/early_stopping.py            # digits 9 epochs x 40 trials, Fashion 6 x 18, 3 seeds (~35 min, 2 cores)
+    python benchmarks/early_stopping.py    # digits 9 epochs x 40 trials, Fashion 6 x 18, 3 seeds (~35 min, 2 cores)
     python benchmarks/early_stopping.py --quick    # 1 seed, 3 full-fidelity trials' worth (a smoke run)
     python benchmarks/early_stopping.py --digits-trials 40 --fashion-trials 18 --seeds 3
     python benchmarks/early_stopping.py --datasets fashion_mnist --fashion-trials 36 --result early_stopping_fashion_36
@@ -126,7 +126,8 @@ def dataset_figures(runs: dict[str, list[dict]], trials: int, epochs: int) -> di
         "epochs_per_trial": epochs,
         "compute_budget_epochs": budget,
         "trials_trained_per_seed": {arm: [len(r["trained"]) for r in rs] for arm, rs in runs.items()},
-        "hv_at_budget": {arm: mean_std([hv_at(r["trained"], r["spec"], budget) for r in rs]) for arm, rs in runs.items()},
+        "hv_at_budget": {arm: mean_std([hv_at(r["trained"], r["spec"], budget) for r in rs])
+                         for arm, rs in runs.items()},
         "none_final_hv_mean": round(none_final, 4),
         "fraction_of_none_compute_to_reach_none_final": {
             arm: round(c / budget, 4) if c is not None else None for arm, c in reach.items()},

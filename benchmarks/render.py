@@ -125,7 +125,8 @@ def headline_table(results: dict[str, dict]) -> str:
         quick = " (smoke run)" if result.get("quick") else ""
         for key, target in result.get("targets", {}).items():
             shown = measured_cell(result.get("figures", {}), key)
-            lines.append(f"| {title}{quick} | `{key}` {cell(target)} | {shown} | {met_cell(result.get('met', {}), key)} |")
+            met = met_cell(result.get("met", {}), key)
+            lines.append(f"| {title}{quick} | `{key}` {cell(target)} | {shown} | {met} |")
     return "\n".join(lines)
 
 

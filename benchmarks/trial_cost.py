@@ -204,7 +204,8 @@ def fit_vs_floor(spec: StudySpec, data: Dataset, outputs: CachedTeacherOutputs, 
     teacher = outputs.select(outputs.names[:1])
     run = interleaved({"fit": lambda: fit_epoch(data, teacher, arch, schedule),
                        "floor": lambda: floor_epoch(data, teacher.train_logits[0], arch, schedule)}, repeats)
-    (fit_cpu, floor_cpu), (fit_wall, floor_wall) = ((run[clock]["fit"], run[clock]["floor"]) for clock in ("cpu", "wall"))
+    (fit_cpu, floor_cpu), (fit_wall, floor_wall) = ((run[clock]["fit"], run[clock]["floor"])
+                                                    for clock in ("cpu", "wall"))
     steps = math.ceil(len(data.y_train) / schedule.batch_size)
     extras = fit_extras_per_step(data, outputs, arch, schedule.batch_size, iterations=200)
     return {"study": spec.name, "student": arch, "teacher": teacher.names[0], "train_samples": len(data.y_train),

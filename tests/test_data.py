@@ -17,7 +17,8 @@ from autokd.errors import ConfigError, DataError
 
 def spec(name="digits", **overrides):
     """A stand-in for spec.DataSpec: load_data only reads these attributes."""
-    fields = dict(name=name, data_dir=None, path=None, val_fraction=0.1, seed=0, train_subset=None, mnist1d_samples=4000)
+    fields = dict(name=name, data_dir=None, path=None, val_fraction=0.1, seed=0, train_subset=None,
+                  mnist1d_samples=4000)
     return SimpleNamespace(**(fields | overrides))
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import torch
 
 from autokd import evaluation
 from autokd.data import load_data

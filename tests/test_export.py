@@ -8,7 +8,6 @@ The studies are synthetic, stored the way search.py writes them (directions, "ob
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -185,7 +185,8 @@ def test_front_table_has_one_row_per_front_trial_with_export_commands(built):
     table = re.search(r'<div class="scroll" id="front-table">(.*?)</div>', page).group(1)
     assert table.count("<tr") == len(pareto) + 1  # the header row, then one row per front trial
     commands = re.search(r'<pre class="cmd" id="export-commands">(.*?)</pre>', page, re.S).group(1)
-    assert commands.splitlines() == [f"autokd export {folder.parent / 'study.yaml'} --trial {trial} -o trial-{trial}.yaml"
+    study = folder.parent / "study.yaml"
+    assert commands.splitlines() == [f"autokd export {study} --trial {trial} -o trial-{trial}.yaml"
                                      for trial in pareto["trial"]]
     assert page.count('<img src="data:image/png;base64,') == 4  # pareto, hypervolume, importance, effects
 
@@ -196,7 +197,8 @@ def test_the_knee_block_gives_the_export_and_train_commands_of_the_knee(built):
     knee = json.loads((folder / "summary.json").read_text())["knee_trial"]
     assert f"<strong>Knee: trial {knee}</strong>" in page
     commands = re.search(r'<pre class="cmd" id="knee-commands">(.*?)</pre>', page, re.S).group(1)
-    assert commands.splitlines() == [f"autokd export {folder.parent / 'study.yaml'} --trial {knee} -o trial-{knee}.yaml",
+    study = folder.parent / "study.yaml"
+    assert commands.splitlines() == [f"autokd export {study} --trial {knee} -o trial-{knee}.yaml",
                                      f"autokd train trial-{knee}.yaml"]
     assert "at least 50% of the best val accuracy" in page  # the knee rule, stated
 

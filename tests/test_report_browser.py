@@ -22,7 +22,8 @@ from conftest import run_cli, tiny_study
 CHROMIUM = "/usr/bin/chromium"
 WIDTH = 1400
 pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"needs Chromium at {CHROMIUM} (Debian's chromium)")]
+              pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                 reason=f"needs Chromium at {CHROMIUM} (Debian's chromium)")]
 
 MEASURE = """<script>
 const box = (id) => document.getElementById(id);
