@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from autokd.archs import FAMILIES
 from autokd.pareto import USEFUL_SHARE
 from autokd.report_format import gain_text, missing
 
@@ -286,8 +287,6 @@ def _duration(seconds: float | None) -> str:
 
 def _arch_text(arch: dict) -> str:
     """`mlp depth=1 width=22`: the family and the shape values that differ from its defaults."""
-    from autokd.zoo import FAMILIES
-
     defaults = FAMILIES.get(arch.get("family"), {})
     rest = " ".join(f"{k}={v}" for k, v in arch.items() if k != "family" and defaults.get(k, object()) != v)
     return f"{arch.get('family', '?')} {rest}".strip()
