@@ -90,6 +90,22 @@ def augment_batch(inputs: torch.Tensor, kinds: Sequence[str], generator: torch.G
     return inputs
 
 
+def optimizer_and_scheduler(parameters, schedule, total_steps: int):
+    """The schedule's optimizer over `parameters` and its per-step lr scheduler (packing replays it too)."""
+    if schedule.optimizer == "sgd":
+        optimizer = torch.optim.SGD(parameters, lr=schedule.lr, momentum=schedule.momentum,
+                                    weight_decay=schedule.weight_decay, nesterov=True)
+    else:
+        optimizer = torch.optim.AdamW(parameters, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    if schedule.lr_schedule == "onecycle":
+        lr_scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=schedule.lr, total_steps=total_steps)
+    elif schedule.lr_schedule == "cosine":
+        lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    else:
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return optimizer, lr_scheduler
+
+
 def fit(
     student: nn.Module,
     data: Dataset,
@@ -122,19 +138,8 @@ def fit(
     ).to(device)
     trainable = [p for p in list(student.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
 
-    if schedule.optimizer == "sgd":
-        optimizer = torch.optim.SGD(trainable, lr=schedule.lr, momentum=schedule.momentum,
-                                    weight_decay=schedule.weight_decay, nesterov=True)
-    else:
-        optimizer = torch.optim.AdamW(trainable, lr=schedule.lr, weight_decay=schedule.weight_decay)
     steps_per_epoch = math.ceil(len(data.y_train) / schedule.batch_size)
-    total_steps = steps_per_epoch * schedule.epochs
-    if schedule.lr_schedule == "onecycle":
-        lr_scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=schedule.lr, total_steps=total_steps)
-    elif schedule.lr_schedule == "cosine":
-        lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    else:
-        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    optimizer, lr_scheduler = optimizer_and_scheduler(trainable, schedule, steps_per_epoch * schedule.epochs)
 
     # Tensors move to the device once; every batch is an index slice of them.
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autokd.data import Dataset, batches
-from autokd.distill import EpochResult, FitResult, TeacherSource, resolve_device
+from autokd.distill import EpochResult, FitResult, TeacherSource, optimizer_and_scheduler, resolve_device
 from autokd.errors import NonFiniteLossError
 from autokd.losses import DistillationLoss, ensemble_logits
 from autokd.runner import config_targets, torch_threads
@@ -368,14 +368,7 @@ class _PackedAdamW:
 
 def _scheduled(schedule: ScheduleSpec, total_steps: int) -> tuple[list[float], list[float], float, float]:
     """(lr per step, beta1 per step, beta2, eps) of `distill.fit`'s AdamW and lr scheduler for `schedule`."""
-    stand_in = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.AdamW([stand_in], lr=schedule.lr, weight_decay=schedule.weight_decay)
-    if schedule.lr_schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=schedule.lr, total_steps=total_steps)
-    elif schedule.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    optimizer, scheduler = optimizer_and_scheduler([torch.zeros(1, requires_grad=True)], schedule, total_steps)
     group = optimizer.param_groups[0]
     lrs, beta1s = [], []
     for _ in range(total_steps):
