@@ -24,7 +24,7 @@ from autokd.errors import AutokdError
 from autokd.levels import ALL_SECTIONS, FINISHED, WAIT, Proposal, TwoLevelPlan, role_config, sampled_sections
 from autokd.results import open_storage, trained_epochs
 from autokd.space import SearchSpace
-from autokd.spec import StudySpec, TrainConfig, derived_seed
+from autokd.spec import INT8_ACCURACY_METRIC, StudySpec, TrainConfig, derived_seed
 from autokd.study_store import DRIVER, HEARTBEAT_EVERY_S, beat, make_sampler, report_intermediate
 from autokd.zoo import arch_size
 
@@ -142,16 +142,22 @@ class AutokdSearcher(OptunaSearch):
                  "train_seconds": result.get("train_seconds"), "node": result.get("node"),
                  "node_id": result.get("node_id"),
                  "device": result.get("device"), "val_accuracy_seeds": result.get("val_accuracy_seeds"),
-                 "visible_devices": result.get("visible_devices")}
+                 "visible_devices": result.get("visible_devices"),
+                 # quantize.int8: the int8 accuracy, and the fp32 one beside it (the objective may be either)
+                 "val_accuracy_int8": result.get("val_accuracy_int8"),
+                 "val_accuracy": result.get("val_accuracy") if "val_accuracy_int8" in result else None}
         values = [result.get(m) for m in self.metrics]
+        stopped = result.get("epoch", 0) < result.get("epochs", 0)
+        # val_accuracy_int8 is measured after the last epoch only: a trial stopped early has none
+        missing = [m for m, v in zip(self.metrics, values) if (v is None or not math.isfinite(float(v)))
+                   and not (stopped and m == INT8_ACCURACY_METRIC)]
         if result.get("failure_reason") or error:
             reason = result.get("failure_reason") or "the trial's worker process died or raised (see Ray logs)"
             self._finish(ot_trial, States.FAIL, failure_reason=reason, **attrs)
-        elif any(v is None or not math.isfinite(float(v)) for v in values):
-            missing = [m for m, v in zip(self.metrics, values) if v is None or not math.isfinite(float(v))]
+        elif missing:
             self._finish(ot_trial, States.FAIL,
                          failure_reason=f"missing or non-finite metric(s) {missing} in the last result", **attrs)
-        elif result.get("epoch", 0) < result.get("epochs", 0):
+        elif stopped:
             self._finish(ot_trial, States.PRUNED,
                          pruned_reason=f"early-stopped at epoch {result['epoch']} of {result['epochs']}", **attrs)
         else:

@@ -17,14 +17,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator,
+                      model_serializer, model_validator)
 from pydantic_core import PydanticCustomError
 
 from autokd.archs import ARCH_ERROR, ArchDict
 from autokd.errors import ConfigError
 
-SIZE_METRICS = ("params", "bytes_fp32", "bytes_fp16", "macs")
+SIZE_METRICS = ("params", "bytes_fp32", "bytes_fp16", "bytes_int8", "macs")
 ACCURACY_METRIC = "val_accuracy"
+INT8_ACCURACY_METRIC = "val_accuracy_int8"  # the trained student quantised (`quantize`), on val
+ACCURACY_METRICS = (ACCURACY_METRIC, INT8_ACCURACY_METRIC)  # what the first objective may be
 _CONSTRAINT = re.compile(r"^\s*(?P<metric>[a-z_0-9]+)\s*<=\s*(?P<limit>[0-9.eE+]+)\s*$")
 INT64_MAX = 2**63 - 1
 SEED_MAX = 2**32 - 1  # numpy's RandomState (Optuna's samplers) takes no more; torch and numpy's Generator agree
@@ -128,6 +131,18 @@ class DistillSpec(_Strict):
         return self
 
 
+class QuantizeSpec(_Strict):
+    """Post-training int8 quantisation of the trained student (`autokd.quantize`).
+
+    With ``int8: true`` a search trial records ``val_accuracy_int8`` and `autokd train` writes
+    student.int8.pt. cnn and resnet students are calibrated on the first ``calibration_samples``
+    training samples; mlp students need no calibration (dynamic quantisation).
+    """
+
+    int8: bool = False
+    calibration_samples: int = Field(1024, gt=0)
+
+
 class _RunFields(_Strict):
     """What a training config and a study share: how one student is trained."""
 
@@ -143,6 +158,16 @@ class _RunFields(_Strict):
     # Intra-op CPU threads (None: torch's default). A search trial records its own, so that a
     # re-run, a test evaluation or `autokd train` of its config computes bit-identically on CPU.
     threads: int | None = Field(None, gt=0)
+    quantize: QuantizeSpec = Field(default_factory=QuantizeSpec)
+
+    @model_serializer(mode="wrap")
+    def _without_default_quantize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A config that does not quantise dumps as it did before `quantize` existed, so the cache
+        # keys of earlier evaluations (a hash of the dump) and stored trial configs stay the same.
+        dumped = handler(self)
+        if isinstance(dumped, dict) and self.quantize == QuantizeSpec():
+            dumped.pop("quantize", None)
+        return dumped
 
     @model_validator(mode="after")
     def _teachers_consistent(self) -> _RunFields:
@@ -246,11 +271,12 @@ class StudySpec(_RunFields):
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, objectives: list[str]) -> list[str]:
-        if not objectives or objectives[0] != ACCURACY_METRIC:
-            raise ValueError(f"the first objective must be {ACCURACY_METRIC!r}, got {objectives}")
+        if not objectives or objectives[0] not in ACCURACY_METRICS:
+            raise ValueError(f"the first objective must be {ACCURACY_METRIC!r} or {INT8_ACCURACY_METRIC!r}, "
+                             f"got {objectives}")
         sizes = objectives[1:]
         if not 1 <= len(sizes) <= 2 or any(s not in SIZE_METRICS for s in sizes):
-            raise ValueError(f"after {ACCURACY_METRIC!r} give one or two of {list(SIZE_METRICS)}, got {sizes}")
+            raise ValueError(f"after {objectives[0]!r} give one or two of {list(SIZE_METRICS)}, got {sizes}")
         if len(set(sizes)) != len(sizes):
             raise ValueError(f"objectives must not repeat, got {objectives}")
         return objectives
@@ -261,6 +287,25 @@ class StudySpec(_RunFields):
         for text in constraints:
             _constraint(text)  # evaluated now, as `size_limits` will before every trial: a bad one never gets there
         return constraints
+
+    @model_validator(mode="after")
+    def _int8_objective_quantizes(self) -> "StudySpec":
+        # val_accuracy_int8 as the objective: every trial quantises (quantize.int8 follows unless set
+        # false), and the search is flat: the two-level front choice pairs fp32 accuracies.
+        if self.objectives[0] != INT8_ACCURACY_METRIC:
+            return self
+        if not self.quantize.int8:
+            if "int8" in self.quantize.model_fields_set:
+                raise ValueError(f"quantize.int8: must be true when the first objective is "
+                                 f"{INT8_ACCURACY_METRIC!r}, got false")
+            self.quantize = self.quantize.model_copy(update={"int8": True})
+        if self.search.mode == "two_level":
+            raise ValueError(f"search.mode: a study whose first objective is {INT8_ACCURACY_METRIC!r} searches "
+                             "flat (the two-level front choice pairs fp32 accuracies); use flat or auto, "
+                             "got 'two_level'")
+        if self.search.mode == "auto":
+            self.search = self.search.model_copy(update={"mode": "flat"})
+        return self
 
     @model_validator(mode="after")
     def _stopping_follows_the_budget(self) -> "StudySpec":

@@ -41,6 +41,7 @@ from autokd.zoo import ZooModel, build_model, model_size
 STUDENT_FILE = "student.pt"
 TORCHSCRIPT_FILE = "student.torchscript.pt"
 ONNX_FILE = "student.onnx"
+INT8_FILE = "student.int8.pt"
 
 
 @dataclass
@@ -201,30 +202,52 @@ def _summary(per_seed: list[dict]) -> dict:
     return summary
 
 
-def write_run(folder: Path, student: ZooModel, config: TrainConfig, metrics: dict) -> dict[str, str]:
+def write_run(folder: Path, student: ZooModel, config: TrainConfig, metrics: dict, data=None) -> dict[str, str]:
     """Write the run folder atomically (a temp folder renamed into place); returns what each export wrote.
 
     `metrics` must hold ``input_shape`` and ``num_classes`` (`load_student` rebuilds the model from
     them) and ``normalization`` (built into the TorchScript and ONNX files, which take raw inputs).
     A previous run in `folder` is removed only once the new one is in place.
+
+    With ``quantize.int8`` in `config` the student is quantised (`autokd.quantize`, calibrated on
+    `data`'s training split; `data` is loaded from the config when not given), written as
+    student.int8.pt, and its ``val_accuracy_int8`` and ``test_accuracy_int8`` are added to `metrics`.
     """
     from autokd.data import Normalization
 
     normalization = Normalization.from_dict(metrics["normalization"])
+    quantized = _quantized(student, config, data, metrics) if config.quantize.int8 else None
     with replace_folder(folder) as staging:  # the previous run stays until the new one is in place
         torch.save(student.state_dict(), staging / STUDENT_FILE)
         (staging / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        exports = export_student(student, tuple(metrics["input_shape"]), staging, normalization)
+        exports = export_student(student, tuple(metrics["input_shape"]), staging, normalization, quantized)
         (staging / "metrics.json").write_text(json.dumps({**metrics, "exports": exports}, indent=2))
     return exports
 
 
+def _quantized(student: ZooModel, config: TrainConfig, data, metrics: dict):
+    """The int8 student, its accuracies added to `metrics`; or the reason it failed (a string)."""
+    from autokd.quantize import evaluate_int8, quantize_student
+
+    try:
+        data = data if data is not None else load_data(config.data)
+        model = quantize_student(student, data.x_train[:config.quantize.calibration_samples])
+        metrics["val_accuracy_int8"] = evaluate_int8(model, data.x_val, data.y_val)
+        metrics["test_accuracy_int8"] = evaluate_int8(model, data.x_test, data.y_test)
+        return model
+    except Exception as error:  # like an exporter's: recorded, never raised (the fp32 run is fine)
+        return f"failed: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+
+
 def export_student(student: ZooModel, input_shape: tuple[int, ...], folder: Path,
-                   normalization=None) -> dict[str, str]:
+                   normalization=None, quantized: torch.nn.Module | str | None = None) -> dict[str, str]:
     """Write TorchScript and ONNX copies of `student` into `folder`; {kind: file written, or why not}.
 
     With `normalization` (a `data.Normalization`) the files hold the student behind it, so they
     take raw inputs (`data.RawInputModel`); without it they take what `student` takes.
+    With `quantized` (the student quantised by `autokd.quantize.quantize_student`) its TorchScript,
+    behind the same normalisation, goes to student.int8.pt (kind ``int8``); a string there is why
+    quantising failed, recorded as the outcome.
     An exporter failure is recorded, never raised: the state_dict is the checkpoint that matters.
 
     Example::
@@ -235,9 +258,15 @@ def export_student(student: ZooModel, input_shape: tuple[int, ...], folder: Path
     model = student.cpu().eval() if normalization is None else normalization.wrap(student.cpu()).eval()
     example = torch.zeros(2, *input_shape)  # batch 2: torch.export specialises a batch of 1 to a constant
     outcomes = {}
-    for kind, file, write in (("torchscript", TORCHSCRIPT_FILE, _write_torchscript), ("onnx", ONNX_FILE, _write_onnx)):
+    files = [("torchscript", TORCHSCRIPT_FILE, _write_torchscript, model), ("onnx", ONNX_FILE, _write_onnx, model)]
+    if isinstance(quantized, str):
+        outcomes["int8"] = quantized
+    elif quantized is not None:
+        int8 = quantized.eval() if normalization is None else normalization.wrap(quantized).eval()
+        files.append(("int8", INT8_FILE, _write_torchscript, int8))
+    for kind, file, write, exported in files:
         try:
-            write(model, example, folder / file)
+            write(exported, example, folder / file)
             outcomes[kind] = file
         except ImportError as error:
             outcomes[kind] = f"skipped: {error.name or 'a module'} is not installed"

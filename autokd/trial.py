@@ -3,7 +3,9 @@
 A one-seed trial (flat search, level 1) reports every epoch, so schedulers can stop it early.
 A paired trial (level 2: seeds shared with its architecture's baselines) trains its seeds, packed
 into one batched model when the student allows (`runner.run_seeds`), and reports once: the mean
-and the per-seed accuracies; it is never stopped early. Any exception becomes the trial's
+and the per-seed accuracies; it is never stopped early. When the config asks (`quantize.int8`), the
+trained student is quantised and `val_accuracy_int8` joins the last report (a paired trial: the mean
+over its seeds, trained one by one to keep their students). Any exception becomes the trial's
 `failure_reason`: the search records it and goes on.
 """
 
@@ -13,7 +15,7 @@ import os
 import socket
 import time
 
-from autokd import runner
+from autokd import quantize, runner
 from autokd.distill import resolve_device
 from autokd.spec import TrainConfig
 
@@ -26,6 +28,7 @@ def run_trial(trial: dict, data, outputs) -> None:
     config = TrainConfig.model_validate(trial["config"])
     seeds = trial.get("seeds") or [config.seed]
     epochs = config.schedule.epochs
+    int8 = config.quantize.int8
     # What Ray left visible to this trial: "" when it reserved no GPU (see ray_cluster.py).
     # node: the host's name for people; node_id: Ray's (two nodes of one host share a name).
     report = {**trial["size"], "epochs": epochs, "node": socket.gethostname(),
@@ -33,6 +36,7 @@ def run_trial(trial: dict, data, outputs) -> None:
               "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     started = time.perf_counter()
     trained = {"epochs": 0}
+    last: dict = {}  # the latest epoch's report
     try:
         device = resolve_device(config.device)
         report["device"] = str(device)
@@ -40,19 +44,35 @@ def run_trial(trial: dict, data, outputs) -> None:
 
         def on_epoch(epoch) -> None:
             trained["epochs"] = epoch.epoch
-            tune.report({**report, "val_accuracy": epoch.val_accuracy, "epoch": epoch.epoch,
+            last.update({**report, "val_accuracy": epoch.val_accuracy, "epoch": epoch.epoch,
                          "epochs_trained": epoch.epoch, "train_loss": epoch.train_loss,
                          "train_seconds": time.perf_counter() - started})
+            if not (int8 and epoch.epoch == epochs):  # the last epoch's report waits for the int8 accuracy
+                tune.report(dict(last))
+
+        def int8_accuracy(students) -> dict:
+            with runner.torch_threads(threads):
+                accuracies = [quantize.int8_val_accuracy(student, data, config.quantize.calibration_samples)
+                              for student in students]
+            return {"val_accuracy_int8": sum(accuracies) / len(accuracies)}
 
         if len(seeds) == 1:
-            runner.run_config(config, data, outputs, seed=seeds[0], threads=threads, device=device,
-                              on_epoch=on_epoch)
+            student, _ = runner.run_config(config, data, outputs, seed=seeds[0], threads=threads, device=device,
+                                           on_epoch=on_epoch)
+            if int8:
+                tune.report({**last, **int8_accuracy([student]), "train_seconds": time.perf_counter() - started})
         else:
-            fitted = runner.run_seeds(config, data, outputs, seeds, threads=threads, device=device,
-                                      pack=trial.get("pack", True))
+            students = []
+            if int8:  # one run per seed, the same runs as packed ones (bit for bit on CPU), to keep the students
+                students, fitted = zip(*(runner.run_config(config, data, outputs, seed=seed, threads=threads,
+                                                           device=device) for seed in seeds))
+            else:
+                fitted = runner.run_seeds(config, data, outputs, seeds, threads=threads, device=device,
+                                          pack=trial.get("pack", True))
             accuracies = [result.val_accuracy for result in fitted]
             tune.report({**report, "val_accuracy": sum(accuracies) / len(accuracies),
                          "val_accuracy_seeds": accuracies, "epoch": epochs, "epochs_trained": len(seeds) * epochs,
+                         **(int8_accuracy(students) if int8 else {}),
                          "train_seconds": time.perf_counter() - started})
     except Exception as error:  # the reason goes to the study; the search goes on
         message = str(error).splitlines()[0] if str(error) else ""

@@ -188,12 +188,27 @@ class ModelSize:
     ``params``: trainable parameters. ``bytes_fp32``/``bytes_fp16``: the stored floating
     tensors (parameters plus float buffers such as batchnorm running stats; integer
     counters excluded). ``macs``: multiply-accumulates of matmuls and convolutions for one
-    sample in eval mode, as counted by `torch.utils.flop_counter` (elementwise ops are free).
+    sample in eval mode, as counted by `torch.utils.flop_counter` (elementwise ops are free;
+    quantising changes none of them).
+
+    ``bytes_int8``: the model as `autokd.quantize` stores it, by this rule:
+
+    - every Linear and convolution is quantised: its weight at 1 byte per value, plus 8 bytes
+      per output channel for its weight scale and zero point (fp32 + int32, per channel), and
+      its bias, if any, at 4 bytes per value (fp32);
+    - a batchnorm is folded into the convolution before it (every zoo batchnorm follows a
+      convolution without bias): its scale goes into the int8 weights, its shift becomes that
+      convolution's fp32 bias, 4 bytes per channel; its running stats are not stored;
+    - every other float parameter and buffer stays fp32 (4 bytes per value).
+
+    The scales and zero points of static quantisation's activations (one pair per layer
+    output, fixed at calibration; cnn and resnet) are not counted: a few dozen bytes.
     """
 
     params: int
     bytes_fp32: int
     bytes_fp16: int
+    bytes_int8: int
     macs: int
 
     def as_dict(self) -> dict[str, int]:
@@ -205,8 +220,27 @@ def model_size(model: nn.Module, input_shape: tuple) -> ModelSize:
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     stored = sum(p.numel() for p in model.parameters()) + sum(
         b.numel() for b in model.buffers() if b.is_floating_point())
-    return ModelSize(params=params, bytes_fp32=4 * stored, bytes_fp16=2 * stored,
+    return ModelSize(params=params, bytes_fp32=4 * stored, bytes_fp16=2 * stored, bytes_int8=_bytes_int8(model),
                      macs=_macs_per_sample(model, tuple(input_shape)))
+
+
+_INT8_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)  # quantised: int8 weights, per-channel scales
+_FOLDED_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)  # folded into the convolution before them
+
+
+def _bytes_int8(model: nn.Module) -> int:
+    """`ModelSize.bytes_int8`: the rule stated there, module by module (each counts its own tensors)."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, _INT8_LAYERS):
+            weight, bias = module.weight, module.bias
+            total += weight.numel() + 8 * weight.shape[0] + (4 * bias.numel() if bias is not None else 0)
+        elif isinstance(module, _FOLDED_NORMS):
+            total += 4 * module.num_features
+        else:
+            own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+            total += 4 * sum(tensor.numel() for tensor in own if tensor.is_floating_point())
+    return total
 
 
 def _macs_per_sample(model: nn.Module, input_shape: tuple[int, ...]) -> int:
