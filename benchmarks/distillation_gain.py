@@ -20,7 +20,8 @@ schedule. Gains are paired: mean ± standard error of the per-seed differences, 
 Targets (issue 12): two-level front >= CE-only (paired mean, within 0.1 pt) and >= vanilla KD at
 every front point; >= +0.3 pt over CE-only at half of the front points or more.
 
-    python benchmarks/distillation_gain.py              # 30 two-level trials, flat at equal compute, ~40 min on 2 cores
+    python benchmarks/distillation_gain.py              # 60 two-level trials (30 % level 1), flat at equal compute
+    python benchmarks/distillation_gain.py --trials 30 --level1-share 0.4   # the smaller run (~15 min on 2 cores)
     python benchmarks/distillation_gain.py --quick      # a smoke run (minutes)
 """
 
@@ -68,7 +69,8 @@ SPACE = {"params": {
 }}
 
 
-def study_spec(name: str, mode: str, trials: int, epochs: int, compute: int | None = None) -> StudySpec:
+def study_spec(name: str, mode: str, trials: int, epochs: int, compute: int | None = None,
+               level1_share: float = 0.4) -> StudySpec:
     source = load_study(SOURCE_STUDY)
     return StudySpec.model_validate({
         "name": name,
@@ -84,7 +86,7 @@ def study_spec(name: str, mode: str, trials: int, epochs: int, compute: int | No
         "early_stopping": {"kind": "none"},
         "sampler": {"name": "tpe", "seed": 0},
         "resources": {"cpus_per_trial": 1, "concurrency": 2},
-        "search": {"mode": mode, "architectures": 3, "seeds": 3},
+        "search": {"mode": mode, "architectures": 3, "seeds": 3, "level1_share": level1_share},
         "cache_dir": str(CACHE_DIR),
         "storage": f"sqlite:///{BENCH_FOLDER / (name + '.db')}",
         "source": str(BENCH_FOLDER / f"{name}.yaml"),
@@ -185,19 +187,23 @@ def front_points(study: optuna.Study, cap: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 one-epoch trials, production at 2 epochs")
-    parser.add_argument("--trials", type=int, default=30, help="two-level trials (the flat arm: equal compute)")
+    parser.add_argument("--trials", type=int, default=60, help="two-level trials (the flat arm: equal compute)")
+    parser.add_argument("--level1-share", type=float, default=0.3, help="share of the trials spent on level 1")
     parser.add_argument("--epochs", type=int, default=15, help="production epochs of the test runs")
     parser.add_argument("--workers", type=int, default=2, help="training processes (1 thread each)")
     parser.add_argument("--front-cap", type=int, default=5, help="most front points evaluated per arm")
     args = parser.parse_args()
     trials, search_epochs, production_epochs = (8, 1, 2) if args.quick else (args.trials, 5, args.epochs)
-    suffix = "_quick" if args.quick else ""
+    defaults = (args.trials, args.level1_share) == (parser.get_default("trials"), parser.get_default("level1_share"))
+    suffix = "_quick" if args.quick else "" if defaults else f"_{trials}t_l1_{args.level1_share:g}"
 
     arms = {}
-    two_level = study_spec(f"fm_two_level{suffix}", "two_level", trials, search_epochs)
+    two_level = study_spec(f"fm_two_level_{trials}t_l1_{args.level1_share:g}{'_quick' if args.quick else ''}",
+                           "two_level", trials, search_epochs, level1_share=args.level1_share)
     study, figures = run_arm(two_level)
     arms["two_level"] = (two_level, study, figures)
-    flat = study_spec(f"fm_flat{suffix}", "flat", 10 * trials, search_epochs, compute=figures["epochs_trained"])
+    flat = study_spec(two_level.name.replace("two_level", "flat"), "flat", 10 * trials, search_epochs,
+                      compute=figures["epochs_trained"])
     arms["flat"] = (flat, *run_arm(flat))
 
     results = {}
@@ -235,7 +241,7 @@ def main() -> None:
     print(note)
     write_result("distillation_gain" + suffix, {
         "quick": args.quick, "figures": results, "targets": targets, "met": met, "note": note,
-        "settings": {"trials_two_level": trials, "search_epochs": search_epochs,
+        "settings": {"trials_two_level": trials, "level1_share": args.level1_share, "search_epochs": search_epochs,
                      "production_epochs": production_epochs, "production_seeds": list(PRODUCTION_SEEDS),
                      "teachers": list(TEACHERS), "constraint": f"params <= {MAX_PARAMS}", "space": SPACE["params"],
                      "workers": args.workers, "threads_per_run": 1, "front_cap": args.front_cap}})
