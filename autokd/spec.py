@@ -100,13 +100,53 @@ class ScheduleSpec(_Strict):
 
 
 class TeacherSpec(_Strict):
-    """A teacher: a zoo architecture trained with `schedule`, or loaded from `checkpoint`."""
+    """A teacher, from exactly one source (paths relative to the study or config file):
+
+    - ``arch``: a zoo architecture, trained here with ``schedule`` and ``seed``;
+    - ``arch`` + ``checkpoint``: that architecture loaded from a state_dict;
+    - ``torchscript``: a TorchScript file (``torch.jit.save``) that maps a batch of inputs to logits
+      [batch, classes], and to (logits, features) through ``forward_features`` when it has one; it
+      takes inputs normalised as autokd trains on them, or raw ones with ``inputs: raw``;
+    - ``logits``: precomputed outputs, a .npz with ``train_logits`` [N_train, classes] (optional
+      ``train_features`` [N_train, D], ``val_logits``, ``test_logits``), rows in the splits' order.
+    """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    arch: ArchDict
+    arch: ArchDict | None = None
     checkpoint: str | None = None
+    torchscript: str | None = Field(None, min_length=1)
+    logits: str | None = Field(None, min_length=1)
+    inputs: Literal["normalized", "raw"] = "normalized"  # what a torchscript teacher takes
     schedule: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(epochs=20))
     seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherSpec:
+        if self.checkpoint and self.arch is None:
+            raise ValueError("checkpoint needs arch: the zoo architecture whose state_dict it holds")
+        given = [("checkpoint (with arch)" if self.checkpoint else "arch")] if self.arch is not None else []
+        given += [key for key in ("torchscript", "logits") if getattr(self, key)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of arch (a zoo teacher), checkpoint (with arch), torchscript "
+                             f"(a file) or logits (a .npz of outputs), got {' and '.join(given) or 'none'}")
+        if self.inputs == "raw" and not self.torchscript:
+            raise ValueError("inputs: raw is for a torchscript teacher (others take what autokd trains on)")
+        return self
+
+    @property
+    def kind(self) -> Literal["zoo", "checkpoint", "torchscript", "logits"]:
+        return "torchscript" if self.torchscript else "logits" if self.logits else \
+            "checkpoint" if self.checkpoint else "zoo"
+
+    @property
+    def file_key(self) -> str | None:
+        """The key naming the file it comes from (checkpoint, torchscript or logits); None for a zoo teacher."""
+        return self.kind if self.kind != "zoo" else None
+
+    @property
+    def file(self) -> str | None:
+        """That file's path as written (relative to the study or config file), None for a zoo teacher."""
+        return getattr(self, self.file_key) if self.file_key else None
 
 
 class DistillSpec(_Strict):

@@ -1,16 +1,23 @@
 """Teachers: trained (or loaded) once, cached by content hash, their outputs cached per sample.
 
-Cache layout, one folder per teacher under ``<cache_dir>/teachers/``::
+A teacher is a zoo architecture trained here, a zoo checkpoint, a TorchScript file, or a file of
+precomputed outputs (`spec.TeacherSpec`). Cache layout, one folder per teacher under
+``<cache_dir>/teachers/``::
 
-    <name>-<key12>/model.pt      state_dict (loads with weights_only=True)
+    <name>-<key12>/model.pt      state_dict (loads with weights_only=True); zoo teachers only
                    meta.json     architecture, schedule, accuracies, size, train seconds
                    outputs.pt    {"train_logits": [N, C], "train_features": [N, D]}, indexed like data.x_train
 
-The key hashes everything that determines the teacher: architecture, schedule, seed, the
-data's fingerprint (and the checkpoint's bytes for loaded teachers). Files are written to a
-temporary name and renamed (`autokd.atomic`), so a crash never leaves a half-written entry that
-a later run trusts. A checkpoint that cannot teach (weights not finite; for a search, val
-accuracy at chance) is refused before anything is written.
+The key hashes everything that determines the teacher's outputs: architecture, schedule, seed
+(and the checkpoint's bytes for loaded teachers), or the bytes of a TorchScript or outputs file,
+and the data's fingerprint. A TorchScript teacher is run once over the training split to fill
+outputs.pt; one without a ``forward_features`` returning (logits, features) has no features
+(D = 0), as has an outputs file without ``train_features``: feature distillation with such a
+teacher is refused. Files are written to a temporary name and renamed (`autokd.atomic`), so a
+crash never leaves a half-written entry that a later run trusts. A teacher that cannot teach (a
+checkpoint with weights not finite, a file that does not load, outputs of the wrong shape, rows
+not in the training split's order; for a search, val accuracy at chance) is refused before
+anything is written.
 """
 
 from __future__ import annotations
@@ -25,13 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
 from autokd.atomic import torch_save, write_bytes
-from autokd.data import Dataset
+from autokd.data import Dataset, Normalization
 from autokd.distill import EpochResult, evaluate
-from autokd.errors import CheckpointError
+from autokd.errors import CheckpointError, ConfigError
 from autokd.runner import train_model
 from autokd.spec import DistillSpec, TeacherSpec, cut
 from autokd.zoo import ZooModel, build_model, model_size
@@ -39,12 +47,56 @@ from autokd.zoo import ZooModel, build_model, model_size
 CACHE_VERSION = 2  # 2: teacher init seeded by its own seed
 
 
+OUTPUT_ARRAYS = ("train_logits", "train_features", "val_logits", "test_logits")  # of a `logits:` file
+PROBE_SAMPLES = 8  # a TorchScript teacher is checked on this many training samples before anything is written
+
+
 @dataclass
 class Teacher:
     name: str
-    model: ZooModel
-    meta: dict  # val_accuracy, test_accuracy, params, bytes_fp32, macs, train_seconds, key
+    model: nn.Module | None  # a ZooModel, a TorchScriptTeacher, or None: precomputed outputs only
+    meta: dict  # val_accuracy, test_accuracy (None when not known), params, bytes_fp32, macs, train_seconds, key
     folder: Path
+    outputs_file: Path | None = None  # the .npz of an outputs-only teacher
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of its features; 0 when it gives none (feature distillation with it is refused)."""
+        return int(self.model.feature_dim) if self.model is not None else int(self.meta["feature_dim"])
+
+
+class TorchScriptTeacher(nn.Module):
+    """A TorchScript module run as a teacher: `forward_features(x)` -> (logits [B, C], features [B, D]).
+
+    The module's own `forward_features` gives the pair when it has one (`feature_dim` > 0); else
+    the features are empty ([B, 0]). With `raw` (``inputs: raw``) the module gets raw inputs: the
+    normalised batch mapped back with the training split's mean and std.
+
+    Example::
+
+        teacher = load_torchscript_teacher(spec, Path("teacher.pt"), data, "teachers.0.torchscript")
+        logits, features = teacher.forward_features(data.x_train[:4])
+    """
+
+    def __init__(self, module: nn.Module, feature_dim: int, raw: Normalization | None = None):
+        super().__init__()
+        self.module = module
+        self.feature_dim = feature_dim
+        self.raw = raw
+
+    def module_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.raw is None else x * self.raw.std + self.raw.mean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.module_inputs(x)
+        if self.feature_dim:
+            logits, features = self.module.forward_features(x)
+            return logits.float(), features.float()
+        logits = self.module(x).float()
+        return logits, logits.new_zeros(len(logits), 0)
 
 
 @dataclass
@@ -58,6 +110,12 @@ class CachedTeacherOutputs:
     @property
     def feature_dim(self) -> int:
         return sum(f.shape[1] for f in self.train_features)
+
+    @property
+    def without_features(self) -> list[str]:
+        """The teachers that give no features (an outputs file without them, a TorchScript module without
+        `forward_features`)."""
+        return [name for name, f in zip(self.names, self.train_features) if f.shape[1] == 0]
 
     def select(self, names: list[str]) -> CachedTeacherOutputs:
         unknown = sorted(set(names) - set(self.names))
@@ -74,30 +132,61 @@ class CachedTeacherOutputs:
     def for_batch(self, indices: torch.Tensor, inputs: torch.Tensor,
                   features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         indices = indices.to(self.train_logits.device)
+        if features:
+            _refuse_missing_features(self.without_features)
         # Gathering random feature rows is a cache miss per sample: only when a feature loss reads them.
         gathered = torch.cat([f[indices] for f in self.train_features], dim=1) if features else None
         return self.train_logits[:, indices], gathered
 
 
 class OnlineTeachers:
-    """Teachers run on the batch itself: needed when augmentation changes the inputs."""
+    """Teachers run on the batch itself: needed when augmentation changes the inputs.
 
-    def __init__(self, models: list[nn.Module]):
+    Any module that maps a batch to logits [B, classes] will do; one with `forward_features` and
+    `feature_dim` (a zoo model, a `TorchScriptTeacher`) gives its features too.
+    """
+
+    def __init__(self, models: list[nn.Module], names: list[str] | None = None):
         self.models = [m.eval() for m in models]
-        self.feature_dim = sum(m.feature_dim for m in models)
+        self.names = list(names) if names is not None else [f"teacher {i}" for i in range(len(models))]
+        self.feature_dims = [int(getattr(m, "feature_dim", 0)) if hasattr(m, "forward_features") else 0
+                             for m in models]
+        self.feature_dim = sum(self.feature_dims)
+
+    @property
+    def without_features(self) -> list[str]:
+        return [name for name, dim in zip(self.names, self.feature_dims) if dim == 0]
 
     @torch.no_grad()
     def for_batch(self, indices: torch.Tensor, inputs: torch.Tensor,
                   features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        outputs = [m.to(inputs.device).forward_features(inputs) for m in self.models]
+        if features:
+            _refuse_missing_features(self.without_features)
+        outputs = [m.to(inputs.device).forward_features(inputs) if dim else (m.to(inputs.device)(inputs).float(), None)
+                   for m, dim in zip(self.models, self.feature_dims)]
         gathered = torch.cat([f for _, f in outputs], dim=1) if features else None
         return torch.stack([logits for logits, _ in outputs]), gathered
 
 
-def teacher_key(spec: TeacherSpec, data_fingerprint: str, checkpoint_digest: str | None = None) -> str:
-    """Content hash of everything that determines the teacher's weights."""
-    identity = {"version": CACHE_VERSION, "arch": spec.arch, "schedule": spec.schedule.model_dump(),
-                "seed": spec.seed, "data": data_fingerprint, "checkpoint": checkpoint_digest}
+def _refuse_missing_features(names: list[str]) -> None:
+    if names:
+        raise ValueError(f"feature distillation (w_feat > 0) needs teacher features; teacher(s) {names} give none "
+                         "(an outputs file without train_features, or a TorchScript module without "
+                         "forward_features): use w_feat 0 with them")
+
+
+def teacher_key(spec: TeacherSpec, data_fingerprint: str, digest: str | None = None) -> str:
+    """Content hash of everything that determines the teacher's outputs.
+
+    `digest` is `file_digest` of the teacher's file (`spec.file`: a checkpoint, a TorchScript or an
+    outputs file), None for a zoo teacher trained here.
+    """
+    if spec.kind in ("torchscript", "logits"):  # the file is the teacher: schedule and seed play no part
+        identity = {"version": CACHE_VERSION, "kind": spec.kind, "inputs": spec.inputs, "file": digest,
+                    "data": data_fingerprint}
+    else:
+        identity = {"version": CACHE_VERSION, "arch": spec.arch, "schedule": spec.schedule.model_dump(),
+                    "seed": spec.seed, "data": data_fingerprint, "checkpoint": digest}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -140,56 +229,227 @@ def chance_accuracy(y: torch.Tensor) -> tuple[float, float]:
 
 
 def check_teachers(specs: list[TeacherSpec], data: Dataset, resolve_path: Callable[[str], Path] = Path,
-                   source: str = "<study>", *, can_teach: bool = True) -> None:
-    """Every checkpoint teacher exists, reads as a state_dict, fits its architecture and has finite
-    weights; with `can_teach` (a search), its val accuracy is also above chance. Writes nothing."""
+                   source: str = "<study>", *, can_teach: bool = True, features: bool = False) -> None:
+    """Check every teacher that comes from a file; writes nothing.
+
+    A checkpoint exists, reads as a state_dict, fits its architecture and has finite weights. A
+    TorchScript file loads and maps a batch of training inputs to finite logits [batch, classes].
+    An outputs file holds `OUTPUT_ARRAYS` only, each with a row per sample of its split and a
+    column per class, finite, and its train_logits agree with the training labels above chance
+    (rows in the training split's order). With `can_teach` (a search), val accuracy is above
+    chance where it is known. With `features` (w_feat > 0) every teacher gives features.
+    """
     chance, margin = chance_accuracy(data.y_val) if can_teach else (0.0, 0.0)
     for index, spec in enumerate(specs):
-        if spec.checkpoint:
+        if spec.kind == "zoo":  # trained here, and it has features
+            continue
+        where = f"{source}: teachers.{index}.{spec.file_key}"
+        accuracy, feature_dim = None, 1  # val accuracy: None when not measured
+        if spec.kind == "checkpoint":
             model = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)
-            where = f"{source}: teachers.{index}.checkpoint"
             load_state_dict(model, resolve_path(spec.checkpoint), where)
-            accuracy = evaluate(model.eval(), data.x_val, data.y_val) if can_teach else 1.0
-            if accuracy <= chance + margin:
-                raise CheckpointError(f"{where}: teacher {cut(spec.name)!r} is at chance level: val accuracy "
-                                      f"{accuracy:.4f} vs {chance:.4f} by always answering the most common class; "
-                                      "it has nothing to teach (untrained, or trained on other data?)")
+            accuracy = evaluate(model.eval(), data.x_val, data.y_val) if can_teach else None
+        elif spec.kind == "torchscript":
+            teacher = load_torchscript_teacher(spec, resolve_path(spec.torchscript), data, where)
+            accuracy = _accuracy(_logits(teacher, data.x_val), data.y_val) if can_teach else None
+            feature_dim = teacher.feature_dim
+        else:
+            outputs = read_outputs_file(resolve_path(spec.logits), data, where)
+            accuracy = _accuracy(outputs["val_logits"], data.y_val) if can_teach and "val_logits" in outputs else None
+            feature_dim = outputs["train_features"].shape[1]
+        if accuracy is not None and accuracy <= chance + margin:
+            raise CheckpointError(f"{where}: teacher {cut(spec.name)!r} is at chance level: val accuracy "
+                                  f"{accuracy:.4f} vs {chance:.4f} by always answering the most common class; "
+                                  "it has nothing to teach (untrained, or trained on other data?)")
+        if features and not feature_dim:
+            how = ("add train_features to its file" if spec.kind == "logits" else
+                   "give its module a forward_features returning (logits, features)")
+            raise ConfigError(f"{source}: distill.w_feat: feature distillation needs teacher features, but teacher "
+                              f"{cut(spec.name)!r} ({spec.kind}) gives none; use w_feat 0, or {how}")
+
+
+def load_torchscript_teacher(spec: TeacherSpec, path: Path, data: Dataset, where: str) -> TorchScriptTeacher:
+    """The TorchScript file at `path` as a teacher, checked on a batch of training inputs; or a one-line
+    CheckpointError naming `where` (the file's key) and the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{where}: file not found: {path}")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception:  # torch raises RuntimeError, ValueError, ... for a file that is not TorchScript
+        raise CheckpointError(f"{where}: {path} is not TorchScript (expected a file of torch.jit.save, "
+                              "of a scripted or traced module)") from None
+    teacher = TorchScriptTeacher(module.eval(), 0, data.normalization if spec.inputs == "raw" else None)
+    batch = data.x_train[:PROBE_SAMPLES]
+    given = list(batch.shape)
+    expected = [len(batch), data.num_classes]
+    try:
+        with torch.no_grad():
+            logits = module(teacher.module_inputs(batch))
+    except Exception as error:
+        raise CheckpointError(f"{where}: {path} fails on a batch of inputs {given}: {_last_line(error)}") from None
+    if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and list(logits.shape) == expected):
+        got = (f"{str(logits.dtype).removeprefix('torch.')} {list(logits.shape)}" if isinstance(logits, torch.Tensor)
+               else type(logits).__name__)
+        raise CheckpointError(f"{where}: {path} returns {got} for inputs {given}; expected logits {expected} "
+                              "(floating point, one per class)")
+    if not torch.isfinite(logits).all():
+        raise CheckpointError(f"{where}: {path} returns NaN or infinite logits for a batch of training inputs")
+    teacher.feature_dim = _probe_features(module, teacher.module_inputs(batch), expected)
+    return teacher
+
+
+def _probe_features(module: nn.Module, batch: torch.Tensor, logits_shape: list[int]) -> int:
+    """Width of the features the module's `forward_features` gives with its logits; 0 when it has no such method."""
+    if not hasattr(module, "forward_features"):
+        return 0
+    try:
+        with torch.no_grad():
+            pair = module.forward_features(batch)
+    except Exception:  # another kind of forward_features (e.g. unpooled maps): logits only
+        return 0
+    if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(t, torch.Tensor) for t in pair)):
+        return 0
+    logits, features = pair
+    if list(logits.shape) != logits_shape or features.dim() != 2 or len(features) != logits_shape[0] \
+            or not features.is_floating_point() or not torch.isfinite(features).all():
+        return 0
+    return int(features.shape[1])
+
+
+def read_outputs_file(path: Path, data: Dataset, where: str) -> dict[str, torch.Tensor]:
+    """The arrays of an outputs file (`OUTPUT_ARRAYS`) as float32 tensors, checked against `data`
+    (train_features [N_train, 0] when the file has none); or a one-line CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"{where}: file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except Exception as error:  # not a zip, a pickled array, a plain .npy (no .files): all unreadable here
+        raise CheckpointError(f"{where}: {path}: cannot read as a .npz of arrays: {_last_line(error)}") from None
+    unknown = sorted(set(arrays) - set(OUTPUT_ARRAYS))
+    if unknown or "train_logits" not in arrays:
+        what = f"unknown array {cut(unknown[0], 40)!r}" if unknown else "no train_logits"
+        raise CheckpointError(f"{where}: {path} has {what}; expected train_logits and optionally "
+                              "train_features, val_logits, test_logits")
+    splits = {"train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)}
+    outputs = {}
+    for key, array in arrays.items():
+        split, kind = key.split("_")
+        columns = data.num_classes if kind == "logits" else None
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array) \
+                or (columns is not None and array.shape[1] != columns) or array.shape[1] == 0:
+            want = f"[{splits[split]}, {columns}] (a row per sample, a column per class)" if columns else \
+                f"[{splits[split]}, D] (a row per sample)"
+            raise CheckpointError(f"{where}: {path}: {key} is {array.dtype} {list(array.shape)}, expected {want}")
+        if len(array) != splits[split]:
+            raise CheckpointError(f"{where}: {path}: {key} has {len(array)} rows, the {split} split has "
+                                  f"{splits[split]}: a row per sample, in the split's order")
+        tensor = torch.from_numpy(array.astype(np.float32))
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{where}: {path}: {key} holds NaN or infinite values (or beyond float32)")
+        outputs[key] = tensor
+    outputs.setdefault("train_features", torch.zeros(splits["train"], 0))
+    chance, margin = chance_accuracy(data.y_train)
+    agree = _accuracy(outputs["train_logits"], data.y_train)
+    if agree <= chance + margin:
+        raise CheckpointError(f"{where}: {path}: train_logits agree with the training labels at chance level "
+                              f"({agree:.4f} vs {chance:.4f}): are its rows the training split's, in order?")
+    return outputs
+
+
+def _logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(dim=1) == labels).float().mean().item() if len(labels) else 0.0
+
+
+def _last_line(error: BaseException) -> str:
+    """The last non-empty line of an error (TorchScript puts its own traceback first), cut short."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return cut(lines[-1] if lines else type(error).__name__, 100)
 
 
 def prepare_teachers(specs: list[TeacherSpec], data: Dataset, cache_dir: str | Path,
                      resolve_path: Callable[[str], Path] = Path, device: str = "auto",
                      log: Callable[[str], None] = lambda message: None, source: str = "<study>",
-                     progress: bool = True) -> list[Teacher]:
+                     progress: bool = True, *, features: bool = False) -> list[Teacher]:
     """Each teacher from the cache, or trained/loaded now and cached. A second call trains nothing.
 
-    All checkpoints are checked before anything is trained or written. Training a teacher shows
-    one progress bar on stderr when it is a terminal (and `progress`), else one line through `log`.
+    All teacher files are checked (`check_teachers`; with `features`, every teacher must give
+    features) before anything is trained or written. Training a teacher shows one progress bar on
+    stderr when it is a terminal (and `progress`), else one line through `log`.
     """
-    check_teachers(specs, data, resolve_path, source, can_teach=False)  # a search has checked more, before its study
+    # A search has checked more, before its study.
+    check_teachers(specs, data, resolve_path, source, can_teach=False, features=features)
     root = Path(cache_dir) / "teachers"
     entries = []
     for spec in specs:
-        checkpoint = resolve_path(spec.checkpoint) if spec.checkpoint else None
-        key = teacher_key(spec, data.fingerprint(), file_digest(checkpoint) if checkpoint else None)
-        entries.append((spec, checkpoint, key, root / f"{spec.name}-{key[:12]}"))
-    to_train = sum(checkpoint is None and not (folder / "meta.json").is_file() for _, checkpoint, _, folder in entries)
+        file = resolve_path(spec.file) if spec.file else None
+        key = teacher_key(spec, data.fingerprint(), file_digest(file) if file else None)
+        entries.append((spec, file, key, root / f"{spec.name}-{key[:12]}"))
+    to_train = sum(spec.kind == "zoo" and not (folder / "meta.json").is_file() for spec, _, _, folder in entries)
     if to_train:
         log(f"training {to_train} teacher{'s' if to_train > 1 else ''} once; "
             f"{'they are' if to_train > 1 else 'it is'} cached in {root} for later runs")
     bars = progress and sys.stderr.isatty()
     teachers = []
-    for index, (spec, checkpoint, key, folder) in enumerate(entries):
+    for index, (spec, file, key, folder) in enumerate(entries):
+        cached = (folder / "meta.json").is_file()
+        if spec.kind in ("torchscript", "logits"):
+            where = f"{source}: teachers.{index}.{spec.file_key}"
+            model = load_torchscript_teacher(spec, file, data, where) if spec.kind == "torchscript" else None
+            if cached:
+                meta = json.loads((folder / "meta.json").read_text())
+            else:
+                meta = {**_outside_meta(spec, model, file, data, where, log), "key": key}
+                write_bytes(folder / "meta.json", json.dumps(meta, indent=2).encode())
+            teachers.append(Teacher(spec.name, model, meta, folder, file if spec.kind == "logits" else None))
+            continue
         model = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)
-        if (folder / "meta.json").is_file():
+        if cached:
             load_state_dict(model, folder / "model.pt", f"cached teacher {spec.name!r}")
             meta = json.loads((folder / "meta.json").read_text())
         else:
-            meta = _train_or_load(spec, index, model, checkpoint, data, device, log, bars)
+            meta = _train_or_load(spec, index, model, file, data, device, log, bars)
             meta["key"] = key
             torch_save(model.state_dict(), folder / "model.pt")
             write_bytes(folder / "meta.json", json.dumps(meta, indent=2).encode())  # last: marks complete
         teachers.append(Teacher(spec.name, model.cpu().eval(), meta, folder))
     return teachers
+
+
+def _outside_meta(spec: TeacherSpec, model: TorchScriptTeacher | None, file: Path, data: Dataset, where: str,
+                  log: Callable[[str], None]) -> dict:
+    """meta.json of a TorchScript or outputs-file teacher: accuracies where known, size where there is a model."""
+    started = time.perf_counter()
+    meta = {"name": spec.name, "kind": spec.kind, "arch": {"family": spec.kind, "file": file.name},
+            spec.kind: str(file), "inputs": spec.inputs}
+    if model is not None:
+        accuracies = {split: _accuracy(_logits(model, getattr(data, f"x_{split}")), getattr(data, f"y_{split}"))
+                      for split in ("val", "test")}
+        size = {"params": None, "bytes_fp32": None, "bytes_fp16": None, "macs": None}
+        try:
+            size.update(model_size(model, data.input_shape).as_dict())
+        except Exception:  # a module the FLOP counter cannot follow: sizes without MACs
+            size.update(params=sum(p.numel() for p in model.parameters()), macs=None)
+            stored = sum(t.numel() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
+            size.update(bytes_fp32=4 * stored, bytes_fp16=2 * stored)
+        meta.update(feature_dim=model.feature_dim, **size)
+    else:
+        outputs = read_outputs_file(file, data, where)
+        accuracies = {split: _accuracy(outputs[f"{split}_logits"], getattr(data, f"y_{split}"))
+                      if f"{split}_logits" in outputs else None for split in ("val", "test")}
+        meta.update(feature_dim=outputs["train_features"].shape[1], params=None, bytes_fp32=None, bytes_fp16=None,
+                    macs=None)
+    meta.update(val_accuracy=accuracies["val"], test_accuracy=accuracies["test"],
+                train_seconds=round(time.perf_counter() - started, 3))
+    shown = "  ".join(f"{split} {value:.4f}" for split, value in accuracies.items() if value is not None)
+    log(f"teacher {spec.name}: {'TorchScript' if model is not None else 'outputs'} from {file}"
+        f"{', ' + shown if shown else ''}{'' if meta['feature_dim'] else ' (no features)'}")
+    return meta
 
 
 def _train_or_load(spec: TeacherSpec, index: int, model: ZooModel, checkpoint: Path | None,
@@ -240,16 +500,24 @@ def _epoch_bar(description: str, epochs: int, enabled: bool) -> Iterator[Callabl
 
 @torch.no_grad()
 def teacher_outputs(teachers: list[Teacher], data: Dataset, batch_size: int = 2048) -> CachedTeacherOutputs:
-    """Logits and penultimate features of every teacher on every training sample (cached on disk)."""
+    """Logits and penultimate features of every teacher on every training sample (cached on disk).
+
+    A model teacher (zoo or TorchScript) is run over the training split once; an outputs-only
+    teacher's are its file's. Features are [N, 0] for a teacher that gives none.
+    """
     all_logits, all_features = [], []
     for teacher in teachers:
         path = teacher.folder / "outputs.pt"
         cached = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
         if cached is None or cached["train_logits"].shape[0] != len(data.y_train):
-            pieces = [teacher.model.forward_features(data.x_train[i:i + batch_size])
-                      for i in range(0, len(data.y_train), batch_size)]
-            cached = {"train_logits": torch.cat([logits for logits, _ in pieces]),
-                      "train_features": torch.cat([features for _, features in pieces])}
+            if teacher.model is None:
+                arrays = read_outputs_file(teacher.outputs_file, data, f"teacher {teacher.name!r}: logits")
+                cached = {key: arrays[key] for key in ("train_logits", "train_features")}
+            else:
+                pieces = [teacher.model.forward_features(data.x_train[i:i + batch_size])
+                          for i in range(0, len(data.y_train), batch_size)]
+                cached = {"train_logits": torch.cat([logits for logits, _ in pieces]),
+                          "train_features": torch.cat([features for _, features in pieces])}
             torch_save(cached, path)
         all_logits.append(cached["train_logits"])
         all_features.append(cached["train_features"])
@@ -292,8 +560,8 @@ def teacher_targets(config, *, log: Callable[[str], None] = print) -> TeacherTar
     `config` is a file (an exported config, or a study) or a TrainConfig. The teachers the
     config learns from are trained or loaded once and cached in its ``cache_dir``, as
     `autokd train` does; outputs are cached per training sample, or computed on the batch
-    itself when the config augments its inputs. Relative checkpoint paths are read from the
-    file's folder (from the working directory for a TrainConfig).
+    itself when the config augments its inputs. Relative teacher files (checkpoint, torchscript,
+    logits) are read from the file's folder (from the working directory for a TrainConfig).
 
     Example::
 
@@ -303,21 +571,13 @@ def teacher_targets(config, *, log: Callable[[str], None] = print) -> TeacherTar
     """
     from autokd.data import load_data
     from autokd.spec import TrainConfig, load_train_config
+    from autokd.train import prepare_targets  # train builds on this module
 
     if isinstance(config, TrainConfig):
-        source, base = "<config>", Path(".")
+        source = "<config>"
     else:
-        source, base = str(config), Path(config).parent
+        source = str(config)
         config = load_train_config(config)
     data = load_data(config.data, source)
-    uses_teachers = config.distill.w_kd > 0 or config.distill.w_feat > 0
-    teachers = prepare_teachers(config.selected_teachers() if uses_teachers else [], data, config.cache_dir,
-                                lambda path: Path(path) if Path(path).is_absolute() else base / path,
-                                log=log, source=source)
-    if not teachers:
-        outputs = None
-    elif config.augment:
-        outputs = OnlineTeachers([t.model for t in teachers])
-    else:
-        outputs = teacher_outputs(teachers, data)
+    teachers, outputs = prepare_targets(config, data, source, log)
     return TeacherTargets(config, data, teachers, outputs)

@@ -32,7 +32,7 @@ import yaml
 from autokd.atomic import check_writable, replace_folder
 from autokd.data import load_data
 from autokd.distill import evaluate
-from autokd.errors import CheckpointError
+from autokd.errors import CheckpointError, ConfigError
 from autokd.runner import run_config
 from autokd.spec import TrainConfig, load_train_config
 from autokd.teachers import OnlineTeachers, Teacher, load_state_dict, prepare_teachers, teacher_outputs
@@ -116,18 +116,26 @@ def _check_teachers_match_export(config: TrainConfig, teachers: list[Teacher], l
 def prepare_targets(config: TrainConfig, data, source: str = "<config>", log: Callable[[str], None] = print):
     """The config's teachers (trained/loaded once, cached) and where the student's targets come from.
 
-    Cached outputs are per sample index; augmented inputs need the teachers run on the batch itself.
+    Cached outputs are per sample index; augmented inputs need the teachers run on the batch itself,
+    so augmenting with an outputs-only teacher (a `logits` file) is refused, as is feature
+    distillation with a teacher that gives no features; both before anything is written.
     """
     uses_teachers = config.distill.w_kd > 0 or config.distill.w_feat > 0
     chosen = config.selected_teachers() if uses_teachers else []
+    offline = [t for t in chosen if t.kind == "logits"]
+    if config.augment and offline:
+        raise ConfigError(f"{source}: augment: {'+'.join(config.augment)} needs teachers run on every augmented "
+                          f"batch, but teacher {offline[0].name!r} is precomputed outputs "
+                          f"(teachers.{config.teachers.index(offline[0])}.logits); train without augment, "
+                          "or use a torchscript or zoo teacher")
     base = Path(source).parent if source and not source.startswith("<") else Path(".")
     teachers = prepare_teachers(chosen, data, config.cache_dir,
                                 lambda path: Path(path) if Path(path).is_absolute() else base / path, log=log,
-                                source=source)
+                                source=source, features=config.distill.w_feat > 0)
     if not teachers:
         return teachers, None
     if config.augment:
-        return teachers, OnlineTeachers([t.model for t in teachers])
+        return teachers, OnlineTeachers([t.model for t in teachers], [t.name for t in teachers])
     return teachers, teacher_outputs(teachers, data)
 
 

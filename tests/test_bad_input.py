@@ -13,6 +13,8 @@ several cases in the table:
 - a changed study on --resume (space, data, teachers, training defaults; objectives never);
 - hostile YAML: alias bombs, recursive aliases, deep nesting, duplicate keys, huge keys and values;
 - data and teachers that cannot teach: a single class, non-finite weights, a teacher at chance.
+- teachers from outside: an outputs file of the wrong shape or row count, a file that is not
+  TorchScript or returns another shape, --augment with an outputs-only teacher.
 
 For every case:
 
@@ -159,6 +161,30 @@ def _space_file(text: str) -> Callable[[Path], dict]:
 # An alias bomb: 10 levels of 9 aliases to the level below, 9**10 (3.5e9) strings once expanded.
 ALIAS_BOMB = ("name: badinput\nsearch_space: x\nlol0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
               + "".join(f"lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 11)))
+
+
+def _outputs_file(folder: Path, drop_rows: int = 0, classes: int = 10) -> dict:
+    """Teacher 0 as precomputed outputs: logits that know the training labels, less `drop_rows` rows and
+    with `classes` columns."""
+    from autokd.data import load_data
+    from autokd.spec import DataSpec
+
+    y_train = load_data(DataSpec(name="digits", val_fraction=0.15)).y_train.numpy()  # the made study's data
+    logits = 5 * np.eye(10)[y_train][:len(y_train) - drop_rows, :classes]
+    np.savez(folder / "outputs.npz", train_logits=logits)
+    return {("teachers", 0): {"name": "t-mlp", "logits": "outputs.npz"}}
+
+
+def _torchscript(folder: Path, payload: bytes | None = None, classes: int = 10) -> dict:
+    """Teacher 0 as a TorchScript file: `payload` as its bytes, or a traced linear model with `classes` outputs."""
+    if payload is not None:
+        (folder / "teacher.pt").write_bytes(payload)
+    else:
+        import torch
+
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, classes))
+        torch.jit.save(torch.jit.trace(model, torch.zeros(2, 1, 8, 8)), str(folder / "teacher.pt"))
+    return {("teachers", 0): {"name": "t-mlp", "torchscript": "teacher.pt"}}
 
 
 def _no_teachers(folder: Path) -> dict:
@@ -358,6 +384,21 @@ CASES = [
          setup=lambda folder: _checkpoint(folder, arch=TEACHER_ARCH, damage=lambda tensor: tensor.zero_())),
     Case("new-study-teacher-at-chance", SEARCH, ["teachers.0.checkpoint", "'t-mlp'", "chance level"],
          changes=NEW, setup=lambda folder: _checkpoint(folder, arch=TEACHER_ARCH, damage=lambda t: t.zero_())),
+
+    # 9. Teachers from outside: a TorchScript file, precomputed outputs (issue 15)
+    Case("teacher-logits-wrong-row-count", SEARCH, ["study.yaml", "teachers.0.logits", "outputs.npz", "train_logits",
+                                                    "rows, the train split has"],
+         changes=NEW, setup=lambda folder: _outputs_file(folder, drop_rows=5)),
+    Case("teacher-logits-wrong-shape", SEARCH, ["study.yaml", "teachers.0.logits", "outputs.npz", "train_logits",
+                                                ", 7], expected [", ", 10]"],
+         changes=NEW, setup=lambda folder: _outputs_file(folder, classes=7)),
+    Case("teacher-torchscript-not-torchscript", SEARCH, ["teachers.0.torchscript", "teacher.pt", "not TorchScript"],
+         changes=NEW, setup=lambda folder: _torchscript(folder, payload=np.random.default_rng(0).bytes(4096))),
+    Case("teacher-torchscript-wrong-output", SEARCH, ["teachers.0.torchscript", "teacher.pt", "[8, 5]",
+                                                      "expected logits [8, 10]"],
+         changes=NEW, setup=lambda folder: _torchscript(folder, classes=5)),
+    Case("train-augment-outputs-only-teacher", ["train", "{yaml}", "--augment", "shift"],
+         ["study.yaml", "augment", "'t-mlp'", "precomputed outputs", "teachers.0.logits"], setup=_outputs_file),
 ]
 
 

@@ -47,7 +47,7 @@ def test_second_call_trains_nothing_and_reads_the_outputs_from_disk(digits, tmp_
     first_log: list[str] = []
     first = prepare_teachers(_specs(), digits, tmp_path, log=first_log.append)
     teacher_outputs(first, digits)
-    assert sum("training" in line for line in first_log) == 2
+    assert sum(": trained" in line for line in first_log) == 2  # one line per teacher trained (no terminal)
 
     second_log: list[str] = []
     second = prepare_teachers(_specs(), digits, tmp_path, log=second_log.append)
@@ -100,3 +100,15 @@ def test_a_checkpoint_of_another_architecture_is_refused_before_anything_is_writ
     with pytest.raises(CheckpointError, match=r"^s\.yaml: teachers\.1\.checkpoint: .*does not match"):
         prepare_teachers(specs, digits, tmp_path / "cache", source="s.yaml")
     assert not (tmp_path / "cache").exists()  # teacher 0 was not trained first
+
+
+def test_online_teachers_take_any_module_that_returns_logits(digits):
+    zoo = build_model(MLP, digits.input_shape, digits.num_classes, seed=0)
+    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))  # no forward_features, no feature_dim
+    online = OnlineTeachers([zoo, plain], ["zoo", "plain"])
+    inputs = digits.x_train[:5]
+    logits, features = online.for_batch(torch.arange(5), inputs, features=False)
+    assert features is None and online.feature_dim == zoo.feature_dim
+    torch.testing.assert_close(logits, torch.stack([zoo.eval()(inputs), plain(inputs)]).detach())
+    with pytest.raises(ValueError, match=r"teacher\(s\) \['plain'\] give none"):  # a feature loss would miss its part
+        online.for_batch(torch.arange(5), inputs, features=True)
