@@ -107,8 +107,10 @@ def teachers(study: Path = typer.Argument(..., help="Study or training config YA
     teacher_outputs(cached, data)
     for teacher in cached:
         meta = teacher.meta
-        typer.echo(f"{teacher.name:>16}  val {meta['val_accuracy']:.4f}  test {meta['test_accuracy']:.4f}  "
-                   f"params {meta['params']:>9,}  trained in {meta['train_seconds']:.1f} s  {teacher.folder}")
+        val, test = ("—" if meta[key] is None else f"{meta[key]:.4f}" for key in ("val_accuracy", "test_accuracy"))
+        params = "—" if meta["params"] is None else f"{meta['params']:,}"  # an outputs file has no model
+        typer.echo(f"{teacher.name:>16}  val {val:>6}  test {test:>6}  params {params:>9}  "
+                   f"trained in {meta['train_seconds']:.1f} s  {teacher.folder}")
 
 
 @app.command()

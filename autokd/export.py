@@ -8,11 +8,12 @@ and size, the cache key of every teacher it learnt from and the input normalisat
 had (``normalization``: mean, std, what raw inputs are).
 
 The file is portable: it holds no path of the exporting machine. Data files, a Fashion-MNIST
-``data_dir`` (only when the study gave one) and teacher checkpoints are written relative to the
-exported file, as `autokd train` reads them (absolute only when they share no folder but the
-root with it); ``cache_dir`` is relative to the working directory, as `autokd train` reads it
-(a cache outside it becomes the default: teachers are rebuilt there once, under the same keys);
-a SQLite storage in the provenance is relative to the exported file, any password masked.
+``data_dir`` (only when the study gave one) and teacher files (checkpoint, torchscript, logits)
+are written relative to the exported file, as `autokd train` reads them (absolute only when they
+share no folder but the root with it); ``cache_dir`` is relative to the working directory, as
+`autokd train` reads it (a cache outside it becomes the default: teachers are rebuilt there once,
+under the same keys); a SQLite storage in the provenance is relative to the exported file, any
+password masked.
 Data keys that the dataset does not read (``mnist1d_samples`` for digits, ...) are left out.
 
 Selection reads validation accuracy only; test accuracy is never stored in a study.
@@ -182,15 +183,14 @@ def exported_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: 
         raise AutokdError(f"export: {where} has no stored config (user attr 'config'); was it run by autokd search?")
     stored = train_config_from_dict(trial.user_attrs["config"], where)
     uses_teachers = stored.distill.w_kd > 0 or stored.distill.w_feat > 0
-    # Paths are resolved the way the search resolved them: checkpoints from the study file's
+    # Paths are resolved the way the search resolved them: teacher files from the study file's
     # folder, data from the working directory (the study's loader already joined its folder).
     resolve = spec.resolve_path if spec is not None else Path
-    teachers = [t.model_copy(update={"checkpoint": str(resolve(t.checkpoint).expanduser().resolve())
-                                     if t.checkpoint else None})
+    teachers = [t.model_copy(update={t.file_key: str(resolve(t.file).expanduser().resolve())}) if t.file else t
                 for t in (stored.selected_teachers() if uses_teachers else [])]
     data_spec = _dataset_data(stored.data)
     data = load_data(data_spec, where)
-    keys = _teacher_keys(teachers, data, where)  # from the absolute checkpoints, before they become relative
+    keys = _teacher_keys(teachers, data, where)  # from the absolute files, before they become relative
     folder = Path(folder)
     data_document = data_spec.model_dump(mode="json")
     for key in ("data_dir", "path"):
@@ -202,8 +202,7 @@ def exported_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: 
         "seed": int(trial.user_attrs.get("seed", stored.seed)),
         "data": data_document,
         "teachers": [{**t.model_dump(mode="json"),
-                      "checkpoint": _portable_path(Path(t.checkpoint), folder) if t.checkpoint else None}
-                     for t in teachers],
+                      **({t.file_key: _portable_path(Path(t.file), folder)} if t.file else {})} for t in teachers],
         "distill": {**stored.distill.model_dump(mode="json"), **({} if uses_teachers else {"teachers": None})},
         "cache_dir": _portable_cache_dir(stored.cache_dir),
     }
@@ -265,13 +264,12 @@ def _teacher_keys(teachers: list, data: Dataset, where: str) -> dict[str, str]:
     """Each teacher's cache key, as `teachers.prepare_teachers` computes it (train checks them)."""
     if not teachers:
         return {}
-    missing = [t.checkpoint for t in teachers if t.checkpoint and not Path(t.checkpoint).is_file()]
+    missing = [t for t in teachers if t.file and not Path(t.file).is_file()]
     if missing:
-        raise AutokdError(f"export: {where}: teacher checkpoint not found: {missing[0]} (open the study by its "
-                          "YAML file so that relative checkpoint paths resolve)")
+        raise AutokdError(f"export: {where}: teacher {missing[0].file_key} not found: {missing[0].file} (open the "
+                          "study by its YAML file so that relative teacher paths resolve)")
     fingerprint = data.fingerprint()
-    return {t.name: teacher_key(t, fingerprint, file_digest(Path(t.checkpoint)) if t.checkpoint else None)
-            for t in teachers}
+    return {t.name: teacher_key(t, fingerprint, file_digest(Path(t.file)) if t.file else None) for t in teachers}
 
 
 def _provenance(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage: str,

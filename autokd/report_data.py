@@ -83,7 +83,8 @@ def flag_weak_teachers(teachers: list[dict], study: optuna.Study, spec: StudySpe
     """
     if not teachers:
         return teachers
-    weaker = {t["name"]: best is not None and t["val_accuracy"] < best["val_accuracy"] for t in teachers}
+    weaker = {t["name"]: best is not None and t["val_accuracy"] is not None and t["val_accuracy"] < best["val_accuracy"]
+              for t in teachers}
     allowed = None
     if is_two_level(study):
         lists = [t.user_attrs["teachers_allowed"] for t in study.get_trials(deepcopy=False)

@@ -22,7 +22,9 @@ from autokd.spec import StudySpec, load_study
 SCHEMA_RACE_RETRIES = 5
 INTERRUPTED = "interrupted: the search stopped before this trial finished (re-queued)"
 TRIAL_ATTRS = ("seed", "params", "bytes_fp32", "bytes_fp16", "macs", "train_seconds", "epochs_trained",
-               "node", "node_id", "device", "driver", "failure_reason", "pruned_reason", "level", "role", "arch")
+               "node", "node_id", "device", "driver", "failure_reason", "pruned_reason", "level", "role", "arch",
+               # an int8 study's objectives are (val_accuracy_int8, bytes_int8); its fp32 accuracy is an attr
+               "val_accuracy", "val_accuracy_int8", "bytes_int8")
 # Columns of a two-level study's front choice (see `architecture_choices`).
 CHOICE_COLUMNS = ("val_gain_vs_ce", "val_gain_se", "front_reason")
 

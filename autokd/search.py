@@ -115,7 +115,8 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
 
                 base = spec.train_config()
                 plan = TwoLevelPlan(spec, space, base, data.input_shape, data.num_classes,
-                                    {t.name: t.meta["val_accuracy"] for t in teachers})
+                                    {t.name: t.meta["val_accuracy"] for t in teachers
+                                     if t.meta["val_accuracy"] is not None})  # unknown (outputs without val): kept
             _run_tuner(spec, space, data, outputs, storage_url, optuna_study, plan, address, progress)
         if spec.robust.top_k > 0:
             from autokd.ray_cluster import init_ray

@@ -164,7 +164,9 @@ class AutokdSearcher(OptunaSearch):
             self._finish(ot_trial, States.COMPLETE, values=[float(v) for v in values], **attrs)
 
     def _finish(self, ot_trial, state, values=None, **attrs) -> None:
-        for key, value in attrs.items():
+        # train_seconds last, right before the state: a driver killed while it records a trial leaves it
+        # RUNNING (re-queued on resume) and, almost always, without the mark of a trained trial.
+        for key, value in sorted(attrs.items(), key=lambda item: item[0] == "train_seconds"):
             if value is not None:
                 ot_trial.set_user_attr(key, value)
         self._ot_study.tell(ot_trial, values, state=state)

@@ -228,6 +228,9 @@ def test_a_search_with_outside_teachers_completes_and_reports_exports_and_trains
                           / "summary.json").read_text())
     assert [t["name"] for t in summary["teachers"]] == ["ts", "offline"]
     assert summary["teachers"][1]["params"] is None and summary["teachers"][1]["val_accuracy"] > 0.5
-    path, trial = export_config(study, tmp_path / "best.yaml", knee=True)
-    run = train(path, tmp_path / "run", epochs=1, log=lambda line: None)
+    (tmp_path / "elsewhere").mkdir()  # the exported file names the teacher files relative to itself
+    path, trial = export_config(study, tmp_path / "elsewhere" / "best.yaml", knee=True)
+    log: list[str] = []
+    run = train(path, tmp_path / "run", epochs=1, log=log.append)
     assert set(run.metrics["teachers"]) == set(load_train_config(path).distill.teachers or ["ts", "offline"])
+    assert not any("warning" in line for line in log), log  # the teachers' cache keys are the ones the trial used

@@ -375,7 +375,7 @@ def test_a_study_file_selects_dist_and_its_weights(tmp_path):
 @pytest.mark.parametrize(("distill", "expected"), [
     ({"kind": "dist2"}, "distill.kind: must be 'kl', 'mse', 'dkd', 'lskd' or 'dist', got 'dist2'"),
     ({"kind": "dist", "dist_gamma": -1}, "distill.dist_gamma: must be >= 0, got -1"),
-    ({"kind": "dist", "dist_beta": float("inf")}, "distill.dist_beta: must be a finite number"),
+    ({"kind": "dist", "dist_beta": float("inf")}, "distill.dist_beta: must be a finite number, got inf"),
 ])
 def test_a_bad_distill_kind_or_weight_is_a_one_line_error(tmp_path, distill, expected):
     path = tmp_path / "study.yaml"
