@@ -8,6 +8,7 @@ Python imports `sitecustomize` at start-up, and this one wraps the product's doc
 Nothing of this lives in the product.
 """
 
+import functools
 import importlib.abc
 import importlib.util
 import os
@@ -26,6 +27,9 @@ def _install(trial_module) -> None:
     run_trial, run_config = trial_module.run_trial, runner.run_config
     current = {}
 
+    # wraps: the driver pickles the trial function by reference (autokd.trial.run_trial) only when it
+    # carries that name; a closure would travel by value and the workers would never load this plugin's patch.
+    @functools.wraps(run_trial)
     def faulty_run_trial(trial, data, outputs):
         current["number"] = str(trial["trial_number"])
         if FAULTS.get(current["number"], "").strip() == "overlap":
