@@ -22,7 +22,10 @@ SECTIONS = [
     ("packing", "Packed trials: 8 configs of one MLP student as one batched model vs one by one", "issue 17.2"),
     ("search_quality", "Search quality: hypervolume of TPE vs random vs NSGA-II, and of the two-level search",
      "issue 6.3, issue 12"),
-    ("distillation_gain", "Distillation gain on Fashion-MNIST: searched vs CE-only vs vanilla KD", "issue 6.4"),
+    ("distillation_gain", "Distillation gain on Fashion-MNIST: two-level vs flat search, each against CE-only and "
+     "vanilla KD on paired seeds", "issue 12"),
+    ("distillation_gain_30t_l1_0.4", "Distillation gain, the smaller run (30 two-level trials, 40 % level 1)",
+     "issue 12"),
     ("gpu_sharing", "Students sharing one GPU through fractional resources", "issue 6.5"),
     ("early_stopping", "Pareto-aware early stopping vs none vs stock ASHA at equal compute", "issue 8"),
     ("early_stopping_fashion_36", "Pareto-aware early stopping at a larger Fashion-MNIST budget (36 trials)",
@@ -106,6 +109,7 @@ def section(stem: str, title: str, issue: str, result: dict) -> str:
         lines.append("")
     if result.get("note"):
         lines += [result["note"], ""]
+    lines += record_tables(result.get("figures", {}))
     rows = flatten(result.get("figures", {}))
     if rows:
         lines += ["<details><summary>All figures</summary>", "", "| figure | value |", "|---|---|"]
@@ -113,6 +117,22 @@ def section(stem: str, title: str, issue: str, result: dict) -> str:
         lines += ["", "</details>", ""]
     lines += [f"Raw: [`benchmarks/results/{stem}.json`](benchmarks/results/{stem}.json)", ""]
     return "\n".join(lines)
+
+
+def record_tables(figures: dict, path: str = "") -> list[str]:
+    """Lists of records (e.g. one row per front point) as tables of their scalar and short-list fields."""
+    lines = []
+    for key, value in figures.items():
+        name = f"{path}.{key}" if path else key
+        if isinstance(value, dict):
+            lines += record_tables(value, name)
+        elif isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+            columns = [column for column, cell_value in value[0].items()
+                       if not isinstance(cell_value, (list, dict)) or column.startswith("test_mean")]
+            lines += [f"`{name}`:", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in value]
+            lines.append("")
+    return lines
 
 
 def headline_table(results: dict[str, dict]) -> str:
