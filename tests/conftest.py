@@ -72,6 +72,21 @@ def run_cli(*args, env: dict | None = None, timeout: float = 300, check: bool = 
     return completed
 
 
+def load_tiny(folder: Path, name: str = "tiny"):
+    """The study a `tiny_study(folder)` search wrote (its SQLite file beside the study file)."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / (name + '.db')}")
+
+
+def trials_or_empty(folder: Path) -> list:
+    """The tiny study's trials as they are now; none while there is no storage or study yet."""
+    try:
+        return load_tiny(folder).get_trials(deepcopy=False)
+    except Exception:  # no storage or no study yet, or the driver is creating the schema
+        return []
+
+
 @pytest.fixture
 def study_file(tmp_path):
     return tiny_study(tmp_path)

@@ -23,22 +23,11 @@ import optuna
 import pytest
 
 from autokd.results import INTERRUPTED
-from conftest import AUTOKD, run_cli, tiny_study, with_faults
+from conftest import AUTOKD, load_tiny, run_cli, tiny_study, trials_or_empty, with_faults
 
 pytestmark = pytest.mark.slow
 States = optuna.trial.TrialState
 BUDGET = 8
-
-
-def _load(folder: Path) -> optuna.Study:
-    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'tiny.db'}")
-
-
-def _trials_or_empty(folder: Path) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return _load(folder).get_trials(deepcopy=False)
-    except Exception:  # no storage or no study yet, or the driver is creating the schema
-        return []
 
 
 class Driver:
@@ -75,7 +64,7 @@ def _printed(text: str) -> Callable[[Driver], bool]:
 
 def _finished_at_least(count: int, folder: Path, also_running: bool = False) -> Callable[[Driver], bool]:
     def moment(_driver: Driver) -> bool:
-        trials = _trials_or_empty(folder)
+        trials = trials_or_empty(folder)
         finished = sum(t.state in (States.COMPLETE, States.FAIL, States.PRUNED) for t in trials)
         running = any(t.state == States.RUNNING for t in trials)
         return finished >= count and (running or not also_running or finished >= BUDGET)
@@ -99,7 +88,7 @@ def test_sigkill_at_five_moments_then_resume_loses_nothing_and_trains_nothing_tw
     for index, (name, moment) in enumerate(moments):
         driver = Driver(study_file, *(["--resume"] if index else []))
         driver.kill_when(moment)
-        for trial in _trials_or_empty(tmp_path):
+        for trial in trials_or_empty(tmp_path):
             if trial.state == States.COMPLETE:
                 finished_before_kills.setdefault(trial.number, tuple(trial.values))
         if name == "teacher caching":  # the kill landed while t-cnn trained: its cache entry is not there
@@ -107,7 +96,7 @@ def test_sigkill_at_five_moments_then_resume_loses_nothing_and_trains_nothing_tw
 
     final = Driver(study_file, "--resume")
     assert final.wait() == 0, "".join(final.lines[-40:])
-    trials = _load(tmp_path).get_trials()
+    trials = load_tiny(tmp_path).get_trials()
     complete = {t.number: tuple(t.values) for t in trials if t.state == States.COMPLETE}
     lost = [n for n, values in finished_before_kills.items() if complete.get(n) != values]
     # Trained and recorded as finished. A kill in the few ms while a finished trial's attributes are
@@ -127,7 +116,7 @@ def test_sigkill_at_five_moments_then_resume_loses_nothing_and_trains_nothing_tw
 def test_a_worker_process_dying_mid_trial_fails_that_trial_with_a_reason(tmp_path):
     study_file = tiny_study(tmp_path, trials=4, epochs=4)
     run_cli("search", study_file, "--no-report", "--no-progress", env=with_faults("1:exit"), check=True)
-    trials = _load(tmp_path).get_trials()
+    trials = load_tiny(tmp_path).get_trials()
     failed = {t.number: t.user_attrs.get("failure_reason", "") for t in trials if t.state == States.FAIL}
     assert list(failed) == [1] and "worker process died" in failed[1]
     assert sum(t.state == States.COMPLETE for t in trials) == 3
@@ -138,7 +127,7 @@ def test_trial_faults_end_failed_with_readable_reasons_and_the_report_counts_the
     study_file = tiny_study(tmp_path, trials=6, epochs=2)
     faults = with_faults("0:build,1:nan,2:raise,3:oom")
     run_cli("search", study_file, "--no-progress", "--no-report", env=faults, check=True)
-    trials = _load(tmp_path).get_trials()
+    trials = load_tiny(tmp_path).get_trials()
     reasons = {t.number: t.user_attrs.get("failure_reason", "") for t in trials if t.state == States.FAIL}
     assert sorted(reasons) == [0, 1, 2, 3]
     assert reasons[0].startswith("ConfigError") and "width" in reasons[0]
@@ -175,7 +164,7 @@ def test_search_completes_when_a_node_leaves_the_cluster(tmp_path):
     try:
         search_thread.start()
         deadline = time.monotonic() + 300
-        while not any(t.user_attrs.get("node_id") == worker.node_id for t in _trials_or_empty(tmp_path)
+        while not any(t.user_attrs.get("node_id") == worker.node_id for t in trials_or_empty(tmp_path)
                       if t.state == States.COMPLETE):
             assert time.monotonic() < deadline and search_thread.is_alive(), \
                 f"no trial finished on the worker node; search outcome: {outcome!r}"
@@ -188,7 +177,7 @@ def test_search_completes_when_a_node_leaves_the_cluster(tmp_path):
         ray.shutdown()
         cluster.shutdown()
     assert "error" not in outcome, repr(outcome.get("error"))
-    trials = _load(tmp_path).get_trials()
+    trials = load_tiny(tmp_path).get_trials()
     assert not [t for t in trials if t.state == States.RUNNING]
     finished = [t for t in trials if t.state in (States.COMPLETE, States.FAIL)]
     assert len(finished) == 10, [t.state.name for t in trials]

@@ -31,21 +31,10 @@ import optuna
 import pytest
 
 from autokd.results import INTERRUPTED
-from conftest import AUTOKD, REPO, tiny_study
+from conftest import AUTOKD, REPO, load_tiny, tiny_study, trials_or_empty
 
 States = optuna.trial.TrialState
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def _study(folder: Path) -> optuna.Study:
-    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'tiny.db'}")
-
-
-def _trials_or_empty(folder: Path) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return _study(folder).get_trials(deepcopy=False)
-    except Exception:  # no storage or no study yet, or the driver is creating the schema
-        return []
 
 
 class Terminal:
@@ -120,7 +109,7 @@ class Terminal:
 
 
 def _one_done_one_running(folder: Path) -> bool:
-    states = [t.state for t in _trials_or_empty(folder)]
+    states = [t.state for t in trials_or_empty(folder)]
     return States.COMPLETE in states and States.RUNNING in states
 
 
@@ -146,7 +135,7 @@ def test_search_in_a_terminal_draws_its_bar_and_completes(tmp_path):
     assert code == 0, text[-3000:]
     assert "Traceback" not in text and "pickle" not in text, text[-3000:]
     assert re.search(r"tiny .*2/2", text), f"no progress bar drawn on the terminal:\n{text[-3000:]}"
-    trials = _study(tmp_path).get_trials()
+    trials = load_tiny(tmp_path).get_trials()
     assert [t.state for t in trials] == [States.COMPLETE] * 2
 
 
@@ -171,7 +160,7 @@ def interrupted(tmp_path_factory):
         code = session.wait(timeout=120)
     finally:
         session.close()
-    trials = _study(folder).get_trials()
+    trials = load_tiny(folder).get_trials()
     assert sum(t.state == States.COMPLETE for t in trials) < BUDGET, \
         "Ctrl-C came after the last trial: the test exercises nothing"
     return {"folder": folder, "code": code, "text": session.text, "trials": trials}
@@ -210,7 +199,7 @@ def test_resume_after_ctrl_c_completes_the_budget_and_trains_nothing_twice(inter
                              cwd=folder, capture_output=True, text=True, timeout=300,
                              env={**os.environ, "PYTHONPATH": str(REPO)})
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    trials = _study(folder).get_trials()
+    trials = load_tiny(folder).get_trials()
     complete = {t.number: tuple(t.values) for t in trials if t.state == States.COMPLETE}
     assert len(complete) == BUDGET, {t.number: t.state.name for t in trials}
     assert all(complete[n] == values for n, values in before.items()), "a finished trial changed on resume"
@@ -247,7 +236,7 @@ def test_search_without_address_starts_its_own_ray_when_the_temp_dir_names_a_dea
                                cwd=REPO, capture_output=True, text=True, timeout=300,
                                env={**env, "RAY_TMPDIR": str(ray_tmpdir)})
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert [t.state for t in _study(tmp_path).get_trials()] == [States.COMPLETE] * 2
+    assert [t.state for t in load_tiny(tmp_path).get_trials()] == [States.COMPLETE] * 2
     sessions = [p for p in (ray_tmpdir / "ray").glob("session_*") if p.name != "session_latest"]
     assert sessions, "the search's Ray instance did not live in the private temp dir"
 
@@ -276,4 +265,4 @@ def test_a_trial_that_reserved_no_gpu_sees_none(tmp_path, override, seen):
                                env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"})
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert completed.stdout.splitlines()[-1] == repr([seen]), completed.stdout
-    assert _study(tmp_path).get_trials()[0].user_attrs["visible_devices"] == seen
+    assert load_tiny(tmp_path).get_trials()[0].user_attrs["visible_devices"] == seen
