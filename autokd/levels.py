@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 
 from autokd.pairing import CE, TUNED, VANILLA_KD
-from autokd.pareto import pareto_front_mask
+from autokd.pareto import pareto_front_mask, useful_mask
 from autokd.results import INTERRUPTED
 from autokd.space import SUBSET_SEPARATOR, SearchSpace, TeacherSubsetParam
 from autokd.spec import StudySpec, TrainConfig, derived_seed
@@ -198,12 +198,15 @@ class TwoLevelPlan:
 
 
 def choose_architectures(level1: list[optuna.trial.FrozenTrial], objectives: list[str], count: int) -> list[int]:
-    """The level-1 front (CE-only accuracy vs size), thinned to `count` trials spread evenly over log size."""
+    """The level-1 front (CE-only accuracy vs size) in its useful band (`pareto.useful_mask`: at least
+    half the best accuracy; a degenerate tiny student is not worth tuning), thinned to `count` trials
+    spread evenly over log size."""
     complete = [t for t in level1 if t.state == optuna.trial.TrialState.COMPLETE and t.values is not None]
     if not complete:
         return []
     values = np.array([t.values for t in complete], dtype=float)
-    mask = pareto_front_mask(values, ["maximize"] + ["minimize"] * (len(objectives) - 1))
+    directions = ["maximize"] + ["minimize"] * (len(objectives) - 1)
+    mask = pareto_front_mask(values, directions) & useful_mask(values, directions)
     front = sorted((t for t, on in zip(complete, mask) if on), key=lambda t: (t.values[1], t.number))
     if len(front) <= count:
         return [t.number for t in front]

@@ -30,6 +30,9 @@ def test_architectures_are_the_level1_front_spread_over_log_size():
     # three of five: the ends and the middle of 1..5 decades
     assert choose_architectures(level1, ["val_accuracy", "params"], 3) == [0, 3, 5]
     assert choose_architectures([], ["val_accuracy", "params"], 3) == []
+    # A degenerate tiny student (below half the best accuracy) stays on the front but is not tuned.
+    degenerate = [_frozen(7, 0.18, 3), *level1]
+    assert choose_architectures(degenerate, ["val_accuracy", "params"], 10) == [0, 1, 3, 4, 5]
 
 
 def test_two_levels_are_the_default_when_the_space_varies_student_and_distillation(tmp_path):
