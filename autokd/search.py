@@ -172,6 +172,7 @@ def _run_tuner(spec, space, data, outputs, storage_url, optuna_study, plan, addr
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, _exit_at_once)  # a second Ctrl-C does not wait for the clean-up
         bar.close()
+        searcher.claim_asked_trial()
         recover_interrupted(optuna_study, own_only=True)
         raise SearchInterrupted(counts(optuna_study)["done"], spec.budget.trials, spec.source) from None
     finally:

@@ -48,6 +48,7 @@ class AutokdSearcher(OptunaSearch):
         self._epochs_seen: dict[str, int] = {}
         self._last_beat = time.monotonic()
         self._epochs_trained = trained_epochs(self._ot_study)
+        self._asking: optuna.Trial | None = None
 
     def suggest_params(self, trial: optuna.Trial) -> None:
         self.space.suggest(trial, self.sections)
@@ -60,6 +61,7 @@ class AutokdSearcher(OptunaSearch):
             if planned in (WAIT, FINISHED):
                 return None if planned == WAIT else self.FINISHED
             ot_trial = self._ot_study.ask()
+            self._asking = ot_trial  # RUNNING from here on: Ctrl-C must find it (`claim_asked_trial`)
             attrs = ot_trial.user_attrs or planned.attrs  # an enqueued trial brings its own (a re-queued one too)
             self.sections = sampled_sections(attrs.get("role"))
             params = self._suggest_from_define_by_run_func(self._space, ot_trial)
@@ -84,10 +86,17 @@ class AutokdSearcher(OptunaSearch):
                 self._finish(ot_trial, States.PRUNED, pruned_reason="infeasible: " + ", ".join(broken))
                 continue
             self._ot_trials[trial_id] = ot_trial
+            self._asking = None
             return {"config": config.model_dump(), "trial_number": ot_trial.number, "size": size, "seeds": seeds,
                     "pack": self.spec.search.pack_seeds}
         raise AutokdError(f"{self.spec.source}: constraints: {MAX_INFEASIBLE_IN_A_ROW} proposals in a row broke "
                           f"{self.spec.constraints}; widen the constraints or shrink the search space")
+
+    def claim_asked_trial(self) -> None:
+        """Mark the trial being asked (RUNNING, not yet handed to Tune) as this driver's, so that
+        `study_store.recover_interrupted(own_only=True)` re-queues it after Ctrl-C."""
+        if self._asking is not None and self._asking.user_attrs.get("driver") != DRIVER:
+            self._asking.set_user_attr("driver", DRIVER)
 
     def _plan(self) -> Proposal | str:
         """The next proposal; enqueued first when it fixes parameters (a waiting trial always goes first)."""
@@ -170,4 +179,6 @@ class AutokdSearcher(OptunaSearch):
             if value is not None:
                 ot_trial.set_user_attr(key, value)
         self._ot_study.tell(ot_trial, values, state=state)
+        if ot_trial is self._asking:
+            self._asking = None
         self._beat()
