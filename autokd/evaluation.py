@@ -75,7 +75,8 @@ def evaluate_front(study: optuna.Study, spec: StudySpec, trial_numbers: Sequence
             continue
         config = TrainConfig.model_validate(trial.user_attrs["config"])
         result = runner.run(config, "trial", trial.number)
-        recorded = trial.values[0]
+        # the fp32 val accuracy (an int8 study's first objective is its quantised accuracy; the fp32 one is an attr)
+        recorded = trial.user_attrs.get("val_accuracy", trial.values[0])
         _warn_if_drifted(trial.number, result["val_accuracy"], recorded, log)
         row = {"trial": trial.number, "val_accuracy": recorded, "val_accuracy_retrained": result["val_accuracy"],
                "test_accuracy": result["test_accuracy"], "test_seeds": 1}

@@ -98,7 +98,9 @@ def _front_row(values: dict[str, Any], position: int, knee: int | None, spec: St
     role = values.get("role") if isinstance(values.get("role"), str) else None
     return {
         "position": position, "trial": int(values["trial"]), "knee": bool(values["trial"] == knee),
-        **{name: values.get(name) for name in (*spec.objectives, "params", "bytes_fp32", "macs")},
+        # val_accuracy: the fp32 accuracy also when the first objective is the int8 one
+        **{name: values.get(name) for name in dict.fromkeys((*spec.objectives, "val_accuracy", "params",
+                                                             "bytes_fp32", "macs"))},
         "temperature": settings.get("temperature") if uses_teachers and kind in TEMPERATURE_KINDS else None,
         "w_ce": settings.get("w_ce"), "w_kd": settings.get("w_kd"), "w_feat": settings.get("w_feat"),
         "kd_kind": kind if uses_teachers else None, "aggregation": settings.get("aggregation"),
