@@ -1,6 +1,8 @@
 """int8 students: post-training quantisation, its size rule, the int8 objective in a search, the int8 export."""
 
 import json
+import os
+import subprocess
 
 import optuna
 import pytest
@@ -16,7 +18,7 @@ from autokd.spec import StudySpec, TrainConfig, _validate, train_config_from_dic
 from autokd.train import INT8_FILE, export_student, train
 from autokd.zoo import ZooModel, build_model, model_size
 
-from conftest import tiny_study
+from conftest import AUTOKD, REPO, tiny_study
 
 MLP = {"family": "mlp", "depth": 1, "width": 64}
 
@@ -210,3 +212,15 @@ def test_a_quantised_cnn_exports_to_torchscript_too(tmp_path, digits, raw_digits
     assert exports["int8"] == INT8_FILE
     loaded = torch.jit.load(str(tmp_path / INT8_FILE))
     assert torch.equal(loaded(raw_digits.x_val), int8(digits.x_val))
+
+
+@pytest.mark.slow
+def test_an_int8_study_searches_and_reports_through_the_cli(tmp_path):
+    """As a user types it: progress, the front and the report read the fp32 accuracy from its attr."""
+    study_file = tiny_study(tmp_path, trials=2, epochs=1, objectives=["val_accuracy_int8", "bytes_int8"],
+                            search_space={"params": {"student.width": {"type": "int", "low": 8, "high": 32}}})
+    completed = subprocess.run([*AUTOKD, "search", study_file.name], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert completed.returncode == 0 and "Traceback" not in completed.stderr, completed.stderr[-2000:]
+    summary = json.loads((tmp_path / "reports" / "tiny" / "summary.json").read_text())
+    assert all(row["val_accuracy"] is not None and row["val_accuracy_int8"] is not None for row in summary["front"])
