@@ -99,10 +99,9 @@ class AutokdSearcher(OptunaSearch):
             self._asking.set_user_attr("driver", DRIVER)
 
     def _plan(self) -> Proposal | str:
-        """The next proposal; enqueued first when it fixes parameters (a waiting trial always goes first)."""
-        if self._ot_study.get_trials(deepcopy=False, states=(States.WAITING,)):
-            return Proposal({})
-        if self.plan is None:
+        """The next proposal; enqueued first when it fixes parameters (a waiting trial always goes first:
+        `ask` takes it). A flat search has no plan and reads nothing here."""
+        if self.plan is None or self._ot_study.get_trials(deepcopy=False, states=(States.WAITING,)):
             return Proposal({})
         planned = self.plan.next_proposal(self._ot_study)
         if isinstance(planned, Proposal) and planned.params is not None:
