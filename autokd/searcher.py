@@ -120,9 +120,6 @@ class AutokdSearcher(OptunaSearch):
             curve = self._curves.setdefault(trial_id, [])
             if result.get("epoch", len(curve) + 1) > len(curve):  # once per epoch
                 curve.append(float(result["val_accuracy"]))
-                ot_trial = self._ot_trials.get(trial_id)
-                if ot_trial is not None:  # curves in optuna-dashboard
-                    report_intermediate(self._ot_study, ot_trial, len(curve), float(result["val_accuracy"]))
         self._beat()
 
     def _count_epochs(self, trial_id: str, result: dict) -> None:
@@ -172,6 +169,12 @@ class AutokdSearcher(OptunaSearch):
             self._finish(ot_trial, States.COMPLETE, values=[float(v) for v in values], **attrs)
 
     def _finish(self, ot_trial, state, values=None, **attrs) -> None:
+        # The curve as intermediate values (curves in optuna-dashboard), for completed trials only: TPE
+        # scores a PRUNED trial by its last intermediate value through `study.direction`, which a
+        # multi-objective study refuses (Optuna 5.1) - stopped trials keep theirs in val_accuracy_curve.
+        if state == States.COMPLETE:
+            for step, value in enumerate(attrs.get("val_accuracy_curve") or [], start=1):
+                report_intermediate(self._ot_study, ot_trial, step, value)
         # train_seconds last, right before the state: a driver killed while it records a trial leaves it
         # RUNNING (re-queued on resume) and, almost always, without the mark of a trained trial.
         for key, value in sorted(attrs.items(), key=lambda item: item[0] == "train_seconds"):
