@@ -63,6 +63,8 @@ class AutokdSearcher(OptunaSearch):
             ot_trial = self._ot_study.ask()
             self._asking = ot_trial  # RUNNING from here on: Ctrl-C must find it (`claim_asked_trial`)
             attrs = ot_trial.user_attrs or planned.attrs  # an enqueued trial brings its own (a re-queued one too)
+            # Ours at once: another driver starting now must not take it for an orphan (study_store).
+            ot_trial.set_user_attr("driver", DRIVER)
             self.sections = sampled_sections(attrs.get("role"))
             params = self._suggest_from_define_by_run_func(self._space, ot_trial)
             try:

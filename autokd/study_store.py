@@ -11,6 +11,7 @@ access in one place, checked by `tests/test_study_store.py` against the installe
 from __future__ import annotations
 
 import os
+from datetime import datetime
 import socket
 import threading
 import time
@@ -28,6 +29,8 @@ DRIVER = f"{socket.gethostname()}:{os.getpid()}"
 # A driver on another host whose heartbeat is older than this is taken for dead.
 DRIVER_STALE_S = 600.0
 HEARTBEAT_EVERY_S = 30.0
+# A RUNNING trial without a driver this young is being asked by a live driver, not orphaned.
+ASKING_GRACE_S = 120.0
 # {driver: time of its last beat}, one study attr for all drivers; a driver removes itself when it ends.
 HEARTBEATS = "heartbeats"
 
@@ -130,7 +133,7 @@ def recover_interrupted(study: optuna.Study, own_only: bool = False) -> int:
     beats = heartbeats(study)
     orphans = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
                if (t.user_attrs.get("driver") == DRIVER if own_only
-                   else not driver_alive(t.user_attrs.get("driver"), beats))]
+                   else not driver_alive(t.user_attrs.get("driver"), beats) and not _being_asked(t))]
     storage = storage_of(study)
     for trial in orphans:
         storage.set_trial_user_attr(trial_id_of(trial), "failure_reason", INTERRUPTED)
@@ -139,6 +142,14 @@ def recover_interrupted(study: optuna.Study, own_only: bool = False) -> int:
         kept = {k: v for k, v in trial.user_attrs.items() if k in REQUEUED_ATTRS}
         study.enqueue_trial(trial.params, user_attrs={**kept, "retry_of": trial.number})
     return len(orphans)
+
+
+def _being_asked(trial: optuna.trial.FrozenTrial) -> bool:
+    """A RUNNING trial without a driver that started moments ago: another driver has just asked for it
+    and is about to mark it as its own (`searcher.suggest`), not an orphan."""
+    started = trial.datetime_start
+    return (trial.user_attrs.get("driver") is None and started is not None
+            and (datetime.now() - started).total_seconds() < ASKING_GRACE_S)
 
 
 # Attributes an enqueued trial carries into its run (see `searcher`): what it is, not what happened.

@@ -41,3 +41,18 @@ def test_derived_seeds_stay_in_the_range_the_libraries_take(tmp_path):
                                  search={"mode": "two_level"}))
     assert all(0 <= seed <= SEED_MAX for seed in paired_seeds(spec) + robust_seeds(SEED_MAX, 3))
     make_sampler(spec, trials_so_far=10)  # numpy refuses seeds beyond 2**32 - 1
+
+
+def test_a_trial_another_driver_is_asking_for_is_no_orphan():
+    """ask() makes a trial RUNNING a moment before its driver marks it as its own: a second driver
+    starting then (recovering orphans) must leave it alone; one of a dead driver is recovered."""
+    from autokd.study_store import recover_interrupted
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    asked = study.ask()
+    dead = study.ask()
+    dead.set_user_attr("driver", "this-host-never:1")  # another host, no heartbeat: dead
+    assert recover_interrupted(study) == 1
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[asked.number] == optuna.trial.TrialState.RUNNING
+    assert states[dead.number] == optuna.trial.TrialState.FAIL
