@@ -8,8 +8,12 @@ epoch is PRUNED, never COMPLETE. With a two-level plan (`levels.TwoLevelPlan`) t
 is planned (level, role, architecture, paired seeds) before the sampler fills the rest.
 
 OptunaSearch keeps its study and open trials in private fields (`_ot_study`, `_ot_trials`,
-`_space`, `_suggest_from_define_by_run_func`); `tests/test_searcher.py` fails loudly if an
+`_space`, `_suggest_from_define_by_run_func`); `tests/test_private_apis.py` fails loudly if an
 upgrade renames them.
+
+The searcher's decisions are small pure functions above the class (`broken_constraints`,
+`trial_outcome`), tested fast in `tests/test_searcher.py` and mutation-tested (`make mutation`);
+the class around them is driven by Ray and tested end to end.
 """
 
 from __future__ import annotations
@@ -33,6 +37,40 @@ MAX_INFEASIBLE_IN_A_ROW = 200
 States = optuna.trial.TrialState
 
 
+def broken_constraints(size: dict[str, float], limits: dict[str, float]) -> list[str]:
+    """The size constraints a config breaks, as "<metric> <size> > <limit>"; [] when it is feasible.
+
+    A size equal to its limit is within it (the constraint is an upper bound, inclusive).
+
+        >>> broken_constraints({"params": 5000, "macs": 10}, {"params": 4096})
+        ['params 5000 > 4096']
+    """
+    return [f"{metric} {size[metric]} > {limit:g}" for metric, limit in limits.items() if size[metric] > limit]
+
+
+def trial_outcome(result: dict, metrics: list[str], error: bool = False) -> tuple[optuna.trial.TrialState, dict]:
+    """How a trial that Tune reports finished ends in the study: (state, what `Study.tell` and the attrs get).
+
+    FAIL with `failure_reason` (the worker's reason, a dead worker, or a missing/non-finite objective);
+    PRUNED with `pruned_reason` when it stopped before its last epoch; else COMPLETE with `values`.
+    """
+    values = [result.get(m) for m in metrics]
+    stopped = result.get("epoch", 0) < result.get("epochs", 0)
+    # val_accuracy_int8 is measured after the last epoch only: a trial stopped early has none
+    missing = [m for m, v in zip(metrics, values) if (v is None or not math.isfinite(float(v)))
+               and not (stopped and m == INT8_ACCURACY_METRIC)]
+    if result.get("failure_reason") or error:
+        return States.FAIL, {"failure_reason": result.get("failure_reason")
+                             or "the trial's worker process died or raised (see Ray logs)"}
+    if missing:
+        return States.FAIL, {"failure_reason": f"missing or non-finite metric(s) {missing} in the last result"}
+    if stopped:
+        return States.PRUNED, {"pruned_reason": f"early-stopped at epoch {result['epoch']} of {result['epochs']}"}
+    return States.COMPLETE, {"values": [float(v) for v in values]}
+
+
+# The class is Ray's and is tested end to end (slow); mutation testing covers the decisions above.
+# pragma: no mutate block
 class AutokdSearcher(OptunaSearch):
     def __init__(self, space: SearchSpace, spec: StudySpec, base: TrainConfig, input_shape, num_classes,
                  storage_url: str, trials_so_far: int, plan: TwoLevelPlan | None = None):
@@ -80,8 +118,7 @@ class AutokdSearcher(OptunaSearch):
                                **size}.items():
                 ot_trial.set_user_attr(key, value)
             limits = self.spec.size_limits()
-            broken = [f"{metric} {size[metric]} > {limit:g}" for metric, limit in limits.items()
-                      if size[metric] > limit]
+            broken = broken_constraints(size, limits)
             for metric, limit in limits.items():
                 ot_trial.set_constraint(metric, size[metric] - limit)
             if broken:  # known before training: never trained, never on the front
@@ -153,22 +190,8 @@ class AutokdSearcher(OptunaSearch):
                  # quantize.int8: the int8 accuracy, and the fp32 one beside it (the objective may be either)
                  "val_accuracy_int8": result.get("val_accuracy_int8"),
                  "val_accuracy": result.get("val_accuracy") if "val_accuracy_int8" in result else None}
-        values = [result.get(m) for m in self.metrics]
-        stopped = result.get("epoch", 0) < result.get("epochs", 0)
-        # val_accuracy_int8 is measured after the last epoch only: a trial stopped early has none
-        missing = [m for m, v in zip(self.metrics, values) if (v is None or not math.isfinite(float(v)))
-                   and not (stopped and m == INT8_ACCURACY_METRIC)]
-        if result.get("failure_reason") or error:
-            reason = result.get("failure_reason") or "the trial's worker process died or raised (see Ray logs)"
-            self._finish(ot_trial, States.FAIL, failure_reason=reason, **attrs)
-        elif missing:
-            self._finish(ot_trial, States.FAIL,
-                         failure_reason=f"missing or non-finite metric(s) {missing} in the last result", **attrs)
-        elif stopped:
-            self._finish(ot_trial, States.PRUNED,
-                         pruned_reason=f"early-stopped at epoch {result['epoch']} of {result['epochs']}", **attrs)
-        else:
-            self._finish(ot_trial, States.COMPLETE, values=[float(v) for v in values], **attrs)
+        state, outcome = trial_outcome(result, self.metrics, error)
+        self._finish(ot_trial, state, **outcome, **attrs)
 
     def _finish(self, ot_trial, state, values=None, **attrs) -> None:
         # The curve as intermediate values (curves in optuna-dashboard), for completed trials only: TPE

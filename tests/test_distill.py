@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autokd.data import load_data
-from autokd.distill import fit
+from autokd.data import Dataset, load_data
+from autokd.distill import evaluate, fit
 from autokd.errors import NonFiniteLossError
 from autokd.spec import DataSpec, DistillSpec, ScheduleSpec
 from autokd.zoo import build_model
@@ -75,3 +75,54 @@ def test_distilling_from_cached_teacher_logits_moves_the_student_towards_them(di
     with torch.no_grad():
         agreement = (student(digits.x_val).argmax(1) == teacher(digits.x_val).argmax(1)).float().mean().item()
     assert agreement > 0.8
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation is measured in eval mode, on the validation split (mutation testing found both untested)
+
+
+def _blobs(n: int, generator: torch.Generator, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, 1, 8, 8] noisy images whose class is their brightness: separable in a few epochs (pooling keeps it)."""
+    y = torch.arange(n) % classes
+    return torch.randn(n, 1, 8, 8, generator=generator) * 0.3 + y.view(-1, 1, 1, 1).float(), y
+
+
+def _hand_accuracy(model, inputs, labels) -> float:
+    with torch.no_grad():
+        return (model(inputs).argmax(dim=1) == labels).float().mean().item()
+
+
+def test_evaluate_runs_in_eval_mode_leaves_batch_norm_statistics_alone_and_restores_the_mode():
+    generator = torch.Generator().manual_seed(0)
+    x, y = _blobs(64, generator)
+    model = build_model({"family": "cnn", "stages": 1, "channels": 4, "batch_norm": True, "head_width": 0},
+                        (1, 8, 8), 4, seed=0)
+    norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    norm.running_mean.fill_(0.7)  # running statistics far from this batch's: eval and train mode disagree
+    norm.running_var.fill_(3.0)
+    before = (norm.running_mean.clone(), norm.running_var.clone(), int(norm.num_batches_tracked))
+    model.train()
+    accuracy = evaluate(model, x, y, batch_size=16)
+    assert model.training  # the caller's mode is restored
+    assert torch.equal(norm.running_mean, before[0]) and torch.equal(norm.running_var, before[1])
+    assert int(norm.num_batches_tracked) == before[2]
+    assert accuracy == _hand_accuracy(model.eval(), x, y)
+    assert evaluate(model, x, y) == accuracy and not model.training  # eval mode stays eval mode
+    dropped = build_model({"family": "mlp", "depth": 1, "width": 64, "dropout": 0.9}, (1, 8, 8), 4, seed=0).train()
+    assert evaluate(dropped, x, y) == _hand_accuracy(dropped.eval(), x, y)  # no dropout while measuring
+
+
+def test_fit_measures_the_validation_split_not_the_training_split():
+    """Val inputs are training inputs with other labels: accuracy on them must be the val one."""
+    generator = torch.Generator().manual_seed(0)
+    x_train, y_train = _blobs(128, generator)
+    x_test, y_test = _blobs(32, generator)
+    x_val, y_val = x_train[:48], (y_train[:48] + 1) % 4
+    data = Dataset("blobs", x_train, y_train, x_val, y_val, x_test, y_test, num_classes=4, input_shape=(1, 8, 8))
+    student = build_model({"family": "cnn", "stages": 1, "channels": 4, "batch_norm": True, "head_width": 0},
+                          (1, 8, 8), 4, seed=0)
+    result = fit(student, data, None, CE_ONLY, ScheduleSpec(epochs=6, batch_size=16, lr=0.03), seed=0, device="cpu")
+    assert not student.training
+    on_val, on_train = _hand_accuracy(student, x_val, y_val), _hand_accuracy(student, x_train, y_train)
+    assert on_train > on_val + 0.3  # the two splits tell apart
+    assert result.val_accuracy == result.history[-1].val_accuracy == on_val

@@ -150,3 +150,45 @@ def test_shipped_spaces_load(tmp_path):
         assert len(space.params) >= 3
         config = space.apply(spec.train_config(), sample(space, 1)[0])
         assert config.student["family"] in {"mlp", "cnn"}
+
+
+LOG_SPACE = {"params": {
+    "schedule.lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
+    "schedule.weight_decay": {"type": "float", "low": 0.0, "high": 1.0},
+    "schedule.batch_size": {"type": "int", "low": 1, "high": 10_000, "log": True},
+    "schedule.epochs": {"type": "int", "low": 2, "high": 20, "step": 2},
+}}
+
+
+def test_log_params_are_suggested_on_a_log_scale_and_linear_ones_on_a_linear_scale():
+    """Random sampling of [1e-4, 1] on a log scale puts half the draws below 1e-2 (the geometric
+    middle); a linear scale puts about 1 % there. Same for the integers in [1, 10000] and 100."""
+    space = parse_space(LOG_SPACE, "space.yaml", STUDY)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    draws = []
+    for _ in range(400):
+        trial = study.ask()
+        space.suggest(trial)
+        draws.append(trial.params)
+        study.tell(trial, [0.5, 1.0])
+    share = {name: sum(d[name] < middle for d in draws) / len(draws)
+             for name, middle in (("schedule.lr", 1e-2), ("schedule.weight_decay", 0.5),
+                                  ("schedule.batch_size", 100))}
+    assert 0.4 < share["schedule.lr"] < 0.6, share
+    assert 0.4 < share["schedule.batch_size"] < 0.6, share
+    assert 0.4 < share["schedule.weight_decay"] < 0.6, share  # linear: half below the arithmetic middle
+    assert {d["schedule.epochs"] for d in draws} == set(range(2, 21, 2))  # every step, nothing between
+    # what Optuna recorded: the scale (and step) the sampler was told
+    distributions = study.trials[0].distributions
+    assert distributions["schedule.lr"] == optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)
+    assert distributions["schedule.weight_decay"] == optuna.distributions.FloatDistribution(0.0, 1.0)
+    assert distributions["schedule.batch_size"] == optuna.distributions.IntDistribution(1, 10_000, log=True)
+    assert distributions["schedule.epochs"] == optuna.distributions.IntDistribution(2, 20, step=2)
+
+
+def test_suggest_fills_only_the_sections_asked_for():
+    space = parse_space(FULL, "space.yaml", STUDY)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    space.suggest(trial, ("distill",))
+    assert {name.partition(".")[0] for name in trial.params} == {"distill"}
+    assert {"distill.kind", "distill.teachers", "distill.temperature"} <= set(trial.params)
