@@ -23,6 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 STORAGE = typer.Option(None, "--storage", help="Optuna storage URL (default: the study's, an SQLite file "
                                                "beside the study YAML); any SQLAlchemy URL, e.g. PostgreSQL.")
+ALLOW_CODE = typer.Option(False, "--allow-code", help="Run a custom student's factory (student: {family: custom}): "
+                                                     "imports and runs your code; same as AUTOKD_ALLOW_CODE=1.")
 
 
 @app.command()
@@ -40,9 +42,12 @@ def search(study: Path = typer.Argument(..., help="Study YAML file."),
            timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds the search may run (trials "
                                                    "still running then are cut), overriding budget.time_limit_s."),
            no_progress: bool = typer.Option(False, "--no-progress", help="No progress output."),
-           report: bool = typer.Option(True, "--report/--no-report", help="Write the report at the end.")) -> None:
+           report: bool = typer.Option(True, "--report/--no-report", help="Write the report at the end."),
+           allow_code: bool = ALLOW_CODE) -> None:
     """Run a multi-objective search (Optuna proposes, Ray Tune runs)."""
     from autokd.spec import load_study
+
+    _allow_code(allow_code)
 
     started = time.perf_counter()
     spec = _with_overrides(load_study(study), {"--trials": ("budget", "trials", trials),
@@ -73,6 +78,21 @@ def search(study: Path = typer.Argument(..., help="Study YAML file."),
     else:
         steps += [f"autokd show {target}"]
     typer.echo("next:\n" + "\n".join(f"  {step}" for step in steps))
+
+
+def _allow_code(allowed: bool, study: str | None = None, storage: str | None = None) -> None:
+    """--allow-code: opt in for this process and the Ray workers it starts. Without it (and without
+    AUTOKD_ALLOW_CODE=1) a stored study's custom student is refused here, before anything is written."""
+    from autokd.archs import allow_code, check_code_allowed
+
+    if allowed:
+        allow_code()
+    elif study is not None:
+        from autokd.results import study_and_spec
+
+        spec = study_and_spec(study, storage)[1]
+        if spec is not None:
+            check_code_allowed(spec.student, "student", spec.source if spec.source != "<study>" else study)
 
 
 def _with_overrides(spec, overrides: dict[str, tuple[str, str, object]]):
@@ -119,9 +139,12 @@ def train(config: Path = typer.Argument(..., help="Exported training config, or 
           epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override the schedule's epochs."),
           seeds: int = typer.Option(1, "--seeds", min=1, help="Train K seeds; report mean ± std."),
           augment: Optional[str] = typer.Option(None, "--augment", help="Comma list of: shift, flip "
-                                                "(teachers then run online on the augmented batch).")) -> None:
+                                                "(teachers then run online on the augmented batch)."),
+          allow_code: bool = ALLOW_CODE) -> None:
     """Train one student by distillation at production length."""
     from autokd.train import train as run_train
+
+    _allow_code(allow_code)
 
     kinds = None
     if augment is not None:
@@ -142,9 +165,12 @@ def report(study: str = typer.Argument(..., help="Study YAML file, or the study'
            storage: Optional[str] = STORAGE,
            out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder (default reports/<study>)."),
            baselines: bool = typer.Option(True, "--baselines/--no-baselines",
-                                          help="Train CE-only and vanilla-KD baselines for front students.")) -> None:
+                                          help="Train CE-only and vanilla-KD baselines for front students."),
+           allow_code: bool = ALLOW_CODE) -> None:
     """Write the Pareto report: HTML, plots, CSV and JSON."""
     from autokd.report import build_report
+
+    _allow_code(allow_code, study, storage)  # the report retrains front students on test
 
     folder = build_report(study, storage=storage, out=out, baselines=baselines)
     typer.echo(f"report: {folder / 'index.html'}")

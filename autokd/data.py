@@ -11,6 +11,13 @@ rest with `data.seed`; `data.train_subset` then thins the training split. All sp
 stratified. Inputs are normalised with one scalar mean/std taken from the final training
 split only; the Dataset records them (`Dataset.normalization`), together with what the raw
 inputs are, so that a trained model can be shipped with its normalisation (`RawInputModel`).
+
+Unlabeled inputs (`data.unlabeled`) are `Dataset.x_unlabeled`, normalised like the rest: the
+``x`` of a .npz file, or, with ``keep_labels: N``, the training split less N samples that keep
+their labels (stratified, seeded by `data.seed`; taken after the validation split and
+`train_subset`, so validation stays labeled and is carved as without it). `x_train`/`y_train`
+are then the labeled part only: whatever trains on them (CE, a teacher trained here) never sees
+an unlabeled sample. The "pool" is x_train followed by x_unlabeled (`Dataset.pool_inputs`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from scipy.ndimage import gaussian_filter1d
 from torch import nn
 
 from autokd.errors import ConfigError, DataError
+from autokd.spec import cut
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {  # role -> (IDX base name, magic number)
@@ -111,13 +119,28 @@ class Dataset:
     num_classes: int
     input_shape: tuple[int, ...]
     normalization: Normalization = field(default_factory=Normalization)  # how the x tensors were normalised
+    x_unlabeled: torch.Tensor | None = None  # inputs without labels (data.unlabeled), normalised like x_train
+    # The labels keep_labels hid, for measuring only (e.g. a teacher on the pool); None for a file. Training
+    # never learns from them: `distill.fit` masks the unlabeled rows out of CE (tests/test_unlabeled.py
+    # sets them to garbage and gets the same weights).
+    y_unlabeled: torch.Tensor | None = None
     _fingerprint: str | None = field(default=None, init=False, repr=False)
 
+    @property
+    def n_unlabeled(self) -> int:
+        return 0 if self.x_unlabeled is None else len(self.x_unlabeled)
+
+    def pool_inputs(self) -> torch.Tensor:
+        """x_train then x_unlabeled: what the KD and feature terms learn from (pool index = row here)."""
+        return torch.cat([self.x_train, self.x_unlabeled]) if self.n_unlabeled else self.x_train
+
     def fingerprint(self) -> str:
-        """sha256 over the name and every split (shape, dtype, bytes); computed once."""
+        """sha256 over the name and every split (shape, dtype, bytes), unlabeled inputs included; computed once."""
         if self._fingerprint is None:
             digest = hashlib.sha256(self.name.encode())
-            for tensor in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
+            splits = (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test)
+            # without unlabeled inputs the fingerprint is what it was before they existed (caches stay valid)
+            for tensor in splits + ((self.x_unlabeled,) if self.n_unlabeled else ()):
                 # the shape is hashed too: moving a sample from one split to the next changes it
                 digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
                 digest.update(tensor.detach().cpu().contiguous().numpy())
@@ -165,9 +188,12 @@ def load_data(spec: Any, source: str = "<data>", *, normalize: bool = True) -> D
     if spec.train_subset is not None and spec.train_subset < len(y_train):
         keep, _ = stratified_split(y_train, spec.train_subset, spec.seed)
         x_train, y_train = x_train[keep], y_train[keep]
+    x_unlabeled, y_unlabeled, x_train, y_train = _unlabeled(getattr(spec, "unlabeled", None), x_train, y_train,
+                                                            spec.seed, source)
     classes = np.unique(y_train)
     if len(classes) < 2:  # nothing to tell apart: every student (and teacher) is trivially "right"
         key = "data.train_subset" if spec.train_subset is not None else "data.path" if spec.name == "file" else "data"
+        key = "data.unlabeled.keep_labels" if x_unlabeled is not None and spec.unlabeled.keep_labels else key
         raise DataError(f"{source}: {key}: the training split has a single class ({int(classes[0])}) in "
                         f"{len(y_train)} sample(s); a classifier needs at least two")
 
@@ -175,13 +201,22 @@ def load_data(spec: Any, source: str = "<data>", *, normalize: bool = True) -> D
     for x in (x_train_t, x_val_t, x_test_t):
         if not torch.isfinite(x).all():  # finite in float64, but beyond float32
             raise DataError(f"{source}: data.path: inputs beyond float32's range (|x| > 3.4e38)")
+    x_unlabeled_t = None
+    if x_unlabeled is not None:
+        if x_unlabeled.shape[1:] != x_train.shape[1:]:
+            raise DataError(f"{source}: data.unlabeled.file: {spec.unlabeled.file}: x has per-sample shape "
+                            f"{list(x_unlabeled.shape[1:])}, the data's inputs are {list(x_train.shape[1:])}")
+        x_unlabeled_t = torch.from_numpy(x_unlabeled.astype(np.float32))
+        if not torch.isfinite(x_unlabeled_t).all():
+            raise DataError(f"{source}: data.unlabeled.file: {spec.unlabeled.file}: x holds NaN or infinite "
+                            "values (or beyond float32)")
     std, mean = torch.std_mean(x_train_t)  # training split only: val/test must not leak into it
     if not (torch.isfinite(std) and torch.isfinite(mean)):
         raise DataError(f"{source}: data.path: inputs too large to normalise in float32 (their std overflows)")
     std = std if std > 0 else torch.tensor(1.0)  # constant inputs: centre only
     normalization = Normalization(mean=float(mean), std=float(std), raw=RAW_INPUTS[spec.name])
     if normalize:
-        for x in (x_train_t, x_val_t, x_test_t):
+        for x in (x_train_t, x_val_t, x_test_t, *([x_unlabeled_t] if x_unlabeled_t is not None else [])):
             x.sub_(mean).div_(std)  # in place: astype above already made private copies
 
     return Dataset(
@@ -195,7 +230,47 @@ def load_data(spec: Any, source: str = "<data>", *, normalize: bool = True) -> D
         num_classes=arrays.num_classes,
         input_shape=tuple(int(d) for d in x_train.shape[1:]),
         normalization=normalization,
+        x_unlabeled=x_unlabeled_t,
+        y_unlabeled=torch.from_numpy(y_unlabeled.astype(np.int64)) if y_unlabeled is not None else None,
     )
+
+
+def _unlabeled(unlabeled: Any, x_train: np.ndarray, y_train: np.ndarray, seed: int,
+               source: str) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray, np.ndarray]:
+    """(unlabeled inputs or None, their hidden labels or None, labeled x_train, y_train) for `data.unlabeled`."""
+    if unlabeled is None:
+        return None, None, x_train, y_train
+    if unlabeled.keep_labels is not None:
+        if unlabeled.keep_labels >= len(y_train):
+            raise DataError(f"{source}: data.unlabeled.keep_labels: must be < {len(y_train)} (the training split's "
+                            f"samples, after val_fraction and train_subset), got {unlabeled.keep_labels}")
+        keep, rest = stratified_split(y_train, unlabeled.keep_labels, seed)
+        return x_train[rest], y_train[rest], x_train[keep], y_train[keep]
+    return _read_unlabeled_file(Path(unlabeled.file).expanduser(), source), None, x_train, y_train
+
+
+def _read_unlabeled_file(path: Path, source: str) -> np.ndarray:
+    """The `x` of an unlabeled-inputs .npz (no pickles), [N, H, W] given a channel axis; one-line DataError."""
+    where = f"{source}: data.unlabeled.file: {path}"
+    if not path.is_file():
+        raise DataError(f"{where}: file not found")
+    if path.suffix != ".npz":
+        raise DataError(f"{where}: expected a .npz file with an array x")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "x" not in npz.files:
+                raise DataError(f"{where}: has no array 'x' (keys: {cut(str(sorted(npz.files)), 80)})")
+            x = npz["x"]
+    except DataError:
+        raise
+    except Exception as error:  # not a zip, a pickled array, a plain .npy: all unreadable here
+        raise DataError(f"{where}: cannot read as a .npz of arrays: {cut(str(error).splitlines()[0], 100)}") from None
+    if x.ndim not in (2, 3, 4) or not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x) or not len(x):
+        raise DataError(f"{where}: x must be a non-empty real array [N,F], [N,H,W] or [N,C,H,W], "
+                        f"got {x.dtype} {list(x.shape)}")
+    if not np.isfinite(x).all():
+        raise DataError(f"{where}: x holds NaN or infinite values")
+    return x[:, None] if x.ndim == 3 else x
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:

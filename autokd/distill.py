@@ -4,6 +4,13 @@ A search trial and a production run differ only in the schedule they pass (and, 
 production, optional augmentation with the teachers run online on the augmented batch).
 Data is in memory and sliced by index; teacher outputs come either from the per-index
 cache (`teachers.CachedTeacherOutputs`) or from live teachers (`teachers.OnlineTeachers`).
+
+Unlabeled inputs (`Dataset.x_unlabeled`): a run that learns from teachers (w_kd or w_feat > 0)
+takes its batches from the pool, x_train then x_unlabeled, shuffled together (so a batch holds
+labeled and unlabeled rows in about the pool's proportion, and an epoch is one pass over the
+pool); CE is the mean over the batch's labeled rows only, KD and FEAT use every row. A run
+without teachers (CE-only, a teacher trained here) sees the labeled rows only, exactly as if
+there were no unlabeled data.
 """
 
 from __future__ import annotations
@@ -138,12 +145,19 @@ def fit(
     ).to(device)
     trainable = [p for p in list(student.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
 
-    steps_per_epoch = math.ceil(len(data.y_train) / schedule.batch_size)
-    optimizer, lr_scheduler = optimizer_and_scheduler(trainable, schedule, steps_per_epoch * schedule.epochs)
-
-    # Tensors move to the device once; every batch is an index slice of them.
+    # Tensors move to the device once; every batch is an index slice of them. With unlabeled data and
+    # teachers, rows from n_labeled on are unlabeled: their y (hidden labels, or 0) is masked out of CE.
+    pool = use_teachers and data.n_unlabeled > 0
+    n_labeled = len(data.y_train)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    if pool:
+        _check_covers_pool(teacher_outputs, n_labeled + data.n_unlabeled)
+        hidden = data.y_unlabeled if data.y_unlabeled is not None else torch.zeros(data.n_unlabeled, dtype=torch.long)
+        x_train, y_train = data.pool_inputs().to(device), torch.cat([data.y_train, hidden]).to(device)
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
+
+    steps_per_epoch = math.ceil(len(y_train) / schedule.batch_size)
+    optimizer, lr_scheduler = optimizer_and_scheduler(trainable, schedule, steps_per_epoch * schedule.epochs)
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     history: list[EpochResult] = []
@@ -155,6 +169,7 @@ def fit(
         for step, indices in enumerate(batches(len(y_train), schedule.batch_size, generator)):
             indices = indices.to(device)
             inputs, targets = x_train[indices], y_train[indices]
+            labeled = indices < n_labeled if pool else None
             if augment:
                 inputs = augment_batch(inputs.cpu(), augment, generator).to(device)
             teacher_logits = teacher_features = None
@@ -164,7 +179,8 @@ def fit(
             with autocast:
                 logits, features = student.forward_features(inputs)
                 loss, _ = loss_fn(logits.float(), targets, teacher_logits,
-                                  features.float() if loss_config.w_feat > 0 else None, teacher_features)
+                                  features.float() if loss_config.w_feat > 0 else None, teacher_features,
+                                  labeled=labeled)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
@@ -184,3 +200,11 @@ def fit(
     student.eval()
     return FitResult(val_accuracy=history[-1].val_accuracy, epochs_trained=len(history),
                      train_seconds=time.perf_counter() - started, history=history)
+
+
+def _check_covers_pool(teacher_outputs: TeacherSource, rows: int) -> None:
+    """Cached outputs must have a row per pool sample (labeled then unlabeled); live teachers always do."""
+    cached = getattr(teacher_outputs, "train_logits", None)
+    if cached is not None and cached.shape[1] != rows:
+        raise ValueError(f"teacher_outputs: cached outputs cover {cached.shape[1]} samples, the pool (labeled + "
+                         f"unlabeled) has {rows}: compute them with teachers.teacher_outputs on this data")

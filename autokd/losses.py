@@ -217,10 +217,23 @@ class DistillationLoss(nn.Module):
 
     def forward(self, student_logits: torch.Tensor, targets: torch.Tensor,
                 teacher_logits: torch.Tensor | None = None, student_features: torch.Tensor | None = None,
-                teacher_features: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """(total loss, {term: value} for the computed terms only, as floats for logging)."""
+                teacher_features: torch.Tensor | None = None,
+                labeled: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """(total loss, {term: value} for the computed terms only, as floats for logging).
+
+        `labeled` (bool [B], None: all rows) marks the rows whose `targets` are labels. CE is the mean
+        over those rows (0 when none); KD and FEAT use every row, and where KD needs a class (``dkd``,
+        ``confidence``) an unlabeled row takes the teachers' mean-logit argmax.
+        """
         terms: dict[str, tuple[float, torch.Tensor]] = {}
-        if self.w_ce > 0:
+        if labeled is not None:
+            if teacher_logits is not None:  # unlabeled rows: the teachers' class, never their given target
+                targets = torch.where(labeled, targets, teacher_logits.detach().mean(dim=0).argmax(dim=-1))
+            if self.w_ce > 0:
+                ce = (F.cross_entropy(student_logits[labeled], targets[labeled]) if bool(labeled.any())
+                      else student_logits.new_zeros(()))
+                terms["ce"] = (self.w_ce, ce)
+        elif self.w_ce > 0:
             terms["ce"] = (self.w_ce, F.cross_entropy(student_logits, targets))
         if self.w_kd > 0:
             terms["kd"] = (self.w_kd, self._kd(student_logits, targets, _required(teacher_logits, "teacher_logits")))

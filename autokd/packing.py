@@ -34,7 +34,10 @@ losses are reduced in another order; their gradients are not). On CUDA (bf16 aut
 kernels) the runs are the same training, not the same bits. A pack shares the student architecture
 (family ``mlp``), ``schedule.epochs`` and ``schedule.batch_size`` (`pack_key`). Not packable:
 ``cnn`` and ``resnet`` students, ``w_feat > 0`` (a per-config regressor), ``augment``,
-``optimizer: sgd``.
+``optimizer: sgd``, and a config that learns from teachers with ``data.unlabeled`` (it batches over
+the labeled + unlabeled pool, a CE-only config of the same pack over the labeled split: their
+batches would differ; `runner.run_seeds` trains it unpacked). CE-only configs with unlabeled data
+pack: they train on the labeled split alone, as `distill.fit` does.
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ def _unpackable(config: TrainConfig) -> str | None:
         return f"distill.w_feat: packing needs 0 (no feature regressor), got {config.distill.w_feat}"
     if config.augment:
         return f"augment: packing needs none, got {config.augment}"
+    if config.data.unlabeled is not None and config.distill.w_kd > 0:
+        return "data.unlabeled: packing needs none for a config with w_kd > 0 (it trains on the unlabeled pool)"
     return None
 
 
@@ -134,6 +139,9 @@ def fit_packed(configs: Sequence[TrainConfig], data: Dataset, targets: TeacherSo
     """
     seeds = [config.seed for config in configs] if seeds is None else [int(seed) for seed in seeds]
     _check_pack(configs, seeds)
+    if data.n_unlabeled and targets is not None and any(c.distill.w_kd > 0 for c in configs):
+        raise ValueError("data: a pack trains on the labeled split only; configs with w_kd > 0 on data with "
+                         "unlabeled inputs train one by one (runner.run_config)")
     device = resolve_device(configs[0].device if device is None else device)
     with torch_threads(configs[0].threads if threads is None else threads):
         return _fit(list(configs), data, targets, seeds, device, on_epoch)

@@ -12,6 +12,7 @@ from typing import Callable
 import optuna
 
 from autokd import runner
+from autokd.archs import ALLOW_CODE_ENV, code_allowed
 from autokd.results import trials_frame
 from autokd.spec import StudySpec, TrainConfig, derived_seed
 
@@ -39,8 +40,10 @@ def rerun_front_with_seeds(spec: StudySpec, study: optuna.Study, data, outputs, 
     if not todo:
         return
     log(f"robust front: re-running {len(todo)} front config(s) with {spec.robust.seeds} seeds")
-    task = ray.remote(num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial)(
-        val_accuracy_with_seed)
+    # A custom student's opt-in reaches the task's worker, whenever Ray was started.
+    env = {"env_vars": {ALLOW_CODE_ENV: "1"}} if code_allowed() else None
+    task = ray.remote(num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial,
+                      runtime_env=env)(val_accuracy_with_seed)
     data_ref, outputs_ref = ray.put(data), ray.put(outputs)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     pending = {}

@@ -82,6 +82,8 @@ def run_seeds(config: TrainConfig, data: Dataset, targets: TeacherSource | None,
     on CPU), so packing changes the speed only."""
     from autokd import packing  # packing builds on this module
 
+    # pack_key is None for what packing cannot train, e.g. a KD config with data.unlabeled (its batches come
+    # from the labeled + unlabeled pool): those run one by one below.
     if pack and len(seeds) > 1 and packing.pack_key(config) is not None:
         runs = packing.fit_packed([config] * len(seeds), data, targets, seeds, device=device, threads=threads)
         failed = next((run.error for run in runs if run.error is not None), None)

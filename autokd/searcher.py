@@ -24,6 +24,7 @@ import time
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from autokd.archs import code_allowed
 from autokd.errors import AutokdError
 from autokd.levels import ALL_SECTIONS, FINISHED, WAIT, Proposal, TwoLevelPlan, role_config, sampled_sections
 from autokd.results import open_storage, trained_epochs
@@ -127,7 +128,7 @@ class AutokdSearcher(OptunaSearch):
             self._ot_trials[trial_id] = ot_trial
             self._asking = None
             return {"config": config.model_dump(), "trial_number": ot_trial.number, "size": size, "seeds": seeds,
-                    "pack": self.spec.search.pack_seeds}
+                    "pack": self.spec.search.pack_seeds, "allow_code": code_allowed()}
         raise AutokdError(f"{self.spec.source}: constraints: {MAX_INFEASIBLE_IN_A_ROW} proposals in a row broke "
                           f"{self.spec.constraints}; widen the constraints or shrink the search space")
 

@@ -21,7 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandle
                       model_serializer, model_validator)
 from pydantic_core import PydanticCustomError
 
-from autokd.archs import ARCH_ERROR, ArchDict
+from autokd.archs import ARCH_ERROR, ArchDict, StudentArchDict, resolve_code_path
 from autokd.errors import ConfigError
 
 SIZE_METRICS = ("params", "bytes_fp32", "bytes_fp16", "bytes_int8", "macs")
@@ -73,6 +73,29 @@ class _Strict(BaseModel):
         return check_int64(value)
 
 
+class UnlabeledSpec(_Strict):
+    """Inputs without labels: distillation's KD and feature terms learn from them, CE never does.
+
+    Exactly one of:
+
+    - ``file``: a .npz whose ``x`` holds raw inputs shaped like the data's ([N, F], [N, H, W] or
+      [N, C, H, W]; path relative to the study or config file);
+    - ``keep_labels``: keep the labels of this many training samples (stratified by class, seeded by
+      ``data.seed``) and use the rest of the training split as unlabeled.
+    """
+
+    file: str | None = Field(None, min_length=1)
+    keep_labels: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> UnlabeledSpec:
+        given = [key for key in ("file", "keep_labels") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of file (a .npz with x) or keep_labels (a number of training "
+                             f"samples that keep their labels), got {' and '.join(given) or 'none'}")
+        return self
+
+
 class DataSpec(_Strict):
     name: Literal["digits", "fashion-mnist", "mnist1d", "file"] = "digits"
     data_dir: str | None = None
@@ -81,12 +104,22 @@ class DataSpec(_Strict):
     seed: Seed = 0
     train_subset: int | None = Field(None, gt=0)
     mnist1d_samples: int = Field(4000, ge=100)
+    unlabeled: UnlabeledSpec | None = None
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> DataSpec:
         if self.name == "file" and not self.path:
             raise ValueError("data.name 'file' needs data.path (a .npz or .pt file with x and y)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unlabeled_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Data without unlabeled inputs dumps as it did before `unlabeled` existed: evaluation cache
+        # keys (a hash of the dump) and stored trial configs stay the same.
+        dumped = handler(self)
+        if isinstance(dumped, dict) and self.unlabeled is None:
+            dumped.pop("unlabeled", None)
+        return dumped
 
 
 class ScheduleSpec(_Strict):
@@ -188,7 +221,7 @@ class _RunFields(_Strict):
 
     data: DataSpec = Field(default_factory=DataSpec)
     teachers: list[TeacherSpec] = Field(default_factory=list)
-    student: ArchDict = Field(default_factory=lambda: {"family": "mlp", "depth": 1, "width": 32})
+    student: StudentArchDict = Field(default_factory=lambda: {"family": "mlp", "depth": 1, "width": 32})
     distill: DistillSpec = Field(default_factory=DistillSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     seed: Seed = 0
@@ -561,6 +594,10 @@ def _relative_to_file(spec: _RunFields, path: str | Path) -> None:
         value = getattr(spec.data, key)
         if value and not Path(value).expanduser().is_absolute():
             setattr(spec.data, key, str(Path(path).parent / value))
+    unlabeled = spec.data.unlabeled
+    if unlabeled is not None and unlabeled.file and not Path(unlabeled.file).expanduser().is_absolute():
+        unlabeled.file = str(Path(path).parent / unlabeled.file)
+    spec.student = resolve_code_path(spec.student, Path(path).parent)  # custom: the factory's folder, absolute
 
 
 def load_study(path: str | Path) -> StudySpec:

@@ -1,17 +1,20 @@
 """Teachers: trained (or loaded) once, cached by content hash, their outputs cached per sample.
 
 A teacher is a zoo architecture trained here, a zoo checkpoint, a TorchScript file, or a file of
-precomputed outputs (`spec.TeacherSpec`). Cache layout, one folder per teacher under
-``<cache_dir>/teachers/``::
+precomputed outputs (`spec.TeacherSpec`). A teacher trained here learns from the labeled training
+split only (with `data.unlabeled`, the unlabeled inputs are its pool to label, never its data).
+Cache layout, one folder per teacher under ``<cache_dir>/teachers/``::
 
     <name>-<key12>/model.pt      state_dict (loads with weights_only=True); zoo teachers only
                    meta.json     architecture, schedule, accuracies, size, train seconds
-                   outputs.pt    {"train_logits": [N, C], "train_features": [N, D]}, indexed like data.x_train
+                   outputs.pt    {"train_logits": [N, C], "train_features": [N, D]}, indexed like the pool:
+                                 data.x_train, then data.x_unlabeled when the data has unlabeled inputs
 
 The key hashes everything that determines the teacher's outputs: architecture, schedule, seed
 (and the checkpoint's bytes for loaded teachers), or the bytes of a TorchScript or outputs file,
-and the data's fingerprint. A TorchScript teacher is run once over the training split to fill
-outputs.pt; one without a ``forward_features`` returning (logits, features) has no features
+and the data's fingerprint (which covers the labeled split and the unlabeled inputs, so another
+`keep_labels` subset or another unlabeled file is another teacher). A TorchScript teacher is run
+once over the pool to fill outputs.pt; one without a ``forward_features`` returning (logits, features) has no features
 (D = 0), as has an outputs file without ``train_features``: feature distillation with such a
 teacher is refused. Files are written to a temporary name and renamed (`autokd.atomic`), so a
 crash never leaves a half-written entry that a later run trusts. A teacher that cannot teach (a
@@ -47,7 +50,8 @@ from autokd.zoo import ZooModel, build_model, model_size
 CACHE_VERSION = 2  # 2: teacher init seeded by its own seed
 
 
-OUTPUT_ARRAYS = ("train_logits", "train_features", "val_logits", "test_logits")  # of a `logits:` file
+OUTPUT_ARRAYS = ("train_logits", "train_features", "val_logits", "test_logits",  # of a `logits:` file
+                 "unlabeled_logits", "unlabeled_features")  # the unlabeled ones: rows of data.x_unlabeled
 PROBE_SAMPLES = 8  # a TorchScript teacher is checked on this many training samples before anything is written
 
 
@@ -101,7 +105,8 @@ class TorchScriptTeacher(nn.Module):
 
 @dataclass
 class CachedTeacherOutputs:
-    """Teacher logits/features for every training sample, sliced by the batch's indices."""
+    """Teacher logits/features for every pool sample (training split, then unlabeled inputs), sliced by the
+    batch's indices."""
 
     names: list[str]
     train_logits: torch.Tensor  # [T, N, C]
@@ -330,8 +335,17 @@ def read_outputs_file(path: Path, data: Dataset, where: str) -> dict[str, torch.
     if unknown or "train_logits" not in arrays:
         what = f"unknown array {cut(unknown[0], 40)!r}" if unknown else "no train_logits"
         raise CheckpointError(f"{where}: {path} has {what}; expected train_logits and optionally "
-                              "train_features, val_logits, test_logits")
-    splits = {"train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)}
+                              "train_features, val_logits, test_logits (and unlabeled_logits, unlabeled_features "
+                              "with data.unlabeled)")
+    if "unlabeled_features" in arrays and "train_features" not in arrays:
+        raise CheckpointError(f"{where}: {path} has unlabeled_features but no train_features: give both or neither")
+    if data.n_unlabeled:
+        for key in ("unlabeled_logits", "unlabeled_features")[:1 + ("train_features" in arrays)]:
+            if key not in arrays:
+                raise CheckpointError(f"{where}: {path} has no {key}: with data.unlabeled the outputs file needs "
+                                      f"a row per unlabeled sample ({data.n_unlabeled}, in data.x_unlabeled's order)")
+    splits = {"train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test),
+              "unlabeled": data.n_unlabeled}
     outputs = {}
     for key, array in arrays.items():
         split, kind = key.split("_")
@@ -349,6 +363,7 @@ def read_outputs_file(path: Path, data: Dataset, where: str) -> dict[str, torch.
             raise CheckpointError(f"{where}: {path}: {key} holds NaN or infinite values (or beyond float32)")
         outputs[key] = tensor
     outputs.setdefault("train_features", torch.zeros(splits["train"], 0))
+    outputs.setdefault("unlabeled_features", torch.zeros(splits["unlabeled"], 0))
     chance, margin = chance_accuracy(data.y_train)
     agree = _accuracy(outputs["train_logits"], data.y_train)
     if agree <= chance + margin:
@@ -500,22 +515,26 @@ def _epoch_bar(description: str, epochs: int, enabled: bool) -> Iterator[Callabl
 
 @torch.no_grad()
 def teacher_outputs(teachers: list[Teacher], data: Dataset, batch_size: int = 2048) -> CachedTeacherOutputs:
-    """Logits and penultimate features of every teacher on every training sample (cached on disk).
+    """Logits and penultimate features of every teacher on every pool sample (cached on disk).
 
-    A model teacher (zoo or TorchScript) is run over the training split once; an outputs-only
-    teacher's are its file's. Features are [N, 0] for a teacher that gives none.
+    The pool is the training split, then the unlabeled inputs (`Dataset.pool_inputs`). A model
+    teacher (zoo or TorchScript) is run over it once; an outputs-only teacher's are its file's
+    (``train_*`` then ``unlabeled_*``). Features are [N, 0] for a teacher that gives none.
     """
+    pool = data.pool_inputs()
     all_logits, all_features = [], []
     for teacher in teachers:
         path = teacher.folder / "outputs.pt"
         cached = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
-        if cached is None or cached["train_logits"].shape[0] != len(data.y_train):
+        if cached is None or cached["train_logits"].shape[0] != len(pool):
             if teacher.model is None:
                 arrays = read_outputs_file(teacher.outputs_file, data, f"teacher {teacher.name!r}: logits")
-                cached = {key: arrays[key] for key in ("train_logits", "train_features")}
+                cached = {f"train_{kind}": torch.cat([arrays[f"{split}_{kind}"] for split in ("train", "unlabeled")
+                                                      if f"{split}_{kind}" in arrays])
+                          for kind in ("logits", "features")}
             else:
-                pieces = [teacher.model.forward_features(data.x_train[i:i + batch_size])
-                          for i in range(0, len(data.y_train), batch_size)]
+                pieces = [teacher.model.forward_features(pool[i:i + batch_size])
+                          for i in range(0, len(pool), batch_size)]
                 cached = {"train_logits": torch.cat([logits for logits, _ in pieces]),
                           "train_features": torch.cat([features for _, features in pieces])}
             torch_save(cached, path)

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import torch
 import yaml
 
+from autokd.archs import check_code_allowed
 from autokd.atomic import check_writable, replace_folder
 from autokd.data import load_data
 from autokd.distill import evaluate
@@ -36,7 +37,7 @@ from autokd.errors import CheckpointError, ConfigError
 from autokd.runner import run_config
 from autokd.spec import TrainConfig, load_train_config
 from autokd.teachers import OnlineTeachers, Teacher, load_state_dict, prepare_teachers, teacher_outputs
-from autokd.zoo import ZooModel, build_model, model_size
+from autokd.zoo import ZooModel, build_model, check_student, model_size
 
 STUDENT_FILE = "student.pt"
 TORCHSCRIPT_FILE = "student.torchscript.pt"
@@ -62,6 +63,7 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path | None = None, *
         print(run.metrics["test_accuracy_mean"])
     """
     config, source = _as_config(config, source)
+    check_code_allowed(config.student, "student", source)  # running the user's code is opt-in
     config = config.model_copy(deep=True)
     if epochs is not None:
         config.schedule.epochs = epochs
@@ -71,6 +73,8 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path | None = None, *
     check_writable(folder, "--out" if out_dir else f"{source}: run folder", folder=True)  # before hours of training
 
     data = load_data(config.data, source)
+    check_student(config.student, data.input_shape, data.num_classes, source=source,  # before teachers are cached
+                  features=config.distill.w_feat > 0, int8=config.quantize.int8)
     teachers, targets = prepare_targets(config, data, source, log)
     _check_teachers_match_export(config, teachers, log)
     per_seed, students = [], []
@@ -145,7 +149,9 @@ def build_student(config: TrainConfig | str | Path, *, input_shape: Sequence[int
 
     Without `input_shape`/`num_classes` the config's dataset is loaded to find them. The
     initial weights depend on the seed only (`zoo.build_model(seed=)`), so the search and
-    `autokd train` start from the same student for the same seed.
+    `autokd train` start from the same student for the same seed. A custom student
+    (``family: custom``) is a `zoo.CustomStudent` around your factory's module, and needs the
+    opt-in (``AUTOKD_ALLOW_CODE=1``, or ``autokd.archs.allow_code()``).
 
     Example::
 
@@ -153,10 +159,12 @@ def build_student(config: TrainConfig | str | Path, *, input_shape: Sequence[int
         logits, features = student.forward_features(torch.zeros(4, 1, 8, 8))
     """
     config, source = _as_config(config, None)
+    check_code_allowed(config.student, "student", source)
     if input_shape is None or num_classes is None:
         data = load_data(config.data, source)
         input_shape, num_classes = input_shape or data.input_shape, num_classes or data.num_classes
-    return build_model(config.student, tuple(input_shape), num_classes, seed=config.seed if seed is None else seed)
+    return build_model(config.student, tuple(input_shape), num_classes, seed=config.seed if seed is None else seed,
+                       source=source)
 
 
 def load_student(run_dir: str | Path, *, raw_inputs: bool = False) -> ZooModel:
@@ -185,7 +193,7 @@ def load_student(run_dir: str | Path, *, raw_inputs: bool = False) -> ZooModel:
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{folder / 'metrics.json'}: unreadable or without input_shape/num_classes: "
                               f"{type(error).__name__}") from None
-    student = build_model(config.student, input_shape, num_classes)
+    student = build_model(config.student, input_shape, num_classes, source=str(folder / "config.yaml"))
     load_state_dict(student, folder / STUDENT_FILE, f"run {folder}")
     if not raw_inputs:
         return student.eval()

@@ -14,10 +14,17 @@ Figures (medians over repeats; the arms alternate a, b, a, b, ... so background 
 - ``efficiency``: sum of the trials' ``train_seconds`` / (wall(a) x concurrency), from (a) alone,
   Ray start-up excluded; ``efficiency_with_startup`` includes it.
 - ``ray_startup_s``: `ray_cluster.init_ray` on a fresh (shut down) Ray.
+- ``fixed_cost_ms_a`` / ``fixed_cost_ms_b``: what each arm spends per trial beyond training,
+  (wall x concurrency - sum of train_seconds) / trials, in ms: autokd's orchestration against
+  in-process Optuna's.
+
+Two workloads: ``standard`` (20 trials x 15 epochs, ~0.7-2.5 s a trial by machine load) and
+``short`` (200 trials x 2 epochs, ~0.3 s a trial), where the fixed cost per trial dominates.
 
 Teachers are trained/cached and Ray is warmed up (a 2-trial search) before anything is timed.
 
-    python benchmarks/orchestration.py            # 20 trials of ~3 s, 3 repeats (~4 min)
+    python benchmarks/orchestration.py            # 20 trials of ~1-3 s, 3 repeats (~4 min)
+    python benchmarks/orchestration.py --workload short   # 200 trials of ~0.3 s, 3 repeats (~8 min)
     python benchmarks/orchestration.py --quick    # 4 short trials, 1 repeat (a smoke run)
 """
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -42,7 +50,8 @@ from autokd.space import load_space  # noqa: E402
 from autokd.spec import StudySpec, load_study  # noqa: E402
 from autokd.teachers import prepare_teachers, teacher_outputs  # noqa: E402
 
-WALL_RATIO_TARGET = 1.15
+WALL_RATIO_TARGET = 1.10
+WORKLOADS = {"standard": (20, 15), "short": (200, 2)}  # trials, epochs
 EFFICIENCY_TARGET = 0.85
 CONCURRENCY = 2
 THREADS = 1  # per trial: cpus_per_trial
@@ -172,9 +181,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (15 ~ 3 s on digits)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--workload", choices=list(WORKLOADS), default="standard",
+                        help="standard: 20 trials x 15 epochs; short: 200 trials x 2 epochs (~0.3 s each)")
     args = parser.parse_args()
-    trials = args.trials or (4 if args.quick else 20)
-    epochs = args.epochs or (3 if args.quick else 15)
+    trials = args.trials or (4 if args.quick else WORKLOADS[args.workload][0])
+    epochs = args.epochs or (3 if args.quick else WORKLOADS[args.workload][1])
     repeats = args.repeats or (1 if args.quick else 3)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("ray").setLevel(logging.ERROR)
@@ -193,6 +204,8 @@ def main() -> None:
                    "wall_ratio_with_startup": (a["wall_s"] + a["ray_startup_s"]) / b["wall_s"],
                    "efficiency": a["efficiency"], "efficiency_with_startup": a["efficiency_with_startup"],
                    "train_seconds_sum_a": a["train_seconds_sum"], "train_seconds_sum_b": b["train_seconds_sum"],
+                   "fixed_cost_ms_a": 1000 * (a["wall_s"] * CONCURRENCY - a["train_seconds_sum"]) / trials,
+                   "fixed_cost_ms_b": 1000 * (b["wall_s"] * CONCURRENCY - b["train_seconds_sum"]) / trials,
                    "trial_seconds_median_a": a["trial_seconds_median"],
                    "same_val_accuracy": f"{b['same_val_accuracy']}/{len(a['trials'])}",
                    "configs_mismatched": b["configs_mismatched"]}
@@ -206,24 +219,32 @@ def main() -> None:
     figures = {"wall_ratio": median("wall_ratio"), "efficiency": median("efficiency"),
                "ray_startup_s": median("ray_startup_s"), "wall_ratio_with_startup": median("wall_ratio_with_startup"),
                "efficiency_with_startup": median("efficiency_with_startup"), "wall_a_s": median("wall_a_s"),
-               "wall_b_s": median("wall_b_s"), "trial_seconds_median": median("trial_seconds_median_a")}
+               "wall_b_s": median("wall_b_s"), "trial_seconds_median": median("trial_seconds_median_a"),
+               "fixed_cost_ms_a": round(median("fixed_cost_ms_a"), 1),
+               "fixed_cost_ms_b": round(median("fixed_cost_ms_b"), 1),
+               "load_average_1m": round(os.getloadavg()[0], 2)}  # this machine's load as the run ends
     targets = {"wall_ratio": f"<= {WALL_RATIO_TARGET}", "efficiency": f">= {EFFICIENCY_TARGET}"}
     met = {"wall_ratio": figures["wall_ratio"] <= WALL_RATIO_TARGET,
            "efficiency": figures["efficiency"] >= EFFICIENCY_TARGET}
     reproduced = all(r["same_val_accuracy"].split("/")[0] == r["same_val_accuracy"].split("/")[1]
                      and not r["configs_mismatched"] for r in rows)
-    note = (f"{trials} trials x {epochs} epochs of a fixed {STUDENT['family']} student on digits, concurrency "
+    note = (f"Workload {args.workload}: {trials} trials x {epochs} epochs of a fixed {STUDENT['family']} student "
+            f"on digits, concurrency "
             f"{CONCURRENCY} x 1 CPU, {repeats} repeat(s), arms alternated (a then b) per repeat; medians. "
             "wall_ratio and efficiency exclude Ray start-up (ray_startup_s, measured on its own); the "
             "*_with_startup figures include it. Arm (b) reproduced arm (a)'s val accuracy for "
-            + ("every trial (same configs, same seeds)." if reproduced else "NOT every trial: see repeats."))
+            + ("every trial (same configs, same seeds)." if reproduced else "NOT every trial: see repeats.")
+            + f" Fixed cost per trial beyond training: autokd {figures['fixed_cost_ms_a']:.0f} ms, in-process Optuna "
+            f"{figures['fixed_cost_ms_b']:.0f} ms. 1-minute load average at the end: {figures['load_average_1m']}.")
     if not all(met.values()):
         missed = [f"{k} {figures[k]} (target {targets[k]})" for k, ok in met.items() if not ok]
         note += " Missed: " + ", ".join(missed) + "."
     for key, value in figures.items():
         print(f"{key}: {value}")
-    write_result("orchestration", {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
-                                   "note": note, "settings": {"trials": trials, "epochs": epochs,
+    name = "orchestration" if args.workload == "standard" else f"orchestration_{args.workload}"
+    write_result(name, {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
+                                   "note": note, "settings": {"workload": args.workload, "trials": trials,
+                                                              "epochs": epochs,
                                                               "repeats": repeats, "concurrency": CONCURRENCY,
                                                               "cpus_per_trial": 1, "student": STUDENT,
                                                               "space": SPACE["params"]},
