@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP  := $(VENV)/.autokd-installed
 
-.PHONY: install demo lint test test-fast bench clean
+.PHONY: install demo lint test test-fast bench mutation clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,5 +34,11 @@ test-fast: install
 bench: install
 	$(PY) benchmarks/run_all.py
 
+# Mutation testing of the core modules (slow; not part of `make test`): mutmut makes small bugs and runs
+# the fast tests that call each mutated function; score and survivors -> benchmarks/results/mutation.json.
+# MUTATION_ARGS="--modules pareto stopping --max-children 2" narrows it; results are kept in mutants/.
+mutation: install
+	nice -n 10 $(PY) benchmarks/mutation.py $(MUTATION_ARGS)
+
 clean:
-	rm -rf $(VENV) .cache reports/*/ runs/
+	rm -rf $(VENV) .cache reports/*/ runs/ mutants/

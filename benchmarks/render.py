@@ -36,6 +36,7 @@ SECTIONS = [
     ("production_train", "Production training of exported configs", "issue 5"),
     ("report_speed", "Report build time for 1,000 trials", "issue 4"),
     ("import_time", "Import time of autokd vs torch; how fast a bad config is answered", "issue 16.7"),
+    ("mutation", "Mutation testing of the core modules: how many deliberate bugs the fast tests catch", "issue 18"),
 ]
 README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 LONG_LIST = 8  # lists longer than this (curves) stay in the JSON file
