@@ -24,6 +24,8 @@ SECTIONS = [
     ("packing", "Packed trials: 8 configs of one MLP student as one batched model vs one by one", "issue 17.2"),
     ("search_quality", "Search quality: hypervolume of TPE vs random vs NSGA-II, and of the two-level search",
      "issue 6.3, issue 12"),
+    ("search_quality_fashion_mnist", "Search quality on Fashion-MNIST alone (a run of that dataset only)",
+     "issue 6.3, issue 12"),
     ("distillation_gain", "Distillation gain on Fashion-MNIST: two-level vs flat search, each against CE-only and "
      "vanilla KD on paired seeds", "issue 12"),
     ("distillation_gain_30t_l1_0.4", "Distillation gain, the smaller run (30 two-level trials, 40 % level 1)",

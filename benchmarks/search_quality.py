@@ -36,6 +36,7 @@ later runs reuse them. Digits uses studies/digits.yaml's teachers from the same 
     python benchmarks/search_quality.py            # 40 digits / 30 Fashion-MNIST trials, 3 seeds (~55 min)
     python benchmarks/search_quality.py --quick    # 1 seed, 6 trials each (a smoke run)
     python benchmarks/search_quality.py --quick --datasets digits   # the smoke run without Fashion-MNIST
+    python benchmarks/search_quality.py --datasets fashion_mnist    # one dataset: search_quality_fashion_mnist.json
     python benchmarks/search_quality.py --digits-trials 40 --fashion-trials 30 --seeds 3
 """
 
@@ -371,7 +372,9 @@ def main() -> None:
     reference = [round(r, 4) for r in next(iter(figures.values()))["reference"]]
     note = note_for(figures, met, reference, seeds, {d: epochs[d] for d in figures})
     print(note)
-    write_result("search_quality", {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
+    # A run over some of the datasets writes its own file: the full run's figures stay as they were.
+    name = "search_quality" if set(args.datasets) == set(DATASETS) else "search_quality_" + "_".join(args.datasets)
+    write_result(name, {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
                                     "note": note, "settings": {"seeds": seeds,
                                                                "arms": {a: {"sampler": ARMS[a][0],
                                                                             "search_mode": ARMS[a][1]} for a in arms},
