@@ -286,7 +286,9 @@ def _duration(seconds: float | None) -> str:
 
 
 def _arch_text(arch: dict) -> str:
-    """`mlp depth=1 width=22`: the family and the shape values that differ from its defaults."""
+    """`mlp depth=1 width=22`: the family and the shape values that differ from its defaults (a custom
+    student: its factory and args, not the folder it is imported from)."""
     defaults = FAMILIES.get(arch.get("family"), {})
-    rest = " ".join(f"{k}={v}" for k, v in arch.items() if k != "family" and defaults.get(k, object()) != v)
+    rest = " ".join(f"{k}={v}" for k, v in arch.items()
+                    if k not in ("family", "path") and defaults.get(k, object()) != v)
     return f"{arch.get('family', '?')} {rest}".strip()

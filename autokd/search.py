@@ -28,7 +28,6 @@ import optuna
 import pandas as pd
 
 from autokd.archs import check_code_allowed
-from autokd.archs import check_code_allowed
 from autokd.data import load_data
 from autokd.results import counts, front_frame, trained_epochs, trials_frame
 from autokd.space import load_space
@@ -76,12 +75,10 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     spec = study if isinstance(study, StudySpec) else load_study(study)
     space = load_space(spec)
     check_code_allowed(spec.student, "student", spec.source)  # running the user's code is opt-in
-    check_code_allowed(spec.student, "student", spec.source)  # running the user's code is opt-in
     storage_url = storage or spec.storage_url()
     check_outputs(spec, storage_url, storage_flag=storage is not None)
     data = load_data(spec.data, spec.source)
     check_teachers(spec.teachers, data, spec.resolve_path, source=spec.source)
-    _check_student(spec, space, data)
     _check_student(spec, space, data)
     signature = {name: param.model_dump() for name, param in space.params.items()}
     stored = existing_study(spec, storage_url)
@@ -134,32 +131,6 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
         clear_beat(optuna_study)
     frame = trials_frame(optuna_study)
     return SearchResult(optuna_study, spec, frame, front_frame(frame), time.perf_counter() - started)
-
-
-def _check_student(spec: StudySpec, space, data) -> None:
-    """A custom student is built once on a dummy batch (`zoo.check_student`): a bad factory is one line, now."""
-    from autokd.space import CategoricalParam, FixedParam
-    from autokd.zoo import check_student
-
-    w_feat = space.params.get("distill.w_feat")
-    searched = ([] if w_feat is None else w_feat.choices if isinstance(w_feat, CategoricalParam)
-                else [w_feat.value] if isinstance(w_feat, FixedParam) else [w_feat.high])
-    check_student(spec.student, data.input_shape, data.num_classes, source=spec.source, int8=spec.quantize.int8,
-                  features=spec.distill.w_feat > 0 or any(isinstance(v, (int, float)) and v > 0 for v in searched),
-                  searched_args=tuple(name.removeprefix("student.args.") for name in space.params
-                                      if name.startswith("student.args.")), space_source=space.source)
-
-
-def study_attrs(spec: StudySpec, space_signature: dict, two_level: bool) -> dict:
-    """What a study stores about itself (resume checks, report, show and export read it back).
-
-    Its paths are relative to the study file (`spec.relative_paths`): the same from any working
-    directory, and no path of this machine; ``study_file`` says where this driver found the file (a
-    study opened by name resolves them from its folder)."""
-    return {"objectives": spec.objectives, "space": space_signature,
-            "study_spec": relative_paths(spec, spec.folder).model_dump(mode="json"),
-            "study_file": str(spec.folder / Path(spec.source).name),
-            "search_mode": "two_level" if two_level else "flat"}
 
 
 def _check_student(spec: StudySpec, space, data) -> None:

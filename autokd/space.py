@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, Union
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from autokd.archs import FAMILIES
+from autokd.archs import FAMILIES, family_has
 from autokd.errors import ConfigError
 from autokd.spec import (DistillSpec, ScheduleSpec, StudySpec, TrainConfig, check_int64, config_error, cut,
                          describe_validation_error, read_yaml, shown)
@@ -166,6 +166,9 @@ class SearchSpace:
             section, key = name.split(".", 1)
             if name == "distill.teachers" and isinstance(value, str):
                 value = value.split(SUBSET_SEPARATOR)
+            if section == "student" and key.startswith("args."):  # a custom student's factory argument
+                document[section]["args"] = {**document[section].get("args", {}), key.removeprefix("args."): value}
+                continue
             document[section][key] = value
         return TrainConfig.model_validate(document)
 
@@ -220,10 +223,12 @@ def _check_names(space: SearchSpace, study: StudySpec) -> None:
                 raise ConfigError(f"{where}: the study has no teachers to choose a subset from")
         if section == "student" and key != "family":
             possible = _student_families(param, families, study)
-            missing = [f for f in possible if key not in FAMILIES[f]]
+            missing = [f for f in possible if not family_has(f, key)]
             if missing:
-                raise ConfigError(f"{where}: family {missing[0]!r} has no parameter {key!r}; "
-                                  f"add when: {{student.family: [...]}} with families that have it")
+                hint = ("a custom student varies its factory's arguments as student.args.<name>"
+                        if missing[0] == "custom" else
+                        "add when: {student.family: [...]} with families that have it")
+                raise ConfigError(f"{where}: family {missing[0]!r} has no parameter {key!r}; {hint}")
         seen.append(name)
 
 

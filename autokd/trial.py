@@ -16,15 +16,19 @@ import socket
 import time
 
 from autokd import quantize, runner
+from autokd.archs import allow_code
 from autokd.distill import resolve_device
 from autokd.spec import TrainConfig
 
 
 def run_trial(trial: dict, data, outputs) -> None:
-    """`trial`: {"config", "trial_number", "size", "seeds"}; `data`, `outputs`: the study's (Ray object store)."""
+    """`trial`: {"config", "trial_number", "size", "seeds", "pack", "allow_code"}; `data`, `outputs`: the study's
+    (Ray object store)."""
     import ray
     from ray import tune
 
+    if trial.get("allow_code"):  # the driver's opt-in (--allow-code) reaches a worker Ray started before it
+        allow_code()
     config = TrainConfig.model_validate(trial["config"])
     seeds = trial.get("seeds") or [config.seed]
     epochs = config.schedule.epochs
