@@ -236,6 +236,32 @@ def test_finished_trials_replayed_on_resume_fill_the_rungs():
     assert not resumed.keep_training("new", 3, 0.50, 5_000)
 
 
+def front_rule_only(grace_epochs: int, eta: int, max_epochs: int) -> ParetoRungs:
+    """Rungs whose rung rule says "stop" to every trial, so that the front rule alone decides."""
+    rungs = ParetoRungs(grace_epochs, eta, max_epochs)
+    rungs._in_top_fraction = lambda trial_id, epoch: False
+    return rungs
+
+
+def test_the_front_rule_is_pareto_dominance_at_the_same_epoch_ties_included():
+    rungs = front_rule_only(grace_epochs=1, eta=2, max_epochs=2)
+    rungs.finished("front", [0.50, 0.90], size=1_000)
+    assert not rungs.keep_training("same-size-less-accurate", 1, 0.40, 1_000)
+    assert not rungs.keep_training("larger-as-accurate", 1, 0.50, 2_000)
+    assert rungs.keep_training("twin", 1, 0.50, 1_000)  # equal in both: not dominated
+    assert rungs.keep_training("smaller-less-accurate", 1, 0.10, 999)
+    assert rungs.keep_training("larger-more-accurate", 1, 0.51, 5_000)
+
+
+def test_the_front_is_chosen_by_final_accuracy():
+    """"late" ends above "early" at the same size, so it alone is the front, though "early" led at epoch 1."""
+    rungs = front_rule_only(grace_epochs=1, eta=2, max_epochs=2)
+    rungs.finished("early", [0.90, 0.50], size=1_000)
+    rungs.finished("late", [0.30, 0.80], size=1_000)
+    assert rungs.keep_training("x", 1, 0.50, 2_000)  # "early" (0.90 at epoch 1) would have beaten it
+    assert not rungs.keep_training("y", 1, 0.20, 2_000)  # "late" had 0.30 at epoch 1
+
+
 # ---------------------------------------------------------------------------------------------
 # A real search with Pareto early stopping
 
