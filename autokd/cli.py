@@ -122,8 +122,7 @@ def teachers(study: Path = typer.Argument(..., help="Study or training config YA
 
     spec = load_study(study)
     data = load_data(spec.data, str(study))
-    cached = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=typer.echo,
-                              source=str(study))
+    cached = prepare_teachers(spec.teachers, data, spec.cache_dir, log=typer.echo, source=str(study))
     teacher_outputs(cached, data)
     for teacher in cached:
         meta = teacher.meta

@@ -33,7 +33,7 @@ import pandas as pd
 from autokd import data as data_module
 from autokd import distill
 from autokd import pairing
-from autokd.spec import DistillSpec, StudySpec, TrainConfig
+from autokd.spec import DistillSpec, StudySpec, TrainConfig, resolve_paths
 from autokd.atomic import write_bytes
 from autokd.runner import run_config
 from autokd.train import prepare_targets
@@ -225,6 +225,8 @@ class _Runner:
     def __init__(self, spec: StudySpec, log: Callable[[str], None]):
         self.folder = Path(spec.cache_dir) / "evaluations" / spec.name
         self.source = spec.source
+        # A stored config's paths are relative to the study file; its teachers are in the study's cache.
+        self.study_folder, self.cache_dir = spec.folder, spec.cache_dir
         self.log = log
         # A trial trained with this many threads; the same count keeps CPU results bit-identical.
         self.threads = max(1, int(spec.resources.cpus_per_trial))
@@ -232,16 +234,18 @@ class _Runner:
         self._targets: dict[str, object] = {}
 
     def run(self, config: TrainConfig, kind: str, trial_number: int) -> dict:
-        path = self.folder / f"{cache_key(config, kind)}.json"
+        path = self.folder / f"{cache_key(config, kind)}.json"  # of the config as stored: no machine path in it
         if path.is_file():
             return json.loads(path.read_text())
+        stored, config = config, resolve_paths(config, self.study_folder)
+        config.cache_dir = self.cache_dir
         data = self._dataset(config)
         targets = self._targets_for(config, data)
         student, fitted = run_config(config, data, targets, threads=config.threads or self.threads)
         result = {"trial": trial_number, "kind": kind, "seed": config.seed,
                   "val_accuracy": fitted.val_accuracy,
                   "test_accuracy": distill.evaluate(student, data.x_test, data.y_test),
-                  "train_seconds": round(fitted.train_seconds, 3), "config": config.model_dump(mode="json")}
+                  "train_seconds": round(fitted.train_seconds, 3), "config": stored.model_dump(mode="json")}
         write_bytes(path, json.dumps(result, indent=2).encode())  # atomic: a crash never leaves half a file
         self.log(f"test evaluation: trial {trial_number} ({kind}): val {result['val_accuracy']:.4f} "
                  f"test {result['test_accuracy']:.4f} ({fitted.train_seconds:.1f} s)")

@@ -10,9 +10,10 @@ had (``normalization``: mean, std, what raw inputs are).
 The file is portable: it holds no path of the exporting machine. Data files, a Fashion-MNIST
 ``data_dir`` (only when the study gave one) and teacher files (checkpoint, torchscript, logits)
 are written relative to the exported file, as `autokd train` reads them (absolute only when they
-share no folder but the root with it); ``cache_dir`` is relative to the working directory, as
-`autokd train` reads it (a cache outside it becomes the default: teachers are rebuilt there once,
-under the same keys); a SQLite storage in the provenance is relative to the exported file, any
+share no folder but the root with it); ``cache_dir`` is the study's cache when that lies inside the
+exported file's folder (relative to it), else the default ``.cache/autokd`` beside the file
+(teachers are rebuilt there once, under the same keys: a copied file never makes folders outside
+its own); a SQLite storage in the provenance is relative to the exported file, any
 password masked.
 Data keys that the dataset does not read (``mnist1d_samples`` for digits, ...) are left out.
 
@@ -35,7 +36,8 @@ from autokd.data import Dataset, load_data
 from autokd.errors import AutokdError
 from autokd.pareto import knee_index, select_index
 from autokd.results import architecture_choices, log_sizes, study_and_spec
-from autokd.spec import DataSpec, StudySpec, TrainConfig, load_train_config, read_yaml, train_config_from_dict
+from autokd.spec import (DataSpec, StudySpec, TrainConfig, load_train_config, read_yaml, relative_path, relative_paths,
+                         resolve_paths, train_config_from_dict)
 from autokd.teachers import file_digest, teacher_key
 
 RULE_FLAGS = "--trial, --max-params/--max-bytes, --min-accuracy, --knee"
@@ -181,71 +183,47 @@ def exported_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: 
     where = f"study {study.study_name!r} trial {trial.number}"
     if "config" not in trial.user_attrs:
         raise AutokdError(f"export: {where} has no stored config (user attr 'config'); was it run by autokd search?")
-    stored = train_config_from_dict(trial.user_attrs["config"], where)
+    # Stored paths are relative to the study file: absolute from its folder here, relative to `folder` at the end.
+    stored = resolve_paths(train_config_from_dict(trial.user_attrs["config"], where),
+                           spec.folder if spec is not None else Path.cwd())
     uses_teachers = stored.distill.w_kd > 0 or stored.distill.w_feat > 0
-    # Paths are resolved the way the search resolved them: teacher files from the study file's
-    # folder, data from the working directory (the study's loader already joined its folder).
-    resolve = spec.resolve_path if spec is not None else Path
-    teachers = [t.model_copy(update={t.file_key: str(resolve(t.file).expanduser().resolve())}) if t.file else t
-                for t in (stored.selected_teachers() if uses_teachers else [])]
+    teachers = stored.selected_teachers() if uses_teachers else []
     data_spec = _dataset_data(stored.data)
     data = load_data(data_spec, where)
     keys = _teacher_keys(teachers, data, where)  # from the absolute files, before they become relative
     folder = Path(folder)
-    data_document = data_spec.model_dump(mode="json")
-    for key in ("data_dir", "path"):
-        if data_document[key]:
-            data_document[key] = _portable_path(Path(data_document[key]), folder)
     document = {
         **stored.model_dump(mode="json"),
         "name": f"{study.study_name}-trial{trial.number}",
         "seed": int(trial.user_attrs.get("seed", stored.seed)),
-        "data": data_document,
-        "teachers": [{**t.model_dump(mode="json"),
-                      **({t.file_key: _portable_path(Path(t.file), folder)} if t.file else {})} for t in teachers],
+        "data": data_spec.model_dump(mode="json"),
+        "teachers": [t.model_dump(mode="json") for t in teachers],
         "distill": {**stored.distill.model_dump(mode="json"), **({} if uses_teachers else {"teachers": None})},
-        "cache_dir": _portable_cache_dir(stored.cache_dir),
     }
-    config = train_config_from_dict(document, where)
+    config = relative_paths(train_config_from_dict(document, where), folder)
+    config.cache_dir = _portable_cache_dir(config.cache_dir)
     config.provenance = _provenance(study, trial, _portable_storage(storage_url, folder), keys, data)
     return config
 
 
 def _dataset_data(data: DataSpec) -> DataSpec:
-    """`data` with the keys its dataset does not read back at their defaults, and paths absolute."""
+    """`data` with the keys its dataset does not read back at their defaults."""
     updates = {key: DataSpec.model_fields[key].default for key, reader in DATASET_KEYS.items() if reader != data.name}
-    for key in ("data_dir", "path"):
-        if key not in updates and getattr(data, key):
-            updates[key] = str(Path(getattr(data, key)).expanduser().resolve())
     return data.model_copy(update=updates)
 
 
 def _portable_path(path: Path, folder: Path) -> str:
-    """`path` relative to `folder`, so that the exported file and what it names can move together.
-
-    Absolute only when the two share no folder but the filesystem root: a relative path would
-    then be no more portable than the absolute one.
-    """
-    target, base = path.expanduser().resolve(), folder.expanduser().resolve()
-    if Path(os.path.commonpath([target, base])) == Path(target.anchor):
-        return str(target)
-    return os.path.relpath(target, base)
+    """`path` (from the working directory) relative to `folder`, so that the exported file and what it names can
+    move together; absolute only when the two share no folder but the filesystem root (`spec.relative_path`)."""
+    return relative_path(os.path.abspath(Path(path).expanduser()), folder)
 
 
 def _portable_cache_dir(cache_dir: str) -> str:
-    """The teacher cache as `autokd train` looks for it, from the working directory.
-
-    A relative path stays; an absolute one inside the working directory becomes relative; any
-    other is a path of this machine only and gives way to the default (teachers are rebuilt
-    there once, under the same cache keys).
-    """
-    path = Path(cache_dir).expanduser()
-    if not path.is_absolute():
-        return cache_dir
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return DEFAULT_CACHE_DIR
+    """The teacher cache of an exported config, given relative to the file's folder: kept when it lies inside that
+    folder, else the default beside the file (teachers are rebuilt there once, under the same cache keys), so that
+    a file copied elsewhere never makes folders outside its own."""
+    path = Path(cache_dir)
+    return cache_dir if not path.is_absolute() and ".." not in path.parts else DEFAULT_CACHE_DIR
 
 
 def _portable_storage(url: str, folder: Path) -> str:

@@ -17,7 +17,7 @@ import pandas as pd
 from autokd.errors import StorageError
 from autokd.pairing import Candidate, Choice, choose
 from autokd.pareto import first_dominators, pareto_ranks
-from autokd.spec import StudySpec, load_study
+from autokd.spec import StudySpec, load_study, resolve_paths
 
 SCHEMA_RACE_RETRIES = 5
 INTERRUPTED = "interrupted: the search stopped before this trial finished (re-queued)"
@@ -146,9 +146,10 @@ def study_and_spec(study: str, storage: str | None = None) -> tuple[optuna.Study
     except KeyError:
         raise StorageError(f"{study}: no study named {name!r} in {url}") from None
     if spec is None and "study_spec" in loaded.user_attrs:
-        # Relative paths in the spec stay relative to the study file it came from.
+        # The stored paths are relative to the study file it came from: absolute from its folder.
         source = loaded.user_attrs.get("study_file", study)
         spec = StudySpec.model_validate({**loaded.user_attrs["study_spec"], "source": source})
+        spec = resolve_paths(spec, spec.folder)
     return loaded, spec
 
 

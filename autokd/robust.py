@@ -14,7 +14,7 @@ import optuna
 from autokd import runner
 from autokd.archs import ALLOW_CODE_ENV, code_allowed
 from autokd.results import trials_frame
-from autokd.spec import StudySpec, TrainConfig, derived_seed
+from autokd.spec import StudySpec, TrainConfig, derived_seed, resolve_paths
 
 
 def robust_seeds(trial_seed: int, count: int) -> list[int]:
@@ -50,8 +50,10 @@ def rerun_front_with_seeds(spec: StudySpec, study: optuna.Study, data, outputs, 
     for number in todo:
         trial = trials[number]
         seeds = robust_seeds(trial.user_attrs["seed"], spec.robust.seeds)
-        pending[number] = (seeds, [trial.values[0]] + [task.remote(trial.user_attrs["config"], seed, data_ref,
-                                                                    outputs_ref) for seed in seeds[1:]])
+        # The stored config's paths are relative to the study file: absolute for the worker.
+        config = resolve_paths(TrainConfig.model_validate(trial.user_attrs["config"]), spec.folder).model_dump()
+        pending[number] = (seeds, [trial.values[0]] + [task.remote(config, seed, data_ref, outputs_ref)
+                                                       for seed in seeds[1:]])
     for number, (seeds, results) in pending.items():
         accuracies = [results[0]] + ray.get(results[1:])
         mean = sum(accuracies) / len(accuracies)

@@ -31,7 +31,7 @@ from autokd.archs import check_code_allowed
 from autokd.data import load_data
 from autokd.results import counts, front_frame, trained_epochs, trials_frame
 from autokd.space import load_space
-from autokd.spec import StudySpec, load_study
+from autokd.spec import StudySpec, load_study, relative_paths, resolve_paths
 from autokd.study_store import (beat, check_outputs, check_resumable, clear_beat, existing_study,
                                 open_or_create_study, recover_interrupted)
 from autokd.teachers import check_teachers, prepare_teachers, teacher_outputs
@@ -72,13 +72,14 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Everything the user gave is checked before the storage is touched: bad input writes nothing.
-    spec = study if isinstance(study, StudySpec) else load_study(study)
+    # Every path absolute from here on (a study file's relative to its folder, a StudySpec's to its source's).
+    spec = resolve_paths(study, study.folder) if isinstance(study, StudySpec) else load_study(study)
     space = load_space(spec)
     check_code_allowed(spec.student, "student", spec.source)  # running the user's code is opt-in
     storage_url = storage or spec.storage_url()
     check_outputs(spec, storage_url, storage_flag=storage is not None)
     data = load_data(spec.data, spec.source)
-    check_teachers(spec.teachers, data, spec.resolve_path, source=spec.source)
+    check_teachers(spec.teachers, data, source=spec.source)
     _check_student(spec, space, data)
     signature = {name: param.model_dump() for name, param in space.params.items()}
     stored = existing_study(spec, storage_url)
@@ -95,13 +96,10 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     optuna_study = stored or open_or_create_study(spec, storage_url, resume, signature)
 
     started = time.perf_counter()
-    teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=log, source=spec.source,
-                                progress=progress)
+    teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, log=log, source=spec.source, progress=progress)
     outputs = teacher_outputs(teachers, data) if teachers else None
     two_level = is_two_level(spec, space)
-    for key, value in {"objectives": spec.objectives, "space": signature, "study_spec": spec.model_dump(mode="json"),
-                       "study_file": str(Path(spec.source).resolve()),
-                       "search_mode": "two_level" if two_level else "flat"}.items():
+    for key, value in study_attrs(spec, signature, two_level).items():
         optuna_study.set_user_attr(key, value)
     with warnings.catch_warnings():  # "experimental" since Optuna 3.2; the dashboard and load_study read it
         warnings.simplefilter("ignore")
@@ -145,6 +143,18 @@ def _check_student(spec: StudySpec, space, data) -> None:
                   features=spec.distill.w_feat > 0 or any(isinstance(v, (int, float)) and v > 0 for v in searched),
                   searched_args=tuple(name.removeprefix("student.args.") for name in space.params
                                       if name.startswith("student.args.")), space_source=space.source)
+
+
+def study_attrs(spec: StudySpec, space_signature: dict, two_level: bool) -> dict:
+    """What a study stores about itself (resume checks, report, show and export read it back).
+
+    Its paths are relative to the study file (`spec.relative_paths`): the same from any working
+    directory, and no path of this machine; ``study_file`` says where this driver found the file (a
+    study opened by name resolves them from its folder)."""
+    return {"objectives": spec.objectives, "space": space_signature,
+            "study_spec": relative_paths(spec, spec.folder).model_dump(mode="json"),
+            "study_file": str(spec.folder / Path(spec.source).name),
+            "search_mode": "two_level" if two_level else "flat"}
 
 
 def _work_left(spec: StudySpec, study: optuna.Study | None) -> bool:

@@ -29,7 +29,7 @@ from autokd.errors import AutokdError
 from autokd.levels import ALL_SECTIONS, FINISHED, WAIT, Proposal, TwoLevelPlan, role_config, sampled_sections
 from autokd.results import open_storage, trained_epochs
 from autokd.space import SearchSpace
-from autokd.spec import INT8_ACCURACY_METRIC, StudySpec, TrainConfig, derived_seed
+from autokd.spec import INT8_ACCURACY_METRIC, StudySpec, TrainConfig, derived_seed, relative_paths
 from autokd.study_store import DRIVER, HEARTBEAT_EVERY_S, beat, make_sampler, report_intermediate
 from autokd.zoo import arch_size
 
@@ -114,9 +114,10 @@ class AutokdSearcher(OptunaSearch):
                 continue
             seeds = list(attrs.get("seeds") or [derived_seed(self.base.seed, ot_trial.number)])
             config.seed = seeds[0]
-            # `driver` tells apart the trials of several drivers adding to one shared study.
-            for key, value in {**attrs, "config": config.model_dump(), "seed": config.seed, "driver": DRIVER,
-                               **size}.items():
+            # `driver` tells apart the trials of several drivers adding to one shared study. The stored config's
+            # paths are relative to the study file; the worker gets them absolute.
+            stored = relative_paths(config, self.spec.folder).model_dump()
+            for key, value in {**attrs, "config": stored, "seed": config.seed, "driver": DRIVER, **size}.items():
                 ot_trial.set_user_attr(key, value)
             limits = self.spec.size_limits()
             broken = broken_constraints(size, limits)

@@ -12,13 +12,14 @@ Every error is one line that names the file and the dotted key::
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Iterator, Literal, TypeVar
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator,
-                      model_serializer, model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializerFunctionWrapHandler, ValidationError,
+                      field_validator, model_serializer, model_validator)
 from pydantic_core import PydanticCustomError
 
 from autokd.archs import ARCH_ERROR, ArchDict, StudentArchDict, resolve_code_path
@@ -338,8 +339,17 @@ class StudySpec(_RunFields):
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     robust: RobustSpec = Field(default_factory=RobustSpec)
     search: SearchModeSpec = Field(default_factory=SearchModeSpec)
-    # Where the study file lives: relative paths in it are resolved from here. Not user-set.
+    # The study file as given (error lines name it). Not user-set.
     source: str = Field("<study>", exclude=True)
+    _folder: Path | None = PrivateAttr(None)  # the file's folder, absolute, as `load_study` found it
+
+    @property
+    def folder(self) -> Path:
+        """The study file's folder, absolute: relative paths in the file, and in the configs stored in its
+        study, are relative to it (the working directory for a study built in Python)."""
+        if self._folder is not None:
+            return self._folder
+        return Path(os.path.abspath(Path(self.source).parent)) if self.source != "<study>" else Path.cwd()
 
     @field_validator("objectives")
     @classmethod
@@ -404,15 +414,12 @@ class StudySpec(_RunFields):
     def storage_url(self) -> str:
         if self.storage:
             return self.storage
-        folder = Path(self.source).parent if self.source != "<study>" else Path("studies")
+        folder = self.folder if self.source != "<study>" else Path("studies")
         return f"sqlite:///{folder / (self.name + '.db')}"
 
     def resolve_path(self, path: str) -> Path:
-        """Paths inside a study file are relative to the file's folder."""
-        candidate = Path(path).expanduser()
-        if candidate.is_absolute() or self.source == "<study>":
-            return candidate
-        return Path(self.source).parent / candidate
+        """`path` as the study file means it (`absolute_path`); `load_study` made the study's own paths absolute."""
+        return Path(absolute_path(path, self.folder))
 
     def train_config(self) -> TrainConfig:
         """The study's default student and distillation settings as a training config."""
@@ -588,12 +595,115 @@ def _validate(model: type[BaseModel], document: dict[str, Any], source: str | Pa
         raise config_error(source, error) from None
 
 
+# ---------------------------------------------------------------------------------------------
+# Paths: relative to the file that holds them
+
+# Every path a training config holds, as dotted keys ("*": each item of a list); a study adds its
+# search space file and its storage (the file of an SQLite or journal storage). A relative path in
+# a file is relative to the file's folder; `~` and absolute paths are taken as given. The loaders
+# make them absolute once (`resolve_paths`); what autokd stores in a study and writes to a file
+# holds them relative to that study's or file's folder again (`relative_paths`), so that it names
+# no path of the machine or of the working directory it was written from.
+PATH_KEYS = ("data.path", "data.data_dir", "data.unlabeled.file", "teachers.*.checkpoint", "teachers.*.torchscript",
+             "teachers.*.logits", "student.path", "cache_dir")
+STUDY_PATH_KEYS = (*PATH_KEYS, "search_space", "storage")
+_Config = TypeVar("_Config", bound="_RunFields")
+
+
+def absolute_path(path: str, folder: str | Path) -> str:
+    """`path` as a file in `folder` means it, absolute: `~` and absolute paths as given, relative ones from `folder`."""
+    given = Path(path).expanduser()
+    return str(given) if given.is_absolute() else os.path.abspath(os.path.join(folder, given))
+
+
+def relative_path(path: str, folder: str | Path) -> str:
+    """An absolute (or `~`) `path` relative to `folder`, so that the two can move together; a relative one as it is.
+
+    Absolute still when the two share no folder but the filesystem root (``/usr/share/...`` from a
+    home folder): a relative path would be no more portable than the absolute one."""
+    given = Path(path).expanduser()
+    if not given.is_absolute():
+        return path
+    target, base = os.path.abspath(given), os.path.abspath(folder)
+    if os.path.commonpath([target, base]) == given.anchor:
+        return target
+    return os.path.relpath(target, base)
+
+
+def resolve_paths(config: _Config, folder: str | Path) -> _Config:
+    """A copy of `config` (a TrainConfig or StudySpec) with every path absolute, relative ones taken from `folder`.
+
+    Example::
+
+        stored = TrainConfig.model_validate(trial.user_attrs["config"])   # paths relative to the study file
+        config = resolve_paths(stored, spec.folder)                      # ready to load data and teachers
+    """
+    copy = config.model_copy(deep=True)
+    _map_paths(copy, lambda path: absolute_path(path, folder))
+    return copy
+
+
+def relative_paths(config: _Config, folder: str | Path) -> _Config:
+    """A copy of `config` with every absolute path relative to `folder` (`relative_path`): how a study stores its
+    configs (relative to the study file's folder) and a config file is written (relative to its own folder)."""
+    copy = config.model_copy(deep=True)
+    _map_paths(copy, lambda path: relative_path(path, folder))
+    return copy
+
+
+def is_path_key(dotted: str) -> bool:
+    """Is `dotted` (e.g. ``teachers.0.checkpoint``) one of `STUDY_PATH_KEYS`?"""
+    return any(_matches(dotted.split("."), key.split(".")) for key in STUDY_PATH_KEYS)
+
+
+def _matches(parts: list[str], pattern: list[str]) -> bool:
+    return len(parts) == len(pattern) and all(p == q or (q == "*" and p.isdigit()) for p, q in zip(parts, pattern))
+
+
+def _map_paths(config: _RunFields, change: Callable[[str], str]) -> None:
+    """Replace, in place, every path in `config` (`PATH_KEYS`, a study's `STUDY_PATH_KEYS`) by `change(path)`."""
+    for key in STUDY_PATH_KEYS if isinstance(config, StudySpec) else PATH_KEYS:
+        for node, name in list(_path_slots(config, key.split("."))):
+            value = _child(node, name)
+            changed = _storage_path(value, change) if key == "storage" else change(value)
+            if changed != value:
+                if isinstance(node, (dict, list)):
+                    node[name] = changed
+                else:
+                    setattr(node, name, changed)
+
+
+def _path_slots(node: Any, parts: list[str]) -> Iterator[tuple[Any, Any]]:
+    """(container, key) of each non-empty string at the dotted `parts` below `node` (models, dicts, lists)."""
+    head, rest = parts[0], parts[1:]
+    for name in (range(len(node)) if head == "*" and isinstance(node, list) else [head]):
+        value = _child(node, name)
+        if rest and value is not None:
+            yield from _path_slots(value, rest)
+        elif not rest and isinstance(value, str) and value:
+            yield node, name
+
+
+def _child(node: Any, name: Any) -> Any:
+    if isinstance(node, list):
+        return node[name] if isinstance(name, int) else None
+    return node.get(name) if isinstance(node, dict) else getattr(node, name, None)
+
+
+def _storage_path(url: str, change: Callable[[str], str]) -> str:
+    """A storage URL with its SQLite or journal file's path changed; a database server's as it is."""
+    if url.startswith("sqlite:///"):
+        path, mark, query = url.removeprefix("sqlite:///").partition("?")
+        return url if path in ("", ":memory:") else f"sqlite:///{change(path)}{mark}{query}"
+    return url if "://" in url else change(url)
+
+
 def _relative_to_file(spec: _RunFields, path: str | Path) -> None:
-    """Data paths written in a config file are relative to that file's folder."""
-    for key in ("path", "data_dir"):
-        value = getattr(spec.data, key)
-        if value and not Path(value).expanduser().is_absolute():
-            setattr(spec.data, key, str(Path(path).parent / value))
+    """Paths written in a config file are relative to that file's folder: made absolute here, once."""
+    folder = Path(os.path.abspath(Path(path).parent))
+    _map_paths(spec, lambda value: absolute_path(value, folder))
+    if isinstance(spec, StudySpec):
+        spec._folder = folder
     unlabeled = spec.data.unlabeled
     if unlabeled is not None and unlabeled.file and not Path(unlabeled.file).expanduser().is_absolute():
         unlabeled.file = str(Path(path).parent / unlabeled.file)

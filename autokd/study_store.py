@@ -23,7 +23,7 @@ import optuna
 
 from autokd.errors import StorageError
 from autokd.results import INTERRUPTED, open_storage
-from autokd.spec import StudySpec, cut, derived_seed
+from autokd.spec import StudySpec, absolute_path, cut, derived_seed, is_path_key, relative_paths
 
 DRIVER = f"{socket.gethostname()}:{os.getpid()}"
 # A driver on another host whose heartbeat is older than this is taken for dead.
@@ -193,7 +193,6 @@ def existing_study(spec: StudySpec, storage_url: str) -> optuna.Study | None:
 # them (or the search space) mixes two searches, and needs --accept-changes. The budget, resources,
 # sampler, constraints, stopping, robust re-runs, storage and cache may change freely.
 RESUME_COMPARED = ("data", "teachers", "student", "distill", "schedule", "seed", "augment", "search")
-_PATH_KEYS = ("data.path", "data.data_dir")  # written relative to the study file: compared as files
 
 
 def check_resumable(spec: StudySpec, study: optuna.Study, storage_url: str, resume: bool,
@@ -230,12 +229,15 @@ def resume_changes(spec: StudySpec, study: optuna.Study, space_signature: dict) 
         changes += _differences(study.user_attrs["space"], space_signature, "search_space", one_sided=True)
     stored = study.user_attrs.get("study_spec")
     if isinstance(stored, dict):
-        current = spec.model_dump(mode="json")
-        study_file = study.user_attrs.get("study_file")
+        # Paths as the study stores them: relative to the study file, whatever the working directory.
+        current = relative_paths(spec, spec.folder).model_dump(mode="json")
+        resolved = spec.model_dump(mode="json")
+        bases = _stored_path_bases(spec, study.user_attrs.get("study_file"))
         for key in RESUME_COMPARED:
             if key in stored and key in current:
                 changes += [change for change in _differences(stored[key], current[key], key, one_sided=False)
-                            if not (change in _PATH_KEYS and _same_file(stored, current, change, study_file))]
+                            if not (is_path_key(change) and _same_file(_at(stored, change), _at(resolved, change),
+                                                                       bases))]
     return changes
 
 
@@ -253,16 +255,32 @@ def _differences(old: Any, new: Any, key: str, one_sided: bool) -> list[str]:
     return [] if old == new else [key]
 
 
-def _same_file(stored: dict, current: dict, dotted: str, study_file: str | None) -> bool:
-    """Do two data paths name one file? The stored one is relative to the first driver's working
-    directory, an ancestor of the study file's folder (or that folder itself)."""
-    section, key = dotted.split(".")
-    old, new = stored[section][key], current[section][key]
-    if old is None or new is None:
+def _stored_path_bases(spec: StudySpec, study_file: str | None) -> list[Path]:
+    """What a stored relative path may be relative to: the folder of the study file that stored it (or this one's);
+    for a study stored before paths were kept relative to its file, that driver's working directory (the study
+    file's folder or one above it)."""
+    stored_at = [Path(study_file).parent, *Path(study_file).parent.parents] if study_file else []
+    return [*stored_at, spec.folder, Path.cwd()]
+
+
+def _same_file(old: Any, new: Any, bases: list[Path]) -> bool:
+    """Does a stored path (relative to one of `bases`) name the file that `new` (absolute) names?"""
+    if not isinstance(old, str) or not isinstance(new, str):
         return old == new
-    target = Path(new).expanduser().resolve()
-    bases = [Path.cwd()] + ([Path(study_file).parent, *Path(study_file).parent.parents] if study_file else [])
-    return any((base / Path(old).expanduser()).resolve() == target for base in bases)
+    target = os.path.realpath(new)
+    return any(os.path.realpath(absolute_path(old, base)) == target for base in bases)
+
+
+def _at(document: Any, dotted: str) -> Any:
+    """The value at `dotted` (``teachers.0.checkpoint``) in a dumped spec; None where there is none."""
+    for part in dotted.split("."):
+        if isinstance(document, list) and part.isdigit() and int(part) < len(document):
+            document = document[int(part)]
+        elif isinstance(document, dict):
+            document = document.get(part)
+        else:
+            return None
+    return document
 
 
 def open_or_create_study(spec: StudySpec, storage_url: str, resume: bool, space_signature: dict) -> optuna.Study:

@@ -35,7 +35,7 @@ from autokd.data import load_data
 from autokd.distill import evaluate
 from autokd.errors import CheckpointError, ConfigError
 from autokd.runner import run_config
-from autokd.spec import TrainConfig, load_train_config
+from autokd.spec import TrainConfig, load_train_config, relative_paths, resolve_paths
 from autokd.teachers import OnlineTeachers, Teacher, load_state_dict, prepare_teachers, teacher_outputs
 from autokd.zoo import ZooModel, build_model, check_student, model_size
 
@@ -64,7 +64,7 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path | None = None, *
     """
     config, source = _as_config(config, source)
     check_code_allowed(config.student, "student", source)  # running the user's code is opt-in
-    config = config.model_copy(deep=True)
+    config = resolve_paths(config, Path.cwd())  # a copy; a TrainConfig built in Python: paths from the cwd
     if epochs is not None:
         config.schedule.epochs = epochs
     if augment is not None:
@@ -132,10 +132,9 @@ def prepare_targets(config: TrainConfig, data, source: str = "<config>", log: Ca
                           f"batch, but teacher {offline[0].name!r} is precomputed outputs "
                           f"(teachers.{config.teachers.index(offline[0])}.logits); train without augment, "
                           "or use a torchscript or zoo teacher")
-    base = Path(source).parent if source and not source.startswith("<") else Path(".")
-    teachers = prepare_teachers(chosen, data, config.cache_dir,
-                                lambda path: Path(path) if Path(path).is_absolute() else base / path, log=log,
-                                source=source, features=config.distill.w_feat > 0)
+    # A config file's paths were made absolute by its loader (a TrainConfig built in Python's: from the cwd).
+    teachers = prepare_teachers(chosen, data, config.cache_dir, log=log, source=source,
+                                features=config.distill.w_feat > 0)
     if not teachers:
         return teachers, None
     if config.augment:
@@ -235,7 +234,8 @@ def write_run(folder: Path, student: ZooModel, config: TrainConfig, metrics: dic
     quantized = _quantized(student, config, data, metrics) if config.quantize.int8 else None
     with replace_folder(folder) as staging:  # the previous run stays until the new one is in place
         torch.save(student.state_dict(), staging / STUDENT_FILE)
-        (staging / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        written = relative_paths(config, folder)  # relative to the run folder, as `load_train_config` reads them
+        (staging / "config.yaml").write_text(yaml.safe_dump(written.model_dump(mode="json"), sort_keys=False))
         exports = export_student(student, tuple(metrics["input_shape"]), staging, normalization, quantized)
         (staging / "metrics.json").write_text(json.dumps({**metrics, "exports": exports}, indent=2))
     return exports

@@ -20,7 +20,7 @@ import yaml
 from autokd.data import load_data
 from autokd.errors import AutokdError
 from autokd.export import export_config
-from autokd.spec import load_study, load_train_config
+from autokd.spec import load_study, load_train_config, relative_paths
 from autokd.teachers import prepare_teachers
 from autokd.zoo import arch_size, build_model
 from conftest import AUTOKD, REPO, run_cli
@@ -64,8 +64,8 @@ def _study_file(tmp_path: Path) -> Path:
 
 
 def _trial_config(spec, number: int, width: int) -> dict:
-    """What search.py stores: the study's defaults with the sampled values applied."""
-    config = spec.train_config()
+    """What search.py stores: the study's defaults with the sampled values applied, paths relative to the study file."""
+    config = relative_paths(spec.train_config(), spec.folder)
     config.student = {**config.student, "width": width}
     config.seed = spec.seed + number
     if number == 0:  # a CE-only trial: it needs no teacher
@@ -81,7 +81,7 @@ def study_file(tmp_path_factory) -> Path:
     spec = load_study(path)
     study = optuna.create_study(study_name=spec.name, storage=spec.storage_url(), directions=spec.directions)
     study.set_user_attr("objectives", spec.objectives)
-    study.set_user_attr("study_spec", spec.model_dump(mode="json"))
+    study.set_user_attr("study_spec", relative_paths(spec, spec.folder).model_dump(mode="json"))
     for number, (state, width, accuracy, extra) in TRIALS.items():
         size = arch_size({"family": "mlp", "depth": 1, "width": width}, (1, 8, 8), 10).as_dict()
         attrs = {"config": _trial_config(spec, number, width), "seed": spec.seed + number, **size, **extra}
@@ -119,10 +119,12 @@ def test_exported_config_is_standalone_and_round_trips(study_file, tmp_path):
     assert config.student == stored.user_attrs["config"]["student"]
     assert config.schedule.model_dump() == stored.user_attrs["config"]["schedule"]
     assert [t.name for t in config.teachers] == ["loaded"]  # only the teacher the trial learnt from
-    checkpoint = Path(config.teachers[0].checkpoint)  # relative to the exported file, as `autokd train` reads it
+    written = yaml.safe_load(path.read_text())
+    checkpoint = Path(written["teachers"][0]["checkpoint"])  # relative to the exported file, as `autokd train` reads it
     assert not checkpoint.is_absolute()
     assert (path.parent / checkpoint).resolve() == (study_file.parent / "ckpt" / "loaded.pt").resolve()
-    assert config.cache_dir == ".cache/autokd"  # the study's cache is outside the working directory: the default
+    assert Path(config.teachers[0].checkpoint) == (study_file.parent / "ckpt" / "loaded.pt")  # as the loader reads it
+    assert written["cache_dir"] == ".cache/autokd"  # the study's cache is outside the file's folder: the default
     provenance = config.provenance
     assert provenance["study"] == "synthetic" and provenance["trial"] == 3
     assert provenance["val_accuracy"] == 0.95
@@ -138,7 +140,7 @@ def test_teacher_keys_match_the_cache_that_training_uses(study_file, tmp_path):
     config = load_train_config(path)
     data = load_data(config.data)
     # "loaded": no training, just a load; its checkpoint read from the exported file's folder, as train does
-    cached = prepare_teachers(config.teachers, data, load_study(study_file).cache_dir, lambda p: path.parent / p)
+    cached = prepare_teachers(config.teachers, data, load_study(study_file).cache_dir)
     assert config.provenance["teacher_keys"] == {t.name: t.meta["key"] for t in cached}
 
 
@@ -158,7 +160,7 @@ def test_study_opens_by_name_with_storage(study_file, tmp_path):
 
 
 def test_relative_checkpoint_unresolvable_by_name_fails_on_one_line(study_file, tmp_path):
-    # Opened by name, the study file's folder is unknown: the stored relative path cannot resolve.
+    # Opened by name, and the study records no study file: the stored relative path cannot resolve.
     url = load_study(study_file).storage_url()
     with pytest.raises(AutokdError, match=r"^export: study 'synthetic' trial 3: teacher checkpoint not found: "
                                           r".*ckpt/loaded.pt \(open the study by its YAML file"):
@@ -240,8 +242,8 @@ def _one_trial_study(folder: Path, data: dict, **changes) -> Path:
     path.write_text(yaml.safe_dump(document))
     spec = load_study(path)
     study = optuna.create_study(study_name=spec.name, storage=spec.storage_url(), directions=spec.directions)
-    study.set_user_attr("study_spec", spec.model_dump(mode="json"))
-    config = spec.train_config()
+    study.set_user_attr("study_spec", relative_paths(spec, spec.folder).model_dump(mode="json"))
+    config = relative_paths(spec.train_config(), spec.folder)
     study.add_trial(optuna.trial.create_trial(
         state=COMPLETE, values=[0.9, 610], params={"schedule.lr": 0.003},
         distributions={"schedule.lr": optuna.distributions.FloatDistribution(0.001, 0.01)},
