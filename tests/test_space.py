@@ -192,3 +192,12 @@ def test_suggest_fills_only_the_sections_asked_for():
     space.suggest(trial, ("distill",))
     assert {name.partition(".")[0] for name in trial.params} == {"distill"}
     assert {"distill.kind", "distill.teachers", "distill.temperature"} <= set(trial.params)
+
+
+def test_an_int_param_takes_exactly_its_steps_bounds_included():
+    from autokd.space import IntParam
+
+    param = IntParam(type="int", low=1, high=7, step=3)
+    takes = set(range(1, 8, 3))  # what Optuna samples: 1, 4, 7
+    assert [value for value in range(-3, 12) if param.can_take(value)] == sorted(takes)
+    assert param.can_take(4.0) and not param.can_take(4.5) and not param.can_take(True) and not param.can_take("4")

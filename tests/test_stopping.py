@@ -236,6 +236,22 @@ def test_finished_trials_replayed_on_resume_fill_the_rungs():
     assert not resumed.keep_training("new", 3, 0.50, 5_000)
 
 
+def test_crowding_within_a_rung_front_is_over_accuracy_and_log_size():
+    """Five students on one front, evenly spread in log size; the quota (3 of 5) keeps the two ends and
+    the inner one farthest from its neighbours in accuracy: C, whose neighbours sit 0.5 apart."""
+    rungs = rung_rule_only(grace_epochs=1, eta=2, max_epochs=4)
+    front = {"A": (0.10, 10), "B": (0.20, 100), "D": (0.75, 10_000), "E": (0.80, 100_000)}
+    for name, (accuracy, size) in front.items():
+        rungs.finished(name, [accuracy], size)
+    assert rungs.keep_training("C", 1, 0.60, 1_000)
+    # B's neighbours (A, C) sit 0.5 apart in accuracy as well, but D's are only 0.2 apart
+    later = rung_rule_only(grace_epochs=1, eta=2, max_epochs=4)
+    for name, (accuracy, size) in {**front, "C": (0.60, 1_000)}.items():
+        if name != "D":
+            later.finished(name, [accuracy], size)
+    assert not later.keep_training("D", 1, 0.75, 10_000)
+
+
 def front_rule_only(grace_epochs: int, eta: int, max_epochs: int) -> ParetoRungs:
     """Rungs whose rung rule says "stop" to every trial, so that the front rule alone decides."""
     rungs = ParetoRungs(grace_epochs, eta, max_epochs)
