@@ -529,8 +529,8 @@ def teacher_outputs(teachers: list[Teacher], data: Dataset, batch_size: int = 20
         if cached is None or cached["train_logits"].shape[0] != len(pool):
             if teacher.model is None:
                 arrays = read_outputs_file(teacher.outputs_file, data, f"teacher {teacher.name!r}: logits")
-                cached = {f"train_{kind}": torch.cat([arrays[f"{split}_{kind}"] for split in ("train", "unlabeled")
-                                                      if f"{split}_{kind}" in arrays])
+                splits = ("train", "unlabeled") if data.n_unlabeled else ("train",)
+                cached = {f"train_{kind}": torch.cat([arrays[f"{split}_{kind}"] for split in splits])
                           for kind in ("logits", "features")}
             else:
                 pieces = [teacher.model.forward_features(pool[i:i + batch_size])

@@ -16,7 +16,8 @@ from autokd.data import load_data
 from autokd.errors import CheckpointError, DataError
 from autokd.runner import run_config, run_seeds
 from autokd.spec import DataSpec, TrainConfig, train_config_from_dict
-from autokd.teachers import CachedTeacherOutputs, prepare_teachers, read_outputs_file, teacher_key, teacher_outputs
+from autokd.teachers import (CachedTeacherOutputs, Teacher, prepare_teachers, read_outputs_file, teacher_key,
+                             teacher_outputs)
 from conftest import load_tiny, run_cli
 
 KEEP = 300
@@ -138,9 +139,15 @@ def test_an_outputs_file_needs_rows_for_the_unlabeled_inputs(data, outputs, tmp_
     np.savez(path, train_logits=logits[:KEEP])
     with pytest.raises(CheckpointError, match="no unlabeled_logits"):
         read_outputs_file(path, data, "teachers.0.logits")
-    np.savez(path, train_logits=logits[:KEEP], unlabeled_logits=logits[KEEP:])
-    read = read_outputs_file(path, data, "teachers.0.logits")
-    assert torch.equal(torch.cat([read["train_logits"], read["unlabeled_logits"]]), outputs.train_logits[0])
+    features = np.arange(2 * len(logits), dtype=np.float32).reshape(-1, 2)
+    np.savez(path, train_logits=logits[:KEEP], unlabeled_logits=logits[KEEP:], train_features=features[:KEEP])
+    with pytest.raises(CheckpointError, match="no unlabeled_features"):
+        read_outputs_file(path, data, "teachers.0.logits")
+    np.savez(path, train_logits=logits[:KEEP], unlabeled_logits=logits[KEEP:], train_features=features[:KEEP],
+             unlabeled_features=features[KEEP:])
+    cached = teacher_outputs([Teacher("t", None, {"feature_dim": 2}, tmp_path, path)], data)
+    assert torch.equal(cached.train_logits[0], outputs.train_logits[0])  # pool order: labeled, then unlabeled
+    assert torch.equal(cached.train_features[0], torch.from_numpy(features))
 
 
 def test_a_kd_config_with_unlabeled_data_trains_unpacked_and_ce_only_still_packs(data, outputs, monkeypatch):
