@@ -201,3 +201,39 @@ def test_an_int_param_takes_exactly_its_steps_bounds_included():
     takes = set(range(1, 8, 3))  # what Optuna samples: 1, 4, 7
     assert [value for value in range(-3, 12) if param.can_take(value)] == sorted(takes)
     assert param.can_take(4.0) and not param.can_take(4.5) and not param.can_take(True) and not param.can_take("4")
+
+
+def test_load_space_reads_an_inline_space_or_a_file_relative_to_the_study(tmp_path):
+    import yaml
+
+    from autokd.space import load_space
+    from autokd.spec import load_study
+
+    (tmp_path / "spaces").mkdir()
+    good = {"params": {"distill.temperature": {"type": "float", "low": 1, "high": 4}}}
+    bad = {"params": {"distill.temperature": {"type": "float", "low": 0, "high": 4}}}  # temperature must be > 0
+    (tmp_path / "spaces" / "good.yaml").write_text(yaml.safe_dump(good))
+    (tmp_path / "spaces" / "bad.yaml").write_text(yaml.safe_dump(bad))
+
+    def study(search_space) -> StudySpec:
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump({"name": "s", "student": {"family": "mlp"}, "search_space": search_space,
+                                        "distill": {"w_ce": 1.0, "w_kd": 0.0}}))
+        return load_study(path)
+
+    for search_space in ("spaces/good.yaml", good):
+        spec = study(search_space)
+        space = load_space(spec)
+        assert list(space.params) == ["distill.temperature"] and space.params["distill.temperature"].high == 4
+        assert space.teacher_names == []
+    assert load_space(study("spaces/good.yaml")).source == str(tmp_path / "spaces" / "good.yaml")
+    assert load_space(study(good)).source == f"{tmp_path / 'study.yaml'}: search_space"
+    for search_space, where in (("spaces/bad.yaml", f"{tmp_path / 'spaces' / 'bad.yaml'}: "),
+                                (bad, f"{tmp_path / 'study.yaml'}: search_space: ")):
+        with pytest.raises(ConfigError) as error:
+            load_space(study(search_space))
+        assert str(error.value).startswith(where + "params.distill.temperature.low:")
+    with pytest.raises(ConfigError) as error:
+        load_space(study("spaces/missing.yaml"))
+    assert str(error.value) == (f"{tmp_path / 'study.yaml'}: search_space: file not found: "
+                                f"{tmp_path / 'spaces' / 'missing.yaml'}")
