@@ -92,6 +92,13 @@ def shipped_study(folder, trials: int = 3, epochs: int = 1):
     return path
 
 
+def load_study_attrs(folder) -> dict:
+    import optuna
+
+    return optuna.load_study(study_name="digits_custom_student",
+                             storage=f"sqlite:///{folder / 'digits_custom_student.db'}").user_attrs
+
+
 # --------------------------------------------------------------------------- the opt-in
 
 
@@ -267,9 +274,19 @@ def test_train_and_build_student_rebuild_the_same_student(allowed, tmp_path, mod
 def test_search_export_and_train_through_the_cli(tmp_path):
     """The shipped example as a user runs it: a tiny search in Ray's workers, export, production training."""
     study = shipped_study(tmp_path, trials=3)
+    document = yaml.safe_load(study.read_text())
+    study.write_text(yaml.safe_dump({**document, "robust": {"top_k": 1, "seeds": 2}}, sort_keys=False))
     searched = run_cli("search", study, "--no-progress", "--no-report", "--allow-code", env=without_opt_in(),
                        check=True)
     assert "3 complete" in searched.stdout, searched.stdout
+    robust = [value for key, value in load_study_attrs(tmp_path).items() if key.startswith("robust.")]
+    assert len(robust) == 1 and len(robust[0]["val_accuracies"]) == 2  # a Ray task re-ran it on another seed
+
+    refused = run_cli("report", study, "--no-baselines", "-o", tmp_path / "reports", env=without_opt_in())
+    assert refused.returncode == 2 and "--allow-code" in refused.stderr and not (tmp_path / "reports").exists()
+    run_cli("report", study, "--no-baselines", "-o", tmp_path / "reports", "--allow-code", env=without_opt_in(),
+            check=True)
+    assert "custom factory=custom_student:make_student" in (tmp_path / "reports" / "index.html").read_text()
 
     (tmp_path / "elsewhere").mkdir()
     best = tmp_path / "elsewhere" / "best.yaml"
