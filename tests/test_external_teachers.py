@@ -193,7 +193,7 @@ def _config(tmp_path, teacher: dict, **fields):
     document = {"data": DATA, "teachers": [teacher], "cache_dir": str(tmp_path / "cache"), **fields}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(document))
-    return train_config_from_dict(document, str(path)), str(path)
+    return load_train_config(path), str(path)  # its teacher files read from its folder, as `autokd train` reads them
 
 
 def test_augment_needs_an_online_teacher(zoo, digits, tmp_path):
