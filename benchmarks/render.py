@@ -30,6 +30,8 @@ SECTIONS = [
      "vanilla KD on paired seeds", "issue 12"),
     ("distillation_gain_30t_l1_0.4", "Distillation gain, the smaller run (30 two-level trials, 40 % level 1)",
      "issue 12"),
+    ("unlabeled_gain", "Unlabeled data on Fashion-MNIST: KD through the unlabeled pool vs CE on the labeled part",
+     "issue 15.3"),
     ("gpu_sharing", "Students sharing one GPU through fractional resources", "issue 6.5"),
     ("early_stopping", "Pareto-aware early stopping vs none vs stock ASHA at equal compute", "issue 8"),
     ("early_stopping_fashion_36", "Pareto-aware early stopping at a larger Fashion-MNIST budget (36 trials)",
