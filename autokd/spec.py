@@ -704,9 +704,6 @@ def _relative_to_file(spec: _RunFields, path: str | Path) -> None:
     _map_paths(spec, lambda value: absolute_path(value, folder))
     if isinstance(spec, StudySpec):
         spec._folder = folder
-    unlabeled = spec.data.unlabeled
-    if unlabeled is not None and unlabeled.file and not Path(unlabeled.file).expanduser().is_absolute():
-        unlabeled.file = str(Path(path).parent / unlabeled.file)
     spec.student = resolve_code_path(spec.student, Path(path).parent)  # custom: the factory's folder, absolute
 
 
