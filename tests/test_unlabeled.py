@@ -11,9 +11,10 @@ import torch
 import yaml
 
 from autokd import distill as distill_module
-from autokd import packing
+from autokd import levels, packing
 from autokd.data import load_data
 from autokd.errors import CheckpointError, DataError
+from autokd.evaluation import baseline_config
 from autokd.runner import run_config, run_seeds
 from autokd.spec import DataSpec, TrainConfig, train_config_from_dict
 from autokd.teachers import (CachedTeacherOutputs, Teacher, prepare_teachers, read_outputs_file, teacher_key,
@@ -105,7 +106,12 @@ def test_kd_learns_from_the_unlabeled_pool_and_ce_only_ignores_it(data, outputs)
     kd_labeled = weights(run_config(config(), labeled_only, first)[0])
     assert not same(kd_pool, kd_labeled)
     ce = config(w_ce=1.0, w_kd=0.0)
-    assert same(weights(run_config(ce, data, outputs)[0]), weights(run_config(ce, labeled_only, None)[0]))
+    alone = weights(run_config(ce, labeled_only, None)[0])
+    assert same(weights(run_config(ce, data, outputs)[0]), alone)
+    # the CE-only baselines of the search and of the report's test runs are that run: the labeled part alone
+    roles = [levels.role_config(role, config(), None) for role in (levels.CE, levels.ARCHITECTURE)]
+    for baseline in (*roles, baseline_config(config(), "ce")):
+        assert same(weights(run_config(baseline, data, outputs)[0]), alone)
 
 
 def test_cached_outputs_shorter_than_the_pool_are_refused(data, outputs):
