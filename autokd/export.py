@@ -8,9 +8,10 @@ and size, the cache key of every teacher it learnt from and the input normalisat
 had (``normalization``: mean, std, what raw inputs are).
 
 The file is portable: it holds no path of the exporting machine. Data files, a Fashion-MNIST
-``data_dir`` (only when the study gave one) and teacher files (checkpoint, torchscript, logits)
-are written relative to the exported file, as `autokd train` reads them (absolute only when they
-share no folder but the root with it); ``cache_dir`` is the study's cache when that lies inside the
+``data_dir`` (only when the study gave one), teacher files (checkpoint, torchscript, logits)
+and a custom student's ``path`` (the folder of its factory's module) are written relative to the
+exported file, as `autokd train` reads them (absolute only when they share no folder but the root
+with it); ``cache_dir`` is the study's cache when that lies inside the
 exported file's folder (relative to it), else the default ``.cache/autokd`` beside the file
 (teachers are rebuilt there once, under the same keys: a copied file never makes folders outside
 its own); a SQLite storage in the provenance is relative to the exported file, any
