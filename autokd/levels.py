@@ -3,9 +3,13 @@
     level 1  architectures (student shape and schedule), trained with cross-entropy only,
              proposals spread over log size -> the architecture front
     level 2  per front architecture (at most `search.architectures`, spread over log size):
-               CE-only and vanilla KD as ordinary trials, then tuned distillation configs
-               proposed by the study's sampler with the architecture fixed (enqueued), all on
-               the same `search.seeds` seeds -> paired gains (`pairing.choose`)
+               CE-only and vanilla KD as ordinary trials, then tuned distillation configs with
+               the architecture fixed (enqueued), all on the same `search.seeds` seeds -> paired
+               gains (`pairing.choose`). With the TPE sampler, a tuned config's distillation is
+               proposed by a TPE fitted to the paired gains over CE-only of the tuned configs so
+               far, every architecture's together (`gain_guided_distillation`): the study's own
+               sampler would rank them by (accuracy, size), which the architecture decides, not
+               the distillation
 
 The plan is read from the storage every time (`next_proposal(study)`), so a resumed study
 continues where it stopped: its trials say which level, role and architecture they are.
@@ -120,7 +124,11 @@ class TwoLevelPlan:
         tuned = {number: sum(1 for t in level2 if t.user_attrs.get("arch") == number
                              and t.user_attrs.get("role") == TUNED) for number in chosen}
         number = min(chosen, key=lambda n: (tuned[n], chosen.index(n)))
-        return self._level2_proposal(by_number[number], TUNED, able)
+        proposal = self._level2_proposal(by_number[number], TUNED, able)
+        if self.spec.sampler.name == "tpe":
+            sampled = gain_guided_distillation(self.space, level2, derived_seed(self.spec.sampler.seed, len(level2)))
+            proposal.params = {**sampled, **proposal.params}  # the architecture and the able teachers stay fixed
+        return proposal
 
     # -- level 1 ----------------------------------------------------------------------------
 
@@ -195,6 +203,29 @@ class TwoLevelPlan:
             if joined in self.space.subsets(subset):
                 fixed["distill.teachers"] = joined
         return Proposal(attrs, fixed)
+
+
+def gain_guided_distillation(space: SearchSpace, level2: list[optuna.trial.FrozenTrial], seed: int) -> dict[str, Any]:
+    """The distillation parameters of the next tuned config: a single-objective TPE (random for its
+    first 10) over the finished tuned configs of every architecture, each scored by its paired mean
+    gain over its architecture's CE-only baseline on the shared seeds. Gains, unlike accuracies, are
+    comparable across architectures, so what one architecture learns guides the others."""
+    complete = optuna.trial.TrialState.COMPLETE
+    baseline = {t.user_attrs.get("arch"): t.user_attrs["val_accuracy_seeds"] for t in level2
+                if t.user_attrs.get("role") == CE and t.state == complete and t.user_attrs.get("val_accuracy_seeds")}
+    history = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    for trial in level2:
+        ce_seeds, seeds = baseline.get(trial.user_attrs.get("arch")), trial.user_attrs.get("val_accuracy_seeds")
+        if trial.user_attrs.get("role") != TUNED or trial.state != complete or not ce_seeds or not seeds \
+                or len(seeds) != len(ce_seeds):
+            continue
+        distributions = {name: d for name, d in trial.distributions.items() if name.startswith("distill.")}
+        history.add_trial(optuna.trial.create_trial(
+            params={name: trial.params[name] for name in distributions}, distributions=distributions,
+            value=float(np.mean(np.asarray(seeds) - np.asarray(ce_seeds)))))
+    proposal = history.ask()
+    space.suggest(proposal, ("distill",))
+    return dict(proposal.params)
 
 
 def choose_architectures(level1: list[optuna.trial.FrozenTrial], objectives: list[str], count: int) -> list[int]:

@@ -7,7 +7,8 @@ import json
 import optuna
 import pytest
 
-from autokd.levels import ARCHITECTURE, ARCHITECTURES_ATTR, choose_architectures, is_two_level, paired_seeds
+from autokd.levels import (ARCHITECTURE, ARCHITECTURES_ATTR, choose_architectures, gain_guided_distillation, is_two_level,
+                           paired_seeds)
 from autokd.pairing import CE, TUNED, VANILLA_KD
 from autokd.space import load_space
 from autokd.spec import load_study
@@ -33,6 +34,46 @@ def test_architectures_are_the_level1_front_spread_over_log_size():
     # A degenerate tiny student (below half the best accuracy) stays on the front but is not tuned.
     degenerate = [_frozen(7, 0.18, 3), *level1]
     assert choose_architectures(degenerate, ["val_accuracy", "params"], 10) == [0, 1, 3, 4, 5]
+
+
+def _level2(number: int, arch: int, role: str, seeds: list[float], params: dict | None = None,
+            state=States.COMPLETE) -> optuna.trial.FrozenTrial:
+    distributions = {"distill.temperature": optuna.distributions.FloatDistribution(1.0, 8.0, log=True),
+                     "distill.kind": optuna.distributions.CategoricalDistribution(["kl", "mse", "dkd"])}
+    trial = optuna.trial.create_trial(
+        state=state, values=[sum(seeds) / len(seeds), 100.0] if state == States.COMPLETE else None,
+        params=params or {}, distributions={k: distributions[k] for k in params or {}},
+        user_attrs={"level": 2, "arch": arch, "role": role, "val_accuracy_seeds": seeds})
+    trial.number = number
+    return trial
+
+
+def test_tuned_distillation_follows_the_paired_gain_over_ce_of_every_architecture(tmp_path):
+    space = load_space(load_study(tiny_study(tmp_path)))
+    # Two architectures of very different accuracy; at both, low temperatures gain over CE-only, high ones lose.
+    # The large one was tried at high temperatures only: ranked by accuracy (what the study's own sampler
+    # sees), its losing configs would beat the small one's gaining ones and pull the proposals up.
+    level2 = [_level2(0, 100, CE, [0.70, 0.71]), _level2(1, 200, CE, [0.90, 0.91]),
+              _level2(2, 100, VANILLA_KD, [0.60, 0.61])]
+    rng = __import__("random").Random(0)
+    for number in range(3, 33):
+        arch, ce = (100, 0.70) if number % 2 else (200, 0.90)
+        temperature = 8.0 ** rng.random() if arch == 100 else 3.0 + 5.0 * rng.random()
+        gain = 0.01 if temperature < 2.0 else -0.01 * temperature
+        level2.append(_level2(number, arch, TUNED, [ce + gain, ce + 0.01 + gain],
+                              {"distill.temperature": temperature, "distill.kind": "kl"}))
+    # Not evidence: no baseline for architecture 300, a failed trial, a vanilla KD trial (no distill params).
+    level2 += [_level2(40, 300, TUNED, [0.99, 0.99], {"distill.temperature": 7.9, "distill.kind": "kl"}),
+               _level2(41, 100, TUNED, [0.0, 0.0], {"distill.temperature": 7.5, "distill.kind": "kl"},
+                       state=States.FAIL)]
+    proposals = [gain_guided_distillation(space, level2, seed) for seed in range(20)]
+    assert all(p.keys() >= {"distill.temperature", "distill.kind", "distill.w_ce", "distill.w_kd"} for p in proposals)
+    assert all(not k.startswith(("student.", "schedule.")) for p in proposals for k in p)
+    low = sum(p["distill.temperature"] < 2.0 for p in proposals)
+    assert low >= 15, [round(p["distill.temperature"], 2) for p in proposals]  # a random draw: 1/3 of them
+    # With no evidence yet (baselines only) the proposals are random draws over the whole range.
+    first = [gain_guided_distillation(space, level2[:3], seed)["distill.temperature"] for seed in range(20)]
+    assert 3 <= sum(t < 2.0 for t in first) <= 12
 
 
 def test_two_levels_are_the_default_when_the_space_varies_student_and_distillation(tmp_path):
