@@ -4,9 +4,9 @@ For each label budget (1,000 and 5,000 labeled training samples, ``data.unlabele
 stratified; the other ~53,000 / 49,000 training samples are the unlabeled pool; validation and test
 are the usual labeled splits):
 
-- a teacher (cnn-small: 2 stages of 16 channels, kernel 3, a 64-wide head) is trained on the
-  labeled part only, by autokd, for ``--teacher-steps`` optimizer steps (batch 128), and labels the
-  pool (its outputs are cached);
+- a teacher (``--teacher``: cnn-wide, 3 stages of 32 channels and a 128-wide head, 111k params; or
+  cnn-small, 2 stages of 16 channels, 7.6k params) is trained on the labeled part only, by autokd,
+  for ``--teacher-steps`` optimizer steps (batch 128), and labels the pool (its outputs are cached);
 - a small flat autokd search (``--trials``, TPE) over the KD kind, temperature, w_kd and w_ce of an
   MLP student (1 x 64) with the pool, selected on validation;
 - four arms, each trained on the same 3 fresh seeds (same initial weights; the KD arms share
@@ -22,6 +22,7 @@ the target is measured against is the stronger of the two CE arms on validation.
 Target (issue 15): the searched config >= +2 pt over CE on the labeled part at 1,000 labels.
 
     python benchmarks/unlabeled_gain.py              # 1,000 and 5,000 labels, 12 trials, 5 epochs (~25 min, 2 cores)
+    python benchmarks/unlabeled_gain.py --teacher cnn-small --teacher-steps 320   # the weaker teacher
     python benchmarks/unlabeled_gain.py --quick      # a smoke run: 4 one-epoch trials, 1,000 labels
 """
 
@@ -46,9 +47,12 @@ from autokd.spec import StudySpec, TrainConfig  # noqa: E402
 
 BENCH_FOLDER = REPO / ".cache" / "autokd" / "bench"
 CACHE_DIR = REPO / ".cache" / "autokd"
-TEACHER = {"name": "cnn-small", "arch": {"family": "cnn", "stages": 2, "channels": 16, "kernel": 3, "head_width": 64},
-           "schedule": {"batch_size": 128}}
-TEACHER_STEPS = 320  # every teacher takes this many steps: 40 epochs of 1,000 labels, 8 of 5,000
+TEACHERS = {  # the teachers of studies/fashion_mnist.yaml; each is trained on the labeled part only
+    "cnn-wide": {"family": "cnn", "stages": 3, "channels": 32, "kernel": 3, "head_width": 128},
+    "cnn-small": {"family": "cnn", "stages": 2, "channels": 16, "kernel": 3, "head_width": 64},
+}
+TEACHER_BATCH = 128
+TEACHER_STEPS = 800  # every teacher takes this many steps: 100 epochs of 1,000 labels, 20 of 5,000
 STUDENT = {"family": "mlp", "depth": 1, "width": 64}
 SEEDS = (1_001, 1_002, 1_003)  # fresh: none was used to select anything
 BATCH_SIZE = 256
@@ -62,15 +66,16 @@ SPACE = {"params": {
 
 
 def teacher_epochs(labels: int, steps: int) -> int:
-    return max(1, round(steps / math.ceil(labels / TEACHER["schedule"]["batch_size"])))
+    return max(1, round(steps / math.ceil(labels / TEACHER_BATCH)))
 
 
-def study_spec(labels: int, trials: int, epochs: int, teacher_steps: int, quick: bool) -> StudySpec:
-    name = f"unlabeled_fm_{labels}_{trials}t_{epochs}e{'_quick' if quick else ''}"
+def study_spec(labels: int, trials: int, epochs: int, teacher: str, teacher_steps: int, quick: bool) -> StudySpec:
+    name = f"unlabeled_fm_{labels}_{teacher}_{teacher_steps}s_{trials}t_{epochs}e{'_quick' if quick else ''}"
     return StudySpec.model_validate({
         "name": name,
         "data": {"name": "fashion-mnist", "unlabeled": {"keep_labels": labels}},
-        "teachers": [{**TEACHER, "schedule": {**TEACHER["schedule"], "epochs": teacher_epochs(labels, teacher_steps)}}],
+        "teachers": [{"name": teacher, "arch": TEACHERS[teacher],
+                      "schedule": {"batch_size": TEACHER_BATCH, "epochs": teacher_epochs(labels, teacher_steps)}}],
         "student": STUDENT,
         "distill": {"kind": "kl", "temperature": 4.0, "w_kd": 0.9, "w_ce": 0.1},
         "schedule": {"epochs": epochs, "batch_size": BATCH_SIZE, "lr": 0.003},
@@ -184,6 +189,7 @@ def main() -> None:
     parser.add_argument("--labels", type=int, nargs="+", default=[1000, 5000], help="labeled training samples")
     parser.add_argument("--trials", type=int, default=12, help="search trials per label budget")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of every trial and arm (passes over the pool)")
+    parser.add_argument("--teacher", choices=list(TEACHERS), default="cnn-wide")
     parser.add_argument("--teacher-steps", type=int, default=TEACHER_STEPS, help="optimizer steps of each teacher")
     parser.add_argument("--workers", type=int, default=2, help="training processes (1 thread each)")
     args = parser.parse_args()
@@ -192,7 +198,7 @@ def main() -> None:
     started = time.perf_counter()
     figures, met = {}, {}
     for count in labels:
-        spec = study_spec(count, trials, epochs, teacher_steps, args.quick)
+        spec = study_spec(count, trials, epochs, args.teacher, teacher_steps, args.quick)
         best, search_figures = run_search(spec)
         data_figures = teacher_figures(spec)
         configs = arms(spec, best, data_figures["labeled"], data_figures["labeled"] + data_figures["unlabeled"])
@@ -214,13 +220,17 @@ def main() -> None:
         f"{f['search']['best']} gains {f['searched_gain_pt']:+.2f} ± {f['searched_gain_se_pt']:.2f} pt, vanilla KD "
         f"{f['vanilla_kd_gain_pt']:+.2f} ± {f['vanilla_kd_gain_se_pt']:.2f} pt over CE ({f['ce_baseline']}, the "
         "CE arm chosen on val)." for f in (figures[f"labels_{count}"] for count in labels))
-    note = (f"Fashion-MNIST, MLP student {STUDENT['depth']}x{STUDENT['width']}, {epochs} epochs, seeds {list(SEEDS)}, "
-            f"test %. {note} Total wall {time.perf_counter() - started:.0f} s.")
+    note = (f"Fashion-MNIST, MLP student {STUDENT['depth']}x{STUDENT['width']}, {epochs} epochs, teacher "
+            f"{args.teacher} ({teacher_steps} steps), seeds {list(SEEDS)}, test %. {note} Total wall "
+            f"{time.perf_counter() - started:.0f} s.")
     print(note)
-    write_result("unlabeled_gain" + ("_quick" if args.quick else ""), {
+    suffix = "_quick" if args.quick else "" if (args.teacher, teacher_steps) == ("cnn-wide", TEACHER_STEPS) else \
+        f"_{args.teacher}_{teacher_steps}s"
+    write_result("unlabeled_gain" + suffix, {
         "quick": args.quick, "figures": figures, "targets": targets, "met": met, "note": note,
         "settings": {"labels": labels, "trials": trials, "epochs": epochs, "batch_size": BATCH_SIZE,
-                     "teacher": TEACHER, "teacher_steps": teacher_steps,
+                     "teacher": {"name": args.teacher, "arch": TEACHERS[args.teacher], "batch_size": TEACHER_BATCH},
+                     "teacher_steps": teacher_steps,
                      "student": STUDENT, "seeds": list(SEEDS), "space": SPACE["params"], "workers": args.workers,
                      "threads_per_run": 1}})
 
