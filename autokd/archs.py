@@ -31,7 +31,8 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from autokd.errors import ConfigError
 
-__all__ = ["ACTIVATION_NAMES", "ALLOW_CODE_ENV", "ARCH_ERROR", "Arch", "ArchDict", "CUSTOM", "CnnArch", "CustomArch",
+__all__ = ["ACTIVATION_NAMES", "ALLOW_CODE_ENV", "ARCH_ERROR", "ATTENTION_FAMILIES",
+           "Arch", "ArchDict", "CUSTOM", "CnnArch", "CustomArch",
            "FAMILIES", "FAMILY_MODELS", "MlpArch", "ResnetArch", "StudentArch", "StudentArchDict", "allow_code",
            "check_code_allowed", "code_allowed", "describe_arch_error", "family_has", "resolve_code_path",
            "validate_arch"]
@@ -144,6 +145,8 @@ Arch = Annotated[Union[CnnArch, MlpArch, ResnetArch], Field(discriminator="famil
 StudentArch = Annotated[Union[CnnArch, CustomArch, MlpArch, ResnetArch], Field(discriminator="family")]
 FAMILY_MODELS: dict[str, type[_Family]] = {"cnn": CnnArch, "mlp": MlpArch, "resnet": ResnetArch}
 CUSTOM = "custom"
+# Families with convolutional stages, hence spatial attention maps (attention transfer, `distill.w_at`).
+ATTENTION_FAMILIES = ("cnn", "resnet")
 _STUDENT_MODELS: dict[str, type[_Family]] = {**FAMILY_MODELS, CUSTOM: CustomArch}
 # {family: {parameter: default}}: what a search space may vary per family, and what a report leaves out.
 # Zoo families only: `student.family` in a space chooses among these; a custom student varies `args.<name>`.

@@ -11,6 +11,10 @@ labeled and unlabeled rows in about the pool's proportion, and an epoch is one p
 pool); CE is the mean over the batch's labeled rows only, KD and FEAT use every row. A run
 without teachers (CE-only, a teacher trained here) sees the labeled rows only, exactly as if
 there were no unlabeled data.
+
+Attention transfer (w_at > 0, cnn/resnet students): the student's forward also returns its stage
+outputs (`ZooModel.forward_stages`), and the teachers' attention maps of the batch come from
+`teacher_outputs.attention_for_batch`. With w_at = 0 the loop runs exactly as without it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class TeacherSource(Protocol):
                   features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(teacher_logits [T, B, C], teacher_features [B, D] or None) for the training samples `indices`."""
         ...
+
+    # Needed only with w_at > 0: per teacher {spatial size: attention maps [B, P]} of those samples.
+    # def attention_for_batch(self, indices, inputs) -> list[dict[tuple[int, ...], torch.Tensor]]
 
 
 @dataclass
@@ -126,7 +133,7 @@ def fit(
 ) -> FitResult:
     """Train `student` by distillation; return its final validation accuracy.
 
-    `loss_config` has the DistillSpec fields (w_ce, w_kd, w_feat, kind, temperature, ...);
+    `loss_config` has the DistillSpec fields (w_ce, w_kd, w_feat, w_at, kind, temperature, ...);
     `schedule` has the ScheduleSpec fields (epochs, batch_size, lr, optimizer, ...).
     `on_epoch` is called after every epoch; returning True stops training early.
     Raises `NonFiniteLossError` when the loss becomes NaN or infinite.
@@ -135,7 +142,9 @@ def fit(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     device = resolve_device(device)
-    use_teachers = teacher_outputs is not None and (loss_config.w_kd > 0 or loss_config.w_feat > 0)
+    use_teachers = teacher_outputs is not None and (loss_config.w_kd > 0 or loss_config.w_feat > 0
+                                                    or loss_config.w_at > 0)
+    use_attention = use_teachers and loss_config.w_at > 0
 
     student.to(device)
     loss_fn = DistillationLoss.from_config(
@@ -172,15 +181,20 @@ def fit(
             labeled = indices < n_labeled if pool else None
             if augment:
                 inputs = augment_batch(inputs.cpu(), augment, generator).to(device)
-            teacher_logits = teacher_features = None
+            teacher_logits = teacher_features = teacher_maps = stages = None
             if use_teachers:
                 teacher_logits, teacher_features = teacher_outputs.for_batch(indices, inputs,
                                                                              features=loss_config.w_feat > 0)
+            if use_attention:
+                teacher_maps = teacher_outputs.attention_for_batch(indices, inputs)
             with autocast:
-                logits, features = student.forward_features(inputs)
+                if use_attention:
+                    logits, features, stages = student.forward_stages(inputs)
+                else:
+                    logits, features = student.forward_features(inputs)
                 loss, _ = loss_fn(logits.float(), targets, teacher_logits,
                                   features.float() if loss_config.w_feat > 0 else None, teacher_features,
-                                  labeled=labeled)
+                                  labeled=labeled, student_stages=stages, teacher_maps=teacher_maps)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)

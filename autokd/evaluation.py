@@ -258,10 +258,9 @@ class _Runner:
         return self._datasets[key]
 
     def _targets_for(self, config: TrainConfig, data: data_module.Dataset):
-        uses_teachers = config.distill.w_kd > 0 or config.distill.w_feat > 0
-        chosen = [t.model_dump(mode="json") for t in config.selected_teachers()] if uses_teachers else []
-        key = json.dumps({"teachers": chosen, "augment": config.augment, "data": config.data.model_dump()},
-                         sort_keys=True)
+        chosen = [t.model_dump(mode="json") for t in config.selected_teachers()] if config.distill.uses_teachers else []
+        key = json.dumps({"teachers": chosen, "augment": config.augment, "data": config.data.model_dump(),
+                          "attention": config.distill.w_at > 0}, sort_keys=True)
         if key not in self._targets:
             _, self._targets[key] = prepare_targets(config, data, self.source, self.log)
         return self._targets[key]

@@ -187,7 +187,7 @@ def exported_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: 
     # Stored paths are relative to the study file: absolute from its folder here, relative to `folder` at the end.
     stored = resolve_paths(train_config_from_dict(trial.user_attrs["config"], where),
                            spec.folder if spec is not None else Path.cwd())
-    uses_teachers = stored.distill.w_kd > 0 or stored.distill.w_feat > 0
+    uses_teachers = stored.distill.uses_teachers
     teachers = stored.selected_teachers() if uses_teachers else []
     data_spec = _dataset_data(stored.data)
     data = load_data(data_spec, where)

@@ -39,8 +39,9 @@ ARCHITECTURES_ATTR = "level2.architectures"  # study attr: the level-1 trial num
 STRATIFY_CANDIDATES = 48
 # Paired seeds sit far from the level-1 trials' seeds (base seed + trial number).
 PAIRED_SEED_STRIDE = 100_003
-CE_ONLY = {"w_ce": 1.0, "w_kd": 0.0, "w_feat": 0.0}
-VANILLA = {"kind": "kl", "temperature": 4.0, "w_kd": 0.9, "w_ce": 0.1, "w_feat": 0.0, "aggregation": "mean_logits"}
+CE_ONLY = {"w_ce": 1.0, "w_kd": 0.0, "w_feat": 0.0, "w_at": 0.0}
+VANILLA = {"kind": "kl", "temperature": 4.0, "w_kd": 0.9, "w_ce": 0.1, "w_feat": 0.0, "w_at": 0.0,
+           "aggregation": "mean_logits"}
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Distillation losses, each weighted on its own: total = w_ce*CE + w_kd*KD + w_feat*FEAT.
+"""Distillation losses, each weighted on its own: total = w_ce*CE + w_kd*KD + w_feat*FEAT + w_at*AT.
 
 No single "alpha" trades hard against soft targets: every term has its own weight, so a
 config reads the same whatever KD kind it uses.
@@ -11,19 +11,22 @@ config reads the same whatever KD kind it uses.
   KD kind consumes the same thing (``lskd`` standardizes the combined logits).
 - The feature term is a FitNets hint: a learned Linear maps the student's penultimate
   features to the (concatenated) teachers' features, and MSE compares them.
+- The attention term is attention transfer (Zagoruyko & Komodakis, ICLR 2017) between the
+  spatial attention maps of matched convolutional stages (`attention_map`, `matched_stages`,
+  `at_loss`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AGGREGATIONS", "KINDS", "DistillationLoss", "ensemble_logits", "kd_dist", "kd_dkd", "kd_kl", "kd_lskd",
-           "kd_mse"]
+__all__ = ["AGGREGATIONS", "KINDS", "DistillationLoss", "at_loss", "attention_map", "ensemble_logits", "kd_dist",
+           "kd_dkd", "kd_kl", "kd_lskd", "kd_mse", "matched_stages"]
 
 KINDS = ("dist", "dkd", "kl", "lskd", "mse")
 AGGREGATIONS = ("confidence", "mean_logits", "mean_probs")
@@ -121,6 +124,53 @@ def _batchmean_kl(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tens
     return F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
 
 
+def attention_map(activation: torch.Tensor, p: int = 2) -> torch.Tensor:
+    """The spatial attention map of a stage's activation A [B, C, *spatial], as in the paper:
+
+        Q(b) = vec( sum over channels c of |A[b, c]|^p )      (p = 2: the paper's F_sum^2)
+        q(b) = Q(b) / ||Q(b)||_2                              -> [B, prod(spatial)]
+
+    A map that is all zeros (every activation 0) stays zeros (the norm is floored at 1e-12).
+
+        >>> attention_map(torch.tensor([[[[1.0, -2.0]], [[0.0, 1.0]]]]))   # [B=1, C=2, 1, 2]: Q = [1, 5]
+        tensor([[0.1961, 0.9806]])
+    """
+    return F.normalize(activation.abs().pow(p).sum(dim=1).flatten(1), dim=1)
+
+
+def matched_stages(student_sizes: Sequence[Sequence[int]],
+                   teacher_sizes: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """(student stage, teacher stage) pairs whose attention maps attention transfer compares.
+
+    The rule: one pair per spatial size that a student stage and a teacher stage both have, made of
+    the deepest student stage and the deepest teacher stage of that size; sizes of a single position
+    (1 x 1) are skipped, since their normalised map is always 1. No map is interpolated. Pairs come
+    shallowest first.
+
+        >>> matched_stages([(8, 8), (4, 4), (2, 2)], [(8, 8), (8, 8), (4, 4), (1, 1)])
+        [(0, 1), (1, 2)]
+    """
+    deepest_teacher = {tuple(size): index for index, size in enumerate(teacher_sizes) if math.prod(size) > 1}
+    deepest_student = {tuple(size): index for index, size in enumerate(student_sizes) if math.prod(size) > 1}
+    return sorted((student, deepest_teacher[size]) for size, student in deepest_student.items()
+                  if size in deepest_teacher)
+
+
+def at_loss(student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Attention transfer between matched maps (each [B, P], normalised by `attention_map`):
+
+        AT = 1/2 * sum over pairs j of  mean over the batch of  || q_s^j(b) - q_t^j(b) ||_2
+
+    This is the paper's term (its eq. 2) with beta taken out: the loss's weight w_at plays beta,
+    so w_at * AT = beta/2 * sum_j || ... ||_p with p = 2. (The authors' code instead uses the mean
+    over batch and positions of the squared difference, with beta = 1000; we keep the paper's norm.)
+    """
+    if not student_maps or len(student_maps) != len(teacher_maps):
+        raise ValueError(f"at_loss needs one teacher map per student map (at least one), got "
+                         f"{len(student_maps)} and {len(teacher_maps)}")
+    return 0.5 * sum((s - t.detach()).norm(dim=1).mean() for s, t in zip(student_maps, teacher_maps))
+
+
 def ensemble_logits(teacher_logits: torch.Tensor, targets: torch.Tensor | None, method: str,
                     temperature: float) -> torch.Tensor:
     """Combine stacked teacher logits [T, B, C] into one set of logits [B, C].
@@ -163,7 +213,11 @@ def _confidence_log_weights(teacher_logits: torch.Tensor, targets: torch.Tensor 
 
 
 class DistillationLoss(nn.Module):
-    """total = w_ce * CE(student, labels) + w_kd * KD(student, teachers) + w_feat * FEAT.
+    """total = w_ce * CE(student, labels) + w_kd * KD(student, teachers) + w_feat * FEAT + w_at * AT.
+
+    AT (``w_at > 0``) is `at_loss` between the student's stage outputs (`ZooModel.forward_stages`)
+    and each teacher's cached attention maps, stages paired by `matched_stages`, averaged over
+    the teachers.
 
     Terms with weight 0 are not computed (and need no teacher inputs). With ``w_feat > 0``
     the loss owns ``regressor``, a Linear from student to teacher feature space that trains
@@ -177,20 +231,21 @@ class DistillationLoss(nn.Module):
         (['ce', 'kd'], 0.0)
     """
 
-    def __init__(self, *, w_ce: float = 1.0, w_kd: float = 0.0, w_feat: float = 0.0, kind: str = "kl",
+    def __init__(self, *, w_ce: float = 1.0, w_kd: float = 0.0, w_feat: float = 0.0, w_at: float = 0.0,
+                 kind: str = "kl",
                  temperature: float = 4.0, dkd_alpha: float = 1.0, dkd_beta: float = 8.0,
                  dist_beta: float = 1.0, dist_gamma: float = 1.0, aggregation: str = "mean_logits",
                  student_feature_dim: int | None = None, teacher_feature_dim: int | None = None):
         super().__init__()
-        for name, value in {"w_ce": w_ce, "w_kd": w_kd, "w_feat": w_feat, "dkd_alpha": dkd_alpha,
+        for name, value in {"w_ce": w_ce, "w_kd": w_kd, "w_feat": w_feat, "w_at": w_at, "dkd_alpha": dkd_alpha,
                             "dkd_beta": dkd_beta, "dist_beta": dist_beta, "dist_gamma": dist_gamma}.items():
             _check_number(name, value, ">= 0 and finite", lambda v: 0 <= v < math.inf)
-        if w_ce + w_kd + w_feat <= 0:
-            raise ValueError(f"w_ce + w_kd + w_feat must be > 0, got {w_ce} + {w_kd} + {w_feat}")
+        if w_ce + w_kd + w_feat + w_at <= 0:
+            raise ValueError(f"w_ce + w_kd + w_feat + w_at must be > 0, got {w_ce} + {w_kd} + {w_feat} + {w_at}")
         _check_number("temperature", temperature, "> 0", lambda v: 0 < v < math.inf)
         _check_choice("kind", kind, KINDS)
         _check_choice("aggregation", aggregation, AGGREGATIONS)
-        self.w_ce, self.w_kd, self.w_feat = float(w_ce), float(w_kd), float(w_feat)
+        self.w_ce, self.w_kd, self.w_feat, self.w_at = float(w_ce), float(w_kd), float(w_feat), float(w_at)
         self.kind, self.aggregation, self.temperature = kind, aggregation, float(temperature)
         self.dkd_alpha, self.dkd_beta = float(dkd_alpha), float(dkd_beta)
         self.dist_beta, self.dist_gamma = float(dist_beta), float(dist_gamma)
@@ -207,8 +262,8 @@ class DistillationLoss(nn.Module):
                     teacher_feature_dim: int | None = None) -> DistillationLoss:
         """From a training config (its ``distill`` section), the section itself, or a plain dict."""
         section = cfg.get("distill", cfg) if isinstance(cfg, dict) else getattr(cfg, "distill", cfg)
-        names = ("w_ce", "w_kd", "w_feat", "kind", "temperature", "dkd_alpha", "dkd_beta", "dist_beta", "dist_gamma",
-                 "aggregation")
+        names = ("w_ce", "w_kd", "w_feat", "w_at", "kind", "temperature", "dkd_alpha", "dkd_beta", "dist_beta",
+                 "dist_gamma", "aggregation")
         if isinstance(section, dict):
             given = {name: section[name] for name in names if name in section}
         else:
@@ -218,8 +273,13 @@ class DistillationLoss(nn.Module):
     def forward(self, student_logits: torch.Tensor, targets: torch.Tensor,
                 teacher_logits: torch.Tensor | None = None, student_features: torch.Tensor | None = None,
                 teacher_features: torch.Tensor | None = None,
-                labeled: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                labeled: torch.Tensor | None = None, student_stages: Sequence[torch.Tensor] | None = None,
+                teacher_maps: Sequence[dict[tuple[int, ...], torch.Tensor]] | None = None,
+                ) -> tuple[torch.Tensor, dict[str, float]]:
         """(total loss, {term: value} for the computed terms only, as floats for logging).
+
+        With ``w_at > 0``: `student_stages` are the student's stage outputs [B, C, *spatial], and
+        `teacher_maps` one dict per teacher, {spatial size: attention maps [B, P]}.
 
         `labeled` (bool [B], None: all rows) marks the rows whose `targets` are labels. CE is the mean
         over those rows (0 when none); KD and FEAT use every row, and where KD needs a class (``dkd``,
@@ -240,6 +300,9 @@ class DistillationLoss(nn.Module):
         if self.w_feat > 0:
             terms["feat"] = (self.w_feat, self._feat(_required(student_features, "student_features"),
                                                      _required(teacher_features, "teacher_features")))
+        if self.w_at > 0:
+            terms["at"] = (self.w_at, self._at(_required(student_stages, "student_stages"),
+                                               _required(teacher_maps, "teacher_maps")))
         total = sum(weight * value for weight, value in terms.values())
         return total, {name: value.detach().item() for name, (_, value) in terms.items()}
 
@@ -259,8 +322,26 @@ class DistillationLoss(nn.Module):
     def _feat(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(self.regressor(student_features), teacher_features.detach())
 
+    def _at(self, student_stages: Sequence[torch.Tensor],
+            teacher_maps: Sequence[dict[tuple[int, ...], torch.Tensor]]) -> torch.Tensor:
+        sizes = [tuple(stage.shape[2:]) for stage in student_stages]
+        student_maps: dict[int, torch.Tensor] = {}  # a stage matched by several teachers is mapped once
+        per_teacher = []
+        for index, maps in enumerate(teacher_maps):
+            teacher_sizes = list(maps)
+            pairs = matched_stages(sizes, teacher_sizes)
+            if not pairs:
+                raise ValueError(f"attention transfer: no student stage {sizes} has the spatial size of a stage "
+                                 f"of teacher {index} {teacher_sizes}")
+            for stage, _ in pairs:
+                if stage not in student_maps:
+                    student_maps[stage] = attention_map(student_stages[stage].float())
+            per_teacher.append(at_loss([student_maps[s] for s, _ in pairs],
+                                       [maps[teacher_sizes[t]] for _, t in pairs]))
+        return sum(per_teacher) / len(per_teacher)
+
     def extra_repr(self) -> str:
-        return (f"w_ce={self.w_ce}, w_kd={self.w_kd}, w_feat={self.w_feat}, kind={self.kind!r}, "
+        return (f"w_ce={self.w_ce}, w_kd={self.w_kd}, w_feat={self.w_feat}, w_at={self.w_at}, kind={self.kind!r}, "
                 f"temperature={self.temperature}, aggregation={self.aggregation!r}")
 
 

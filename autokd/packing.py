@@ -99,6 +99,8 @@ def _unpackable(config: TrainConfig) -> str | None:
         return f"schedule.optimizer: packing supports 'adamw', got {config.schedule.optimizer!r}"
     if config.distill.w_feat > 0:
         return f"distill.w_feat: packing needs 0 (no feature regressor), got {config.distill.w_feat}"
+    if config.distill.w_at > 0:  # a cnn/resnet-only term: the family check above refuses it first
+        return f"distill.w_at: packing needs 0 (no attention transfer), got {config.distill.w_at}"
     if config.augment:
         return f"augment: packing needs none, got {config.augment}"
     if config.data.unlabeled is not None and config.distill.w_kd > 0:

@@ -67,7 +67,8 @@ def best_ce_only_student(study: optuna.Study) -> dict[str, Any] | None:
             ce_only = trial.user_attrs.get("level") == 1
         else:
             settings = (trial.user_attrs.get("config") or {}).get("distill") or {}
-            ce_only = settings.get("w_kd", 1.0) == 0 and settings.get("w_feat", 0.0) == 0
+            ce_only = all(settings.get(key, default) == 0
+                          for key, default in (("w_kd", 1.0), ("w_feat", 0.0), ("w_at", 0.0)))
         if ce_only and (best is None or trial.values[0] > best["val_accuracy"]):
             best = {"trial": trial.number, "val_accuracy": float(trial.values[0])}
     return best
@@ -226,7 +227,8 @@ def temperature_points(front: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
             continue
         settings = (json.loads(row["config"]) if isinstance(row.get("config"), str) else {}).get("distill", {})
         w_ce, w_kd = float(settings.get("w_ce", 0.0)), float(settings.get("w_kd", 0.0))
-        distilled = row["role"] != CE and (w_kd > 0 or float(settings.get("w_feat", 0.0)) > 0)
+        distilled = row["role"] != CE and (w_kd > 0 or float(settings.get("w_feat", 0.0)) > 0
+                                           or float(settings.get("w_at", 0.0)) > 0)
         kind = settings.get("kind") if distilled else None
         rows.append({"trial": int(row["trial"]), "role": row["role"], "size": float(row[size]),
                      "temperature": float(settings["temperature"]) if kind in TEMPERATURE_KINDS else math.nan,

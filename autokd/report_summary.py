@@ -93,7 +93,7 @@ def _front_row(values: dict[str, Any], position: int, knee: int | None, spec: St
                export_command: str, turned_down: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
     config = json.loads(values["config"]) if isinstance(values.get("config"), str) else {}
     settings = config.get("distill", {})
-    uses_teachers = settings.get("w_kd", 0) > 0 or settings.get("w_feat", 0) > 0
+    uses_teachers = settings.get("w_kd", 0) > 0 or settings.get("w_feat", 0) > 0 or settings.get("w_at", 0) > 0
     kind = settings.get("kind")
     role = values.get("role") if isinstance(values.get("role"), str) else None
     return {

@@ -47,7 +47,7 @@ def train_model(model: nn.Module, data: Dataset, targets: TeacherSource | None, 
 
 def config_targets(config: TrainConfig, targets: TeacherSource | None):
     """The part of a study's teacher outputs this config learns from (None when it uses no teacher)."""
-    if targets is None or not (config.distill.w_kd > 0 or config.distill.w_feat > 0):
+    if targets is None or not config.distill.uses_teachers:
         return None
     select = getattr(targets, "select", None)  # cached outputs hold every teacher; online ones are already chosen
     return select([t.name for t in config.selected_teachers()]) if select else targets

@@ -81,6 +81,7 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     data = load_data(spec.data, spec.source)
     check_teachers(spec.teachers, data, source=spec.source)
     _check_student(spec, space, data)
+    attention = _check_attention(spec, space, data)
     signature = {name: param.model_dump() for name, param in space.params.items()}
     stored = existing_study(spec, storage_url)
     if stored is not None:
@@ -97,7 +98,7 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
 
     started = time.perf_counter()
     teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, log=log, source=spec.source, progress=progress)
-    outputs = teacher_outputs(teachers, data) if teachers else None
+    outputs = teacher_outputs(teachers, data, attention=attention) if teachers else None
     two_level = is_two_level(spec, space)
     for key, value in study_attrs(spec, signature, two_level).items():
         optuna_study.set_user_attr(key, value)
@@ -133,16 +134,30 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
 
 def _check_student(spec: StudySpec, space, data) -> None:
     """A custom student is built once on a dummy batch (`zoo.check_student`): a bad factory is one line, now."""
-    from autokd.space import CategoricalParam, FixedParam
+    from autokd.space import may_be_positive
     from autokd.zoo import check_student
 
-    w_feat = space.params.get("distill.w_feat")
-    searched = ([] if w_feat is None else w_feat.choices if isinstance(w_feat, CategoricalParam)
-                else [w_feat.value] if isinstance(w_feat, FixedParam) else [w_feat.high])
     check_student(spec.student, data.input_shape, data.num_classes, source=spec.source, int8=spec.quantize.int8,
-                  features=spec.distill.w_feat > 0 or any(isinstance(v, (int, float)) and v > 0 for v in searched),
+                  features=may_be_positive(space, "distill.w_feat", spec.distill.w_feat),
                   searched_args=tuple(name.removeprefix("student.args.") for name in space.params
                                       if name.startswith("student.args.")), space_source=space.source)
+
+
+def _check_attention(spec: StudySpec, space, data) -> bool:
+    """Can a trial use attention transfer (w_at > 0)? If so, every student family it may go with (the
+    study's student for its own family, the family's defaults for another) shares a stage size with
+    every teacher it may use (`teachers.check_attention`); one ConfigError line if not."""
+    from autokd.space import attention_scope
+    from autokd.teachers import check_attention
+
+    scope = attention_scope(space, spec)
+    if scope is None:
+        return False
+    families, teachers = scope
+    for family in families:
+        student = spec.student if spec.student.get("family") == family else {"family": family}
+        check_attention(student, teachers, data.input_shape, spec.source)
+    return True
 
 
 def study_attrs(spec: StudySpec, space_signature: dict, two_level: bool) -> dict:

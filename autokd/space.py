@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from autokd.archs import FAMILIES, family_has
 from autokd.errors import ConfigError
-from autokd.spec import (DistillSpec, ScheduleSpec, StudySpec, TrainConfig, check_int64, config_error, cut,
-                         describe_validation_error, read_yaml, shown)
+from autokd.spec import (DistillSpec, ScheduleSpec, StudySpec, TeacherSpec, TrainConfig, attention_refusal,
+                         check_int64, config_error, cut, describe_validation_error, read_yaml, shown)
 
 SECTIONS = ("distill", "schedule", "student")
 SUBSET_SEPARATOR = "+"
@@ -189,8 +189,49 @@ def parse_space(document: dict[str, Any], source: str, study: StudySpec) -> Sear
         raise config_error(f"{source}: params", error) from None
     space = SearchSpace(params, [t.name for t in study.teachers], source)
     _check_names(space, study)
+    _check_attention(space, study)
     _check_values(space, study)
     return space
+
+
+def may_be_positive(space: SearchSpace, name: str, base_value: float) -> bool:
+    """Can the numeric config key `name` (e.g. ``distill.w_at``) be > 0 in some trial of this space?"""
+    param = space.params.get(name)
+    if param is None or param.when:  # not searched, or not in every trial: the study's own value counts
+        if base_value > 0:
+            return True
+    if isinstance(param, CategoricalParam):
+        return any(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in param.choices)
+    if isinstance(param, FixedParam):
+        return isinstance(param.value, (int, float)) and param.value > 0
+    return param is not None and param.high > 0
+
+
+def attention_scope(space: SearchSpace, study: StudySpec) -> tuple[list[str], list[TeacherSpec]] | None:
+    """(student families, teachers) that attention transfer may run with in this study; None when
+    ``distill.w_at`` is 0 in every trial. A searched w_at goes with the families its ``when`` names."""
+    if not may_be_positive(space, "distill.w_at", study.distill.w_at):
+        return None
+    param = space.params.get("distill.w_at")
+    families = _student_families(param or FixedParam(type="fixed", value=0), space.params.get("student.family"),
+                                 study)
+    searched_teachers = "distill.teachers" in space.params
+    return families, list(study.teachers) if searched_teachers else study.selected_teachers()
+
+
+def _check_attention(space: SearchSpace, study: StudySpec) -> None:
+    """Attention transfer (w_at > 0 possible) needs cnn/resnet students and teachers in every trial it runs in."""
+    scope = attention_scope(space, study)
+    if scope is None:
+        return
+    families, teachers = scope
+    for family in families:
+        reason = attention_refusal({"family": family}, teachers)
+        if reason:
+            key = "params.distill.w_at" if "distill.w_at" in space.params else "params.student.family"
+            hint = (" (add when: {student.family: [cnn, resnet]} to distill.w_at)"
+                    if "student.family" in space.params and key.endswith("w_at") else "")
+            raise ConfigError(f"{space.source}: {key}: {reason}{hint}")
 
 
 def _check_names(space: SearchSpace, study: StudySpec) -> None:
@@ -266,7 +307,7 @@ def _check_values(space: SearchSpace, study: StudySpec) -> None:
         section, _, key = name.partition(".")
         for label, value in labelled:
             values = {name: value}
-            if section == "student" and key != "family":
+            if (section == "student" and key != "family") or "student.family" in (param.when or {}):
                 values["student.family"] = _student_families(param, families, study)[0]
             try:
                 space.apply(base, values)

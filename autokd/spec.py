@@ -22,7 +22,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializerFunct
                       field_validator, model_serializer, model_validator)
 from pydantic_core import PydanticCustomError
 
-from autokd.archs import ARCH_ERROR, ArchDict, StudentArchDict, resolve_code_path
+from autokd.archs import ARCH_ERROR, ATTENTION_FAMILIES, ArchDict, StudentArchDict, resolve_code_path
 from autokd.errors import ConfigError
 
 SIZE_METRICS = ("params", "bytes_fp32", "bytes_fp16", "bytes_int8", "macs")
@@ -184,7 +184,10 @@ class TeacherSpec(_Strict):
 
 
 class DistillSpec(_Strict):
-    """Loss = w_ce * CE + w_kd * KD + w_feat * FEAT; independent weights, no ambiguous alpha."""
+    """Loss = w_ce * CE + w_kd * KD + w_feat * FEAT + w_at * AT; independent weights, no ambiguous alpha.
+
+    AT is attention transfer (`autokd.losses.at_loss`): cnn/resnet students and teachers only.
+    """
 
     teachers: list[str] | None = None  # subset of the study's teachers; None = all of them
     aggregation: Literal["mean_logits", "mean_probs", "confidence"] = "mean_logits"
@@ -193,6 +196,7 @@ class DistillSpec(_Strict):
     w_ce: float = Field(0.1, ge=0)
     w_kd: float = Field(0.9, ge=0)
     w_feat: float = Field(0.0, ge=0)
+    w_at: float = Field(0.0, ge=0, allow_inf_nan=False)  # attention transfer (Zagoruyko & Komodakis, 2017)
     dkd_alpha: float = Field(1.0, ge=0)
     dkd_beta: float = Field(8.0, ge=0)
     dist_beta: float = Field(1.0, ge=0, allow_inf_nan=False)  # DIST: weight of the inter-class (per-sample) term
@@ -200,9 +204,23 @@ class DistillSpec(_Strict):
 
     @model_validator(mode="after")
     def _some_loss(self) -> DistillSpec:
-        if self.w_ce + self.w_kd + self.w_feat <= 0:
-            raise ValueError("w_ce + w_kd + w_feat must be > 0 (all loss weights are zero)")
+        if self.w_ce + self.w_kd + self.w_feat + self.w_at <= 0:
+            raise ValueError("w_ce + w_kd + w_feat + w_at must be > 0 (all loss weights are zero)")
         return self
+
+    @property
+    def uses_teachers(self) -> bool:
+        """Does a term learn from the teachers (KD, FEAT or AT)?"""
+        return self.w_kd > 0 or self.w_feat > 0 or self.w_at > 0
+
+    @model_serializer(mode="wrap")
+    def _without_zero_w_at(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A config without attention transfer dumps as it did before `w_at` existed: evaluation cache
+        # keys (a hash of the dump), stored trial configs and resume checks stay the same.
+        dumped = handler(self)
+        if isinstance(dumped, dict) and self.w_at == 0:
+            dumped.pop("w_at", None)
+        return dumped
 
 
 class QuantizeSpec(_Strict):
@@ -256,11 +274,36 @@ class _RunFields(_Strict):
         needs_teacher = self.distill.w_kd > 0 or self.distill.w_feat > 0
         if needs_teacher and not self.teachers:
             raise ValueError("distill.w_kd / w_feat > 0 need at least one entry in teachers")
+        if self.distill.w_at > 0:
+            reason = attention_refusal(self.student, self.selected_teachers())
+            if reason:
+                raise PydanticCustomError(ARCH_ERROR, "{message}", {"key": "distill.w_at", "message": reason})
         return self
 
     def selected_teachers(self) -> list[TeacherSpec]:
         chosen = self.distill.teachers
         return [t for t in self.teachers if chosen is None or t.name in chosen]
+
+
+def attention_refusal(student: dict, teachers: list[TeacherSpec]) -> str | None:
+    """Why attention transfer (w_at > 0) cannot run with this student and these teachers, or None.
+
+    Both sides need convolutional stages (`archs.ATTENTION_FAMILIES`): a zoo cnn or resnet student,
+    and teachers that are zoo cnn or resnet models (trained here or from a checkpoint). Whether their
+    stages share a spatial size is checked once the input shape is known (`teachers.check_attention`).
+    """
+    if not teachers:
+        return "attention transfer (w_at > 0) needs at least one teacher"
+    if student.get("family") not in ATTENTION_FAMILIES:
+        return (f"attention transfer (w_at > 0) needs a {' or '.join(ATTENTION_FAMILIES)} student (spatial "
+                f"attention maps), got family {student.get('family')!r}; use w_at 0")
+    for teacher in teachers:
+        family = teacher.arch.get("family") if teacher.arch else teacher.kind
+        if teacher.kind not in ("zoo", "checkpoint") or family not in ATTENTION_FAMILIES:
+            return (f"attention transfer (w_at > 0) needs {' or '.join(ATTENTION_FAMILIES)} teachers (spatial "
+                    f"attention maps), teacher {cut(teacher.name)!r} is {family!r}; use w_at 0 or leave it out "
+                    "(distill.teachers)")
+    return None
 
 
 class TrainConfig(_RunFields):
@@ -563,10 +606,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def describe_validation_error(error: ValidationError) -> tuple[str, str]:
     """Pydantic's first error as (dotted key, what was expected [, got X])."""
     first = error.errors()[0]
-    key = cut(".".join(str(part) for part in first["loc"]), 120) or "<top level>"
+    location = cut(".".join(str(part) for part in first["loc"]), 120)
+    key = location or "<top level>"
     kind, message = first["type"], first["msg"]
-    if kind == ARCH_ERROR:  # worded by autokd.archs; ctx names the parameter inside the architecture
-        return ".".join(filter(None, (key, cut(first["ctx"]["key"])))), message
+    if kind == ARCH_ERROR:  # worded by autokd (archs, or a check across sections); ctx names the key
+        return ".".join(filter(None, (location, cut(first["ctx"]["key"])))) or key, message
     if kind == "extra_forbidden":
         return key, "unknown key"
     if kind == "missing":

@@ -9,6 +9,9 @@ Cache layout, one folder per teacher under ``<cache_dir>/teachers/``::
                    meta.json     architecture, schedule, accuracies, size, train seconds
                    outputs.pt    {"train_logits": [N, C], "train_features": [N, D]}, indexed like the pool:
                                  data.x_train, then data.x_unlabeled when the data has unlabeled inputs
+                   attention.pt  {"sizes": [[H, W], ...], "maps": [[N, H*W] float16, ...]}: the spatial attention
+                                 maps (`losses.attention_map`) of the deepest stage of each size, same rows;
+                                 cnn/resnet teachers only, written the first time attention transfer needs them
 
 The key hashes everything that determines the teacher's outputs: architecture, schedule, seed
 (and the checkpoint's bytes for loaded teachers), or the bytes of a TorchScript or outputs file,
@@ -43,9 +46,10 @@ from autokd.atomic import torch_save, write_bytes
 from autokd.data import Dataset, Normalization
 from autokd.distill import EpochResult, evaluate
 from autokd.errors import CheckpointError, ConfigError
+from autokd.losses import attention_map, matched_stages
 from autokd.runner import train_model
-from autokd.spec import DistillSpec, TeacherSpec, cut
-from autokd.zoo import ZooModel, build_model, model_size
+from autokd.spec import DistillSpec, TeacherSpec, attention_refusal, cut
+from autokd.zoo import ZooModel, build_model, model_size, stage_sizes
 
 CACHE_VERSION = 2  # 2: teacher init seeded by its own seed
 
@@ -111,6 +115,8 @@ class CachedTeacherOutputs:
     names: list[str]
     train_logits: torch.Tensor  # [T, N, C]
     train_features: list[torch.Tensor]  # T tensors of [N, D_t]
+    # Per teacher {spatial size: attention maps [N, P] float16}; None unless computed (attention transfer).
+    attention: list[dict[tuple[int, ...], torch.Tensor]] | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -128,11 +134,23 @@ class CachedTeacherOutputs:
             raise KeyError(f"no cached outputs for teacher(s) {unknown}; have {self.names}")
         positions = [self.names.index(n) for n in names]
         return CachedTeacherOutputs(list(names), self.train_logits[positions],
-                                    [self.train_features[p] for p in positions])
+                                    [self.train_features[p] for p in positions],
+                                    None if self.attention is None else [self.attention[p] for p in positions])
 
     def to(self, device: torch.device | str) -> CachedTeacherOutputs:
+        attention = None if self.attention is None else [{size: m.to(device) for size, m in maps.items()}
+                                                         for maps in self.attention]
         return CachedTeacherOutputs(self.names, self.train_logits.to(device),
-                                    [f.to(device) for f in self.train_features])
+                                    [f.to(device) for f in self.train_features], attention)
+
+    def attention_for_batch(self, indices: torch.Tensor,
+                            inputs: torch.Tensor) -> list[dict[tuple[int, ...], torch.Tensor]]:
+        """Per teacher {spatial size: attention maps [B, P] float32} of the training samples `indices`."""
+        if self.attention is None:
+            raise ValueError("attention transfer (w_at > 0) needs the teachers' attention maps: compute the "
+                             "outputs with teachers.teacher_outputs(..., attention=True)")
+        indices = indices.to(self.train_logits.device)
+        return [{size: m[indices].float() for size, m in maps.items()} for maps in self.attention]
 
     def for_batch(self, indices: torch.Tensor, inputs: torch.Tensor,
                   features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -171,6 +189,41 @@ class OnlineTeachers:
                    for m, dim in zip(self.models, self.feature_dims)]
         gathered = torch.cat([f for _, f in outputs], dim=1) if features else None
         return torch.stack([logits for logits, _ in outputs]), gathered
+
+    @torch.no_grad()
+    def attention_for_batch(self, indices: torch.Tensor,
+                            inputs: torch.Tensor) -> list[dict[tuple[int, ...], torch.Tensor]]:
+        """Per teacher {spatial size: attention maps [B, P]} of the batch itself (a second forward pass;
+        rounded through float16 like the cached maps)."""
+        return [{size: m.float() for size, m in attention_maps(model.to(inputs.device), inputs).items()}
+                for model in self.models]
+
+
+@torch.no_grad()
+def attention_maps(model: nn.Module, inputs: torch.Tensor) -> dict[tuple[int, ...], torch.Tensor]:
+    """{spatial size: `losses.attention_map` [B, P] float16} of a zoo cnn/resnet model's deepest stage of each
+    spatial size (the teacher side of `losses.matched_stages`; sizes of one position left out)."""
+    model.eval()
+    _, _, stages = model.forward_stages(inputs)
+    sizes = [tuple(stage.shape[2:]) for stage in stages]
+    # Matched against itself, the rule pairs each size's deepest stage with itself: one map per size.
+    return {sizes[t]: attention_map(stages[t].float()).half() for _, t in matched_stages(sizes, sizes)}
+
+
+def check_attention(student: dict, specs: list[TeacherSpec], input_shape: tuple, source: str = "<config>") -> None:
+    """Can attention transfer (w_at > 0) run: a cnn/resnet student, cnn/resnet teachers (zoo or checkpoint),
+    and for every teacher a student stage of the same spatial size (`losses.matched_stages`)? One
+    `ConfigError` line naming ``distill.w_at`` if not; builds nothing but a dummy forward per architecture."""
+    reason = attention_refusal(student, specs)
+    if reason:
+        raise ConfigError(f"{source}: distill.w_at: {reason}")
+    student_sizes = stage_sizes(student, input_shape)
+    for spec in specs:
+        teacher_sizes = stage_sizes(spec.arch, input_shape)
+        if not matched_stages(student_sizes, teacher_sizes):
+            raise ConfigError(f"{source}: distill.w_at: no stage of the student (spatial sizes {student_sizes}) has "
+                              f"the spatial size of a stage of teacher {cut(spec.name)!r} ({teacher_sizes}), "
+                              "sizes of one position excluded; attention maps are not interpolated: use w_at 0")
 
 
 def _refuse_missing_features(names: list[str]) -> None:
@@ -514,12 +567,15 @@ def _epoch_bar(description: str, epochs: int, enabled: bool) -> Iterator[Callabl
 
 
 @torch.no_grad()
-def teacher_outputs(teachers: list[Teacher], data: Dataset, batch_size: int = 2048) -> CachedTeacherOutputs:
+def teacher_outputs(teachers: list[Teacher], data: Dataset, batch_size: int = 2048, *,
+                    attention: bool = False) -> CachedTeacherOutputs:
     """Logits and penultimate features of every teacher on every pool sample (cached on disk).
 
     The pool is the training split, then the unlabeled inputs (`Dataset.pool_inputs`). A model
     teacher (zoo or TorchScript) is run over it once; an outputs-only teacher's are its file's
     (``train_*`` then ``unlabeled_*``). Features are [N, 0] for a teacher that gives none.
+    With `attention` (attention transfer), also every teacher's `attention_maps` (cnn/resnet
+    zoo teachers only), cached in attention.pt: float16, at each stage's own spatial size.
     """
     pool = data.pool_inputs()
     all_logits, all_features = [], []
@@ -540,7 +596,22 @@ def teacher_outputs(teachers: list[Teacher], data: Dataset, batch_size: int = 20
             torch_save(cached, path)
         all_logits.append(cached["train_logits"])
         all_features.append(cached["train_features"])
-    return CachedTeacherOutputs([t.name for t in teachers], torch.stack(all_logits), all_features)
+    maps = [_cached_attention(teacher, pool, batch_size) for teacher in teachers] if attention else None
+    return CachedTeacherOutputs([t.name for t in teachers], torch.stack(all_logits), all_features, maps)
+
+
+def _cached_attention(teacher: Teacher, pool: torch.Tensor, batch_size: int) -> dict[tuple[int, ...], torch.Tensor]:
+    if not isinstance(teacher.model, ZooModel) or not teacher.model.stage_ends:
+        raise ValueError(f"attention transfer: teacher {teacher.name!r} has no convolutional stages "
+                         "(a cnn or resnet zoo teacher is needed)")
+    path = teacher.folder / "attention.pt"
+    cached = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    if cached is None or any(len(m) != len(pool) for m in cached["maps"]):
+        pieces = [attention_maps(teacher.model, pool[i:i + batch_size]) for i in range(0, len(pool), batch_size)]
+        cached = {"sizes": [list(size) for size in pieces[0]],
+                  "maps": [torch.cat([piece[size] for piece in pieces]) for size in pieces[0]]}
+        torch_save(cached, path)
+    return {tuple(size): m for size, m in zip(cached["sizes"], cached["maps"])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,7 +624,7 @@ class TeacherTargets:
 
     `for_batch(indices, inputs)` gives what `autokd train` feeds `distill.fit` for the training
     samples `indices`: (teacher_logits [teachers, batch, classes], teacher_features [batch, D]),
-    or (None, None) when the config learns from no teacher (w_kd = w_feat = 0).
+    or (None, None) when the config learns from no teacher (w_kd = w_feat = w_at = 0).
     """
 
     config: object  # the TrainConfig
@@ -571,6 +642,11 @@ class TeacherTargets:
         if self.outputs is None:
             return None, None
         return self.outputs.for_batch(indices, inputs, features)
+
+    def attention_for_batch(self, indices: torch.Tensor,
+                            inputs: torch.Tensor) -> list[dict[tuple[int, ...], torch.Tensor]] | None:
+        """Per teacher {spatial size: attention maps [batch, positions]} (w_at > 0), else None."""
+        return None if self.outputs is None else self.outputs.attention_for_batch(indices, inputs)
 
 
 def teacher_targets(config, *, log: Callable[[str], None] = print) -> TeacherTargets:

@@ -36,7 +36,8 @@ from autokd.distill import evaluate
 from autokd.errors import CheckpointError, ConfigError
 from autokd.runner import run_config
 from autokd.spec import TrainConfig, load_train_config, relative_paths, resolve_paths
-from autokd.teachers import OnlineTeachers, Teacher, load_state_dict, prepare_teachers, teacher_outputs
+from autokd.teachers import (OnlineTeachers, Teacher, check_attention, load_state_dict, prepare_teachers,
+                             teacher_outputs)
 from autokd.zoo import ZooModel, build_model, check_student, model_size
 
 STUDENT_FILE = "student.pt"
@@ -75,6 +76,8 @@ def train(config: TrainConfig | str | Path, out_dir: str | Path | None = None, *
     data = load_data(config.data, source)
     check_student(config.student, data.input_shape, data.num_classes, source=source,  # before teachers are cached
                   features=config.distill.w_feat > 0, int8=config.quantize.int8)
+    if config.distill.w_at > 0:
+        check_attention(config.student, config.selected_teachers(), data.input_shape, source)
     teachers, targets = prepare_targets(config, data, source, log)
     _check_teachers_match_export(config, teachers, log)
     per_seed, students = [], []
@@ -122,10 +125,10 @@ def prepare_targets(config: TrainConfig, data, source: str = "<config>", log: Ca
 
     Cached outputs are per sample index; augmented inputs need the teachers run on the batch itself,
     so augmenting with an outputs-only teacher (a `logits` file) is refused, as is feature
-    distillation with a teacher that gives no features; both before anything is written.
+    distillation with a teacher that gives no features; both before anything is written. With
+    w_at > 0 the cached outputs carry the teachers' attention maps (attention transfer).
     """
-    uses_teachers = config.distill.w_kd > 0 or config.distill.w_feat > 0
-    chosen = config.selected_teachers() if uses_teachers else []
+    chosen = config.selected_teachers() if config.distill.uses_teachers else []
     offline = [t for t in chosen if t.kind == "logits"]
     if config.augment and offline:
         raise ConfigError(f"{source}: augment: {'+'.join(config.augment)} needs teachers run on every augmented "
@@ -139,7 +142,7 @@ def prepare_targets(config: TrainConfig, data, source: str = "<config>", log: Ca
         return teachers, None
     if config.augment:
         return teachers, OnlineTeachers([t.model for t in teachers], [t.name for t in teachers])
-    return teachers, teacher_outputs(teachers, data)
+    return teachers, teacher_outputs(teachers, data, attention=config.distill.w_at > 0)
 
 
 def build_student(config: TrainConfig | str | Path, *, input_shape: Sequence[int] | None = None,

@@ -19,6 +19,11 @@ or two, e.g. ``(1, 28, 28)``):
 Every model is a `ZooModel`: ``body`` (input -> penultimate features) and ``head`` (the final
 Linear), so distillation can read features without knowing the family.
 
+Stages (attention transfer, ``distill.w_at``): a cnn or resnet body is a sequence of stages, each
+ending at a spatial activation [B, C, *spatial] that `ZooModel.forward_stages` returns. A cnn
+stage ends after its ReLU, before its max-pool (so stage 1 is at the input's resolution); a
+resnet's stages are the stem (after its ReLU) and every residual block. An mlp has none.
+
 A ``custom`` student comes from the user's code (opt-in: ``--allow-code`` or ``AUTOKD_ALLOW_CODE=1``)::
 
     student: {family: custom, factory: "custom_student:make_student", args: {width: 16}}
@@ -52,7 +57,7 @@ from autokd.archs import CUSTOM, FAMILIES, check_code_allowed, validate_arch
 from autokd.errors import ConfigError
 
 __all__ = ["FAMILIES", "CustomStudent", "ModelSize", "ZooModel", "arch_size", "build_model", "check_student",
-           "model_size", "validate_arch"]
+           "model_size", "stage_sizes", "validate_arch"]
 
 # One module per name in `archs.ACTIVATION_NAMES` (tests/test_zoo.py checks they agree).
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -70,10 +75,12 @@ class ZooModel(nn.Module):
         ((4, 10), True)
     """
 
-    def __init__(self, arch: dict, body: nn.Module, feature_dim: int, num_classes: int):
+    def __init__(self, arch: dict, body: nn.Module, feature_dim: int, num_classes: int,
+                 stage_ends: tuple[int, ...] = ()):
         super().__init__()
         self.arch = arch
         self.feature_dim = feature_dim
+        self.stage_ends = stage_ends  # indices of the body layers whose outputs end a stage
         self.body = body
         self.head = nn.Linear(feature_dim, num_classes)
 
@@ -83,6 +90,18 @@ class ZooModel(nn.Module):
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(x)
         return self.head(features), features
+
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(logits, features, the output of every stage [B, C_j, *spatial_j], shallowest first).
+
+        The same computation as `forward_features`, layer by layer; an mlp has no stages ([]).
+        """
+        stages = []
+        for index, layer in enumerate(self.body):
+            x = layer(x)
+            if index in self.stage_ends:
+                stages.append(x)
+        return self.head(x), x, stages
 
 
 def build_model(arch: dict, input_shape: tuple, num_classes: int, *, seed: int | None = None,
@@ -100,11 +119,11 @@ def build_model(arch: dict, input_shape: tuple, num_classes: int, *, seed: int |
             torch.manual_seed(seed)
         if factory is not None:
             return CustomStudent(arch, _call_factory(factory, arch, input_shape, num_classes, where, source))
-        body, feature_dim = _BUILDERS[arch["family"]](arch, input_shape)
-        return ZooModel(arch, body, feature_dim, num_classes)
+        body, feature_dim, stage_ends = _BUILDERS[arch["family"]](arch, input_shape)
+        return ZooModel(arch, body, feature_dim, num_classes, stage_ends)
 
 
-def _mlp_body(arch: dict, input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+def _mlp_body(arch: dict, input_shape: tuple[int, ...]) -> tuple[nn.Sequential, int, tuple[int, ...]]:
     layers: list[nn.Module] = [nn.Flatten()]
     in_features = math.prod(input_shape)
     for _ in range(arch["depth"]):
@@ -112,13 +131,14 @@ def _mlp_body(arch: dict, input_shape: tuple[int, ...]) -> tuple[nn.Module, int]
         if arch["dropout"] > 0:
             layers.append(nn.Dropout(arch["dropout"]))
         in_features = arch["width"]
-    return nn.Sequential(*layers), in_features
+    return nn.Sequential(*layers), in_features, ()
 
 
-def _cnn_body(arch: dict, input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+def _cnn_body(arch: dict, input_shape: tuple[int, ...]) -> tuple[nn.Sequential, int, tuple[int, ...]]:
     ops = _spatial_ops(input_shape)
     in_channels, spatial = input_shape[0], list(input_shape[1:])
     layers: list[nn.Module] = []
+    stage_ends = []
     for stage in range(arch["stages"]):
         out_channels = arch["channels"] * 2 ** stage
         # A conv followed by batchnorm needs no bias: batchnorm's shift replaces it.
@@ -127,6 +147,7 @@ def _cnn_body(arch: dict, input_shape: tuple[int, ...]) -> tuple[nn.Module, int]
         if arch["batch_norm"]:
             layers.append(ops.batch_norm(out_channels))
         layers.append(nn.ReLU())
+        stage_ends.append(len(layers) - 1)  # the stage's activation, at its resolution before pooling
         if min(spatial) >= 2:  # max-pooling a size-1 map would fail
             layers.append(ops.max_pool(2))
             spatial = [size // 2 for size in spatial]
@@ -134,11 +155,11 @@ def _cnn_body(arch: dict, input_shape: tuple[int, ...]) -> tuple[nn.Module, int]
     layers += [ops.global_pool(1), nn.Flatten()]
     if arch["head_width"] > 0:
         layers += [nn.Linear(in_channels, arch["head_width"]), nn.ReLU()]
-        return nn.Sequential(*layers), arch["head_width"]
-    return nn.Sequential(*layers), in_channels
+        return nn.Sequential(*layers), arch["head_width"], tuple(stage_ends)
+    return nn.Sequential(*layers), in_channels, tuple(stage_ends)
 
 
-def _resnet_body(arch: dict, input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+def _resnet_body(arch: dict, input_shape: tuple[int, ...]) -> tuple[nn.Sequential, int, tuple[int, ...]]:
     ops = _spatial_ops(input_shape)
     channels, spatial = arch["channels"], list(input_shape[1:])
     layers: list[nn.Module] = [ops.conv(input_shape[0], channels, 3, padding=1, bias=False),
@@ -149,8 +170,9 @@ def _resnet_body(arch: dict, input_shape: tuple[int, ...]) -> tuple[nn.Module, i
         layers.append(_BasicBlock(ops, channels, out_channels, stride))
         spatial = [(size + 1) // 2 for size in spatial] if stride == 2 else spatial
         channels = out_channels
+    stage_ends = (2, *range(3, len(layers)))  # the stem's ReLU, then every block
     layers += [ops.global_pool(1), nn.Flatten()]
-    return nn.Sequential(*layers), channels
+    return nn.Sequential(*layers), channels, stage_ends
 
 
 class _BasicBlock(nn.Module):
@@ -193,7 +215,7 @@ def _spatial_ops(input_shape: tuple[int, ...]) -> _SpatialOps:
     return _OPS_BY_SPATIAL_DIMS[spatial_dims]
 
 
-_BUILDERS: dict[str, Callable[[dict, tuple[int, ...]], tuple[nn.Module, int]]] = {
+_BUILDERS: dict[str, Callable[[dict, tuple[int, ...]], tuple[nn.Sequential, int, tuple[int, ...]]]] = {
     "cnn": _cnn_body, "mlp": _mlp_body, "resnet": _resnet_body,
 }
 
@@ -444,6 +466,23 @@ def arch_size(arch: dict, input_shape: tuple, num_classes: int) -> ModelSize:
 def _cached_arch_size(arch_json: str, input_shape: tuple[int, ...], num_classes: int) -> ModelSize:
     with _one_thread():
         return model_size(build_model(json.loads(arch_json), input_shape, num_classes), input_shape)
+
+
+def stage_sizes(arch: dict, input_shape: tuple) -> list[tuple[int, ...]]:
+    """The spatial size of each stage's output (`ZooModel.forward_stages`), shallowest first; [] for an
+    mlp or a custom student. Known before training, like the model's size."""
+    arch = validate_arch(arch)
+    if arch["family"] == CUSTOM:
+        return []
+    return list(_cached_stage_sizes(json.dumps(arch, sort_keys=True), tuple(int(d) for d in input_shape)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_stage_sizes(arch_json: str, input_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    model = build_model(json.loads(arch_json), input_shape, 2).eval()
+    with torch.no_grad(), _one_thread():
+        _, _, stages = model.forward_stages(torch.zeros(1, *input_shape))
+    return tuple(tuple(stage.shape[2:]) for stage in stages)
 
 
 @contextlib.contextmanager
