@@ -326,7 +326,7 @@ def test_missing_teacher_input_for_a_weighted_term_is_an_error():
     ({"aggregation": "max"}, r"aggregation must be one of \['confidence', 'mean_logits', 'mean_probs'\], got 'max'"),
     ({"w_feat": 0.5, "student_feature_dim": 8},
      r"teacher_feature_dim must be an integer >= 1 when w_feat > 0, got None"),
-    ({"w_ce": 0.0}, r"w_ce \+ w_kd \+ w_feat must be > 0"),
+    ({"w_ce": 0.0}, r"w_ce \+ w_kd \+ w_feat \+ w_at must be > 0"),
 ])
 def test_invalid_arguments_name_the_parameter(kwargs, message):
     with pytest.raises(ValueError, match=message):
