@@ -32,6 +32,7 @@ SECTIONS = [
      "issue 12"),
     ("unlabeled_gain", "Unlabeled data on Fashion-MNIST: KD through the unlabeled pool vs CE on the labeled part",
      "issue 15.3"),
+    ("attention_transfer", "Attention transfer on/off for CNN students at equal epochs, paired seeds", "issue 15.4"),
     ("int8_front", "int8 students: the front after quantisation (int8 bytes) against the fp32 front", "issue 15.5"),
     ("gpu_sharing", "Students sharing one GPU through fractional resources", "issue 6.5"),
     ("early_stopping", "Pareto-aware early stopping vs none vs stock ASHA at equal compute", "issue 8"),
