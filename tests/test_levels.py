@@ -7,8 +7,8 @@ import json
 import optuna
 import pytest
 
-from autokd.levels import (ARCHITECTURE, ARCHITECTURES_ATTR, choose_architectures, gain_guided_distillation, is_two_level,
-                           paired_seeds)
+from autokd.levels import (ARCHITECTURE, ARCHITECTURES_ATTR, choose_architectures, gain_guided_distillation,
+                           is_two_level, paired_seeds)
 from autokd.pairing import CE, TUNED, VANILLA_KD
 from autokd.space import load_space
 from autokd.spec import load_study
