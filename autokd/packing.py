@@ -27,12 +27,14 @@ Config k is the run `runner.run_config(config_k, data, targets, seed=seeds[k])`:
 - optimizer: torch's single-tensor AdamW arithmetic (decoupled weight decay) over the stack, with
   the lr (and beta1, which ``onecycle`` cycles) of every step read from torch's own scheduler.
 
-On CPU every config's weights and validation accuracies equal its separate run's bit for bit
-(tests/test_packing.py): each Linear is one ``baddbmm``, which multiplies config by config with the
-BLAS call ``F.linear`` makes; only the reported ``train_loss`` may differ in its last bits (the
-losses are reduced in another order; their gradients are not). On CUDA (bf16 autocast, other
-kernels) the runs are the same training, not the same bits. A pack shares the student architecture
-(family ``mlp``), ``schedule.epochs`` and ``schedule.batch_size`` (`pack_key`). Not packable:
+On CPU every config's weights and validation accuracies equal its separate run's (tests/test_packing.py):
+each Linear is one ``baddbmm``, which multiplies config by config with the BLAS call ``F.linear``
+makes. On the Intel Xeon CPUs measured first that is bit for bit; on an AMD EPYC (AVX-512) the
+batched and single products round differently in the last bits (~1e-7 in the weights after two
+epochs). The reported ``train_loss`` is reduced over the pack in another order (its gradients are
+not). On CUDA (bf16 autocast, other kernels) the runs are the same training, not the same bits.
+A pack shares the student architecture (family ``mlp``), ``schedule.epochs`` and
+``schedule.batch_size`` (`pack_key`). Not packable:
 ``cnn`` and ``resnet`` students, ``w_feat > 0`` (a per-config regressor), ``augment``,
 ``optimizer: sgd``, and a config that learns from teachers with ``data.unlabeled`` (it batches over
 the labeled + unlabeled pool, a CE-only config of the same pack over the labeled split: their

@@ -78,8 +78,8 @@ def run_seeds(config: TrainConfig, data: Dataset, targets: TeacherSource | None,
               threads: int | None = None, device: str | torch.device | None = None,
               pack: bool = True) -> list[FitResult]:
     """The config trained once per seed: packed into one batched model when it can be (`packing`), else
-    one run after another. Either way run k equals `run_config(config, ..., seed=seeds[k])` (bit for bit
-    on CPU), so packing changes the speed only."""
+    one run after another. Either way run k equals `run_config(config, ..., seed=seeds[k])` (on CPU bit
+    for bit, or in the last float bits on some CPUs: `packing`), so packing changes the speed only."""
     from autokd import packing  # packing builds on this module
 
     # pack_key is None for what packing cannot train, e.g. a KD config with data.unlabeled (its batches come

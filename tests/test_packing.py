@@ -1,4 +1,9 @@
-"""Packed trials: K configs trained as one batched model end exactly where K separate `run_config` runs end."""
+"""Packed trials: K configs trained as one batched model end where K separate `run_config` runs end.
+
+Within float tolerance: bit for bit on the Intel Xeon CPUs of the earlier runs, but on an AMD EPYC
+(AVX-512) the batched and the single matrix products round differently in the last bits (weights
+differ by ~1e-7 after two epochs; the val accuracies were equal).
+"""
 
 from __future__ import annotations
 
@@ -55,8 +60,12 @@ def assert_same_runs(packed, separate):
     for k, (run, (student, result)) in enumerate(zip(packed, separate)):
         assert run.error is None, k
         for name, tensor in student.state_dict().items():
-            assert torch.equal(run.student.state_dict()[name], tensor), (k, name)  # bit for bit on CPU
-        assert [e.val_accuracy for e in run.result.history] == [e.val_accuracy for e in result.history], k
+            torch.testing.assert_close(run.student.state_dict()[name], tensor, rtol=1e-4, atol=1e-5,
+                                       msg=lambda message: f"config {k}, {name}: {message}")
+        # A last-bit difference may move a val sample across the decision boundary: at most one sample.
+        one_sample = 1 / 216 + 1e-12  # digits' val split (val_fraction 0.15) has 216 samples
+        assert [e.val_accuracy for e in run.result.history] == pytest.approx(
+            [e.val_accuracy for e in result.history], abs=one_sample), k
         assert run.result.epochs_trained == result.epochs_trained
         # The loss values are reduced over the pack in another order (their gradients are not): last bits only.
         assert [e.train_loss for e in run.result.history] == pytest.approx([e.train_loss for e in result.history],
@@ -84,7 +93,7 @@ def test_a_pack_of_several_seeds_gives_each_config_its_own_batch_order(digits, o
     ({"family": "mlp", "depth": 1, "width": 300}, 128),  # 64 x 300 weights: AdamW updates them slice by slice
     ({"family": "mlp", "depth": 2, "width": 3, "activation": "tanh"}, 100),  # last batch of 22: tiny products
 ])
-def test_large_and_tiny_layers_also_match_bit_for_bit(digits, outputs, student, batch_size):
+def test_large_and_tiny_layers_also_match(digits, outputs, student, batch_size):
     configs = [config(student, batch_size=batch_size, **dict(d)) for d in MIXED[:3]]
     for seeds in ([1, 1, 1], [1, 2, 3]):
         assert_same_runs(fit_packed(configs, digits, outputs, seeds), separate_runs(configs, seeds, digits, outputs))
