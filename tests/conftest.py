@@ -87,6 +87,15 @@ def trials_or_empty(folder: Path) -> list:
         return []
 
 
+def strings_in(node) -> list[str]:
+    """Every string in a YAML/JSON document (nested dicts and lists): where tests look for machine paths."""
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in strings_in(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in strings_in(value)]
+    return [node] if isinstance(node, str) else []
+
+
 @pytest.fixture
 def study_file(tmp_path):
     return tiny_study(tmp_path)

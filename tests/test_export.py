@@ -23,7 +23,7 @@ from autokd.export import export_config
 from autokd.spec import load_study, load_train_config, relative_paths
 from autokd.teachers import prepare_teachers
 from autokd.zoo import arch_size, build_model
-from conftest import AUTOKD, REPO, run_cli
+from conftest import AUTOKD, REPO, run_cli, strings_in
 
 TEACHER_ARCH = {"family": "mlp", "depth": 1, "width": 16}
 COMPLETE, FAIL, PRUNED, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
@@ -251,14 +251,6 @@ def _one_trial_study(folder: Path, data: dict, **changes) -> Path:
     return path
 
 
-def _strings(node) -> list[str]:
-    if isinstance(node, dict):
-        return [s for value in node.values() for s in _strings(value)]
-    if isinstance(node, list):
-        return [s for value in node for s in _strings(value)]
-    return [node] if isinstance(node, str) else []
-
-
 def _idx(path: Path, array: np.ndarray, magic: int) -> None:
     header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     path.write_bytes(header + array.astype(np.uint8).tobytes())
@@ -286,7 +278,7 @@ def test_exported_data_holds_only_what_its_dataset_reads_relative_to_the_file(tm
 
     document = yaml.safe_load(path.read_text())
     assert document["data"] == {"name": data["name"], "val_fraction": 0.2, "seed": 0, **written}
-    assert not any(Path(s).is_absolute() for s in _strings(document)), path.read_text()
+    assert not any(Path(s).is_absolute() for s in strings_in(document)), path.read_text()
     assert str(tmp_path) not in path.read_text()
     # `autokd train` reads the relative paths from the file's folder and finds the same data.
     exported, original = load_train_config(path), load_study(study)
@@ -313,7 +305,7 @@ def test_an_exported_config_copied_to_another_folder_trains_there(tmp_path):
     text = exported.read_text()
     machine = {str(tmp_path), str(REPO), str(Path.home()), os.path.realpath(tmp_path)}
     assert not [part for part in machine if part in text], text
-    assert not any(Path(s).is_absolute() or s.startswith("~") for s in _strings(yaml.safe_load(text))), text
+    assert not any(Path(s).is_absolute() or s.startswith("~") for s in strings_in(yaml.safe_load(text))), text
     assert "mnist1d_samples" not in text and "data_dir" not in text
 
     elsewhere = tmp_path / "elsewhere"

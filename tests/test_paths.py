@@ -26,7 +26,7 @@ from autokd.spec import (STUDY_PATH_KEYS, load_study, load_train_config, relativ
 from autokd.study_store import resume_changes
 from autokd.teachers import file_digest, teacher_key
 from autokd.zoo import build_model
-from conftest import AUTOKD, REPO, TINY_SPACE, tiny_study
+from conftest import AUTOKD, REPO, TINY_SPACE, strings_in, tiny_study
 
 TEACHER_ARCH = {"family": "mlp", "depth": 1, "width": 8}
 TRAINING = re.compile(r"training \d+ teachers? once")  # what a teacher cache miss logs
@@ -45,16 +45,8 @@ def _project(root: Path, **study) -> Path:
     return path
 
 
-def _strings(node) -> list[str]:
-    if isinstance(node, dict):
-        return [s for value in node.values() for s in _strings(value)]
-    if isinstance(node, list):
-        return [s for value in node for s in _strings(value)]
-    return [node] if isinstance(node, str) else []
-
-
 def _absolute(document) -> list[str]:
-    return [s for s in _strings(document) if Path(s).is_absolute() or s.startswith(("~", "sqlite:////"))]
+    return [s for s in strings_in(document) if Path(s).is_absolute() or s.startswith(("~", "sqlite:////"))]
 
 
 def test_a_study_reads_its_paths_from_its_own_folder_whatever_the_working_directory(tmp_path, monkeypatch):
