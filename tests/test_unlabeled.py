@@ -94,7 +94,7 @@ def test_unlabeled_samples_never_enter_ce(data, outputs, distill, monkeypatch):
     # The test can tell: a loss that took every row as labeled would train other weights on garbage.
     forward = distill_module.DistillationLoss.forward
     monkeypatch.setattr(distill_module.DistillationLoss, "forward",
-                        lambda self, *args, labeled=None: forward(self, *args))
+                        lambda self, *args, labeled=None, **kwargs: forward(self, *args, **kwargs))
     leaky = weights(run_config(config(**distill), dataclasses.replace(data, y_unlabeled=garbage["zeros"]), outputs)[0])
     assert not same(leaky, true_run)
 
