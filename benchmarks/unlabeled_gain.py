@@ -21,7 +21,7 @@ the target is measured against is the stronger of the two CE arms on validation.
 
 Target (issue 15): the searched config >= +2 pt over CE on the labeled part at 1,000 labels.
 
-    python benchmarks/unlabeled_gain.py              # 1,000 and 5,000 labels, 12 trials, 5 epochs (55 min on 2 busy cores, half of it the teachers)
+    python benchmarks/unlabeled_gain.py          # 1,000 and 5,000 labels, 12 trials, 5 epochs (55 min on 2 busy cores)
     python benchmarks/unlabeled_gain.py --teacher cnn-small --teacher-steps 320   # the weaker teacher
     python benchmarks/unlabeled_gain.py --quick      # a smoke run: 4 one-epoch trials, 1,000 labels
 """
