@@ -154,7 +154,7 @@ def teacher_rows(spec: StudySpec, notes: list[str], log: Callable[[str], None]) 
 
     try:
         data = load_data(spec.data, spec.source)
-        teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=log)
+        teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, log=log)
     except AutokdError as error:  # e.g. the dataset is not on this machine: the rest of the report still stands
         notes.append(f"teachers unavailable: {error}")
         return []

@@ -286,8 +286,8 @@ def chance_accuracy(y: torch.Tensor) -> tuple[float, float]:
     return chance, 2 * math.sqrt(chance * (1 - chance) / len(y))
 
 
-def check_teachers(specs: list[TeacherSpec], data: Dataset, resolve_path: Callable[[str], Path] = Path,
-                   source: str = "<study>", *, can_teach: bool = True, features: bool = False) -> None:
+def check_teachers(specs: list[TeacherSpec], data: Dataset, source: str = "<study>", *, can_teach: bool = True,
+                   features: bool = False) -> None:
     """Check every teacher that comes from a file; writes nothing.
 
     A checkpoint exists, reads as a state_dict, fits its architecture and has finite weights. A
@@ -305,14 +305,14 @@ def check_teachers(specs: list[TeacherSpec], data: Dataset, resolve_path: Callab
         accuracy, feature_dim = None, 1  # val accuracy: None when not measured
         if spec.kind == "checkpoint":
             model = build_model(spec.arch, data.input_shape, data.num_classes, seed=spec.seed)
-            load_state_dict(model, resolve_path(spec.checkpoint), where)
+            load_state_dict(model, Path(spec.checkpoint), where)
             accuracy = evaluate(model.eval(), data.x_val, data.y_val) if can_teach else None
         elif spec.kind == "torchscript":
-            teacher = load_torchscript_teacher(spec, resolve_path(spec.torchscript), data, where)
+            teacher = load_torchscript_teacher(spec, Path(spec.torchscript), data, where)
             accuracy = _accuracy(_logits(teacher, data.x_val), data.y_val) if can_teach else None
             feature_dim = teacher.feature_dim
         else:
-            outputs = read_outputs_file(resolve_path(spec.logits), data, where)
+            outputs = read_outputs_file(Path(spec.logits), data, where)
             accuracy = _accuracy(outputs["val_logits"], data.y_val) if can_teach and "val_logits" in outputs else None
             feature_dim = outputs["train_features"].shape[1]
         if accuracy is not None and accuracy <= chance + margin:
@@ -441,7 +441,7 @@ def _last_line(error: BaseException) -> str:
 
 
 def prepare_teachers(specs: list[TeacherSpec], data: Dataset, cache_dir: str | Path,
-                     resolve_path: Callable[[str], Path] = Path, device: str = "auto",
+                     device: str = "auto",
                      log: Callable[[str], None] = lambda message: None, source: str = "<study>",
                      progress: bool = True, *, features: bool = False) -> list[Teacher]:
     """Each teacher from the cache, or trained/loaded now and cached. A second call trains nothing.
@@ -451,11 +451,11 @@ def prepare_teachers(specs: list[TeacherSpec], data: Dataset, cache_dir: str | P
     stderr when it is a terminal (and `progress`), else one line through `log`.
     """
     # A search has checked more, before its study.
-    check_teachers(specs, data, resolve_path, source, can_teach=False, features=features)
+    check_teachers(specs, data, source, can_teach=False, features=features)
     root = Path(cache_dir) / "teachers"
     entries = []
     for spec in specs:
-        file = resolve_path(spec.file) if spec.file else None
+        file = Path(spec.file) if spec.file else None
         key = teacher_key(spec, data.fingerprint(), file_digest(file) if file else None)
         entries.append((spec, file, key, root / f"{spec.name}-{key[:12]}"))
     to_train = sum(spec.kind == "zoo" and not (folder / "meta.json").is_file() for spec, _, _, folder in entries)

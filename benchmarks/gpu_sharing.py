@@ -231,7 +231,7 @@ def main() -> None:
         folder = Path(tmp)
         warm = spec_for(folder, "warmup", 1, 1, trials=1)
         data = load_data(warm.data, warm.source)
-        teacher_outputs(prepare_teachers(warm.teachers, data, warm.cache_dir, warm.resolve_path, log=print), data)
+        teacher_outputs(prepare_teachers(warm.teachers, data, warm.cache_dir, log=print), data)
         start_ray(on_gpu, logical_cpus=max(*levels, GATING_CONCURRENCY))
         run_level(warm, 1, on_gpu)  # imports, object store and actor start-up warmed before timing
         rows = []

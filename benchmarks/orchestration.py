@@ -102,7 +102,7 @@ def warm_up(folder: Path, epochs: int) -> None:
 
     spec = study_spec(folder, "warmup", trials=2, epochs=min(epochs, 2), seed=99)
     data = load_data(spec.data, spec.source)
-    teacher_outputs(prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=print), data)
+    teacher_outputs(prepare_teachers(spec.teachers, data, spec.cache_dir, log=print), data)
     search(spec, progress=False, log=quiet)
     ray.shutdown()
 
@@ -142,7 +142,7 @@ def run_inprocess_arm(spec: StudySpec, sampled: list[dict]) -> dict:
     started = time.perf_counter()
     torch.set_num_threads(THREADS)
     data = load_data(spec.data, spec.source)
-    teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=quiet)
+    teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, log=quiet)
     outputs = teacher_outputs(teachers, data)
     space = load_space(spec)
     base = spec.train_config()

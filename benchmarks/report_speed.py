@@ -200,7 +200,7 @@ def main() -> None:
         data = load_data(spec.data, spec.source)
         if spec.data.name == "fashion-mnist":
             wait_for_cached_teachers(spec, data, timeout_s=3600)
-        prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path, log=print)  # cached once
+        prepare_teachers(spec.teachers, data, spec.cache_dir, log=print)  # cached once
         started = time.perf_counter()
         synthetic = sampled_trials(spec, space, data.input_shape, data.num_classes, trials, seed=0)
         write_study(spec, space, synthetic)

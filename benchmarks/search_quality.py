@@ -141,7 +141,7 @@ def prepare_dataset(spec: StudySpec) -> dict:
     """Teachers trained (once, cached) and their outputs cached; returns what the JSON states about them."""
     data = load_data(spec.data, spec.source)
     started = time.perf_counter()
-    teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path,
+    teachers = prepare_teachers(spec.teachers, data, spec.cache_dir,
                                 log=lambda message: print(f"  {message}", flush=True))
     teacher_outputs(teachers, data)
     return {"train_samples": len(data.y_train), "val_samples": len(data.y_val),

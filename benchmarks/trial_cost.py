@@ -115,7 +115,7 @@ def study_inputs(name: str, train_samples: int | None, wait_s: float):
     if spec.data.name == "fashion-mnist":
         wait_for_cached_teachers(spec, data, wait_s, names=[spec.teachers[0].name])
         ready = [t for t in spec.teachers if t.name in cached_teacher_names(spec, data)]
-    teachers = prepare_teachers(ready, data, spec.cache_dir, spec.resolve_path, log=print)
+    teachers = prepare_teachers(ready, data, spec.cache_dir, log=print)
     data, outputs = first_samples(data, teacher_outputs(teachers, data), train_samples)
     return spec, data, outputs, [t.model for t in teachers]
 

@@ -179,14 +179,14 @@ def test_bad_teacher_files_are_refused_naming_the_file_and_key(zoo, digits, tmp_
              ("logits", "shuffled.npz", "agree with the training labels at chance level")]
     for key, name, message in cases:
         with pytest.raises(CheckpointError, match=rf"^s\.yaml: teachers\.0\.{key}: .*{message}") as error:
-            prepare_teachers([TeacherSpec(name="t", **{key: name})], digits, tmp_path / "cache", lambda p: tmp_path / p,
+            prepare_teachers([TeacherSpec(name="t", **{key: str(tmp_path / name)})], digits, tmp_path / "cache",
                              source="s.yaml")
         assert name in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "cache").exists()
     # A search asks more: val_logits that always answer one class are at chance.
     _outputs_file(zoo, digits, tmp_path / "v.npz", val_logits=np.eye(10)[np.zeros(n_val, int)])
     with pytest.raises(CheckpointError, match=r"teachers\.0\.logits: teacher 't' is at chance level"):
-        check_teachers([TeacherSpec(name="t", logits="v.npz")], digits, lambda p: tmp_path / p, "s.yaml")
+        check_teachers([TeacherSpec(name="t", logits=str(tmp_path / "v.npz"))], digits, "s.yaml")
 
 
 def _config(tmp_path, teacher: dict, **fields):
