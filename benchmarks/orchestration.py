@@ -47,7 +47,7 @@ import torch  # noqa: E402
 from autokd.data import load_data  # noqa: E402
 from autokd.runner import run_config  # noqa: E402
 from autokd.space import load_space  # noqa: E402
-from autokd.spec import StudySpec, load_study  # noqa: E402
+from autokd.spec import StudySpec, load_study, relative_paths  # noqa: E402
 from autokd.teachers import prepare_teachers, teacher_outputs  # noqa: E402
 
 WALL_RATIO_TARGET = 1.10
@@ -157,7 +157,7 @@ def run_inprocess_arm(spec: StudySpec, sampled: list[dict]) -> dict:
         config = space.apply(base, trial.params)
         config.seed = trial.user_attrs["seed"]
         reference = next(t for t in sampled if t["number"] == trial.user_attrs["a_number"])
-        if config.model_dump() != reference["config"]:
+        if relative_paths(config, spec.folder).model_dump() != reference["config"]:  # stored as the study stores it
             mismatched.append(reference["number"])
         trial_started = time.perf_counter()
         student, result = run_config(config, data, outputs, seed=config.seed, threads=THREADS)
