@@ -6,7 +6,9 @@ search is still writing (every read is a fresh query).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -29,8 +31,11 @@ TRIAL_ATTRS = ("seed", "params", "bytes_fp32", "bytes_fp16", "macs", "train_seco
 CHOICE_COLUMNS = ("val_gain_vs_ce", "val_gain_se", "front_reason")
 
 
-def open_storage(url: str, source: str = "--storage") -> optuna.storages.BaseStorage:
+def open_storage(url: str, source: str = "--storage", *, fast_commits: bool = False) -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`, or a one-line StorageError.
+
+    `fast_commits` (the searcher's, once the search has switched the file to write-ahead logging with
+    `use_write_ahead_log`): SQLite connections commit without an fsync each (synchronous=NORMAL).
 
     A database that holds tables but none of Optuna's belongs to another program: it is refused
     before Optuna would add its own tables to it. An empty or new database is fine."""
@@ -44,8 +49,8 @@ def open_storage(url: str, source: str = "--storage") -> optuna.storages.BaseSto
                 backend = optuna.storages.journal.JournalFileBackend(url)
                 return optuna.storages.JournalStorage(backend)
             storage = optuna.storages.RDBStorage(url, heartbeat_interval=None, engine_kwargs=_engine_kwargs(url))
-            if url.startswith("sqlite"):
-                _write_ahead_log(storage)
+            if fast_commits and url.startswith("sqlite"):
+                _synchronous_normal(storage)
             return storage
         except sqlalchemy.exc.IntegrityError:
             # Two drivers creating the schema of a new database at once: one loses the race on
@@ -66,9 +71,6 @@ OPTUNA_TABLES = frozenset({"alembic_version", "studies", "trials", "version_info
 
 def _refuse_foreign_database(url: str, source: str) -> None:
     """Raise StorageError when `url` is an existing database with tables but none of Optuna's. Reads only."""
-    import contextlib
-    import sqlite3
-
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///").partition("?")[0])
         if not path.is_file() or path.stat().st_size == 0:
@@ -107,20 +109,41 @@ def _shown_url(url: str) -> str:
     return repr(url) if len(url) <= 120 else repr(url[:120] + "...")
 
 
-def _write_ahead_log(storage: optuna.storages.RDBStorage) -> None:
-    """SQLite in write-ahead-log mode, synced at checkpoints: a commit costs ~0.03 ms instead of an fsync
-    (~4 ms here), and a trial makes dozens (benchmarks/orchestration.py's profile). A process killed at
-    any point loses no committed transaction; only an OS crash or power loss may lose the last ones."""
+def _sqlite_file(url: str) -> Path | None:
+    return Path(url.removeprefix("sqlite:///").partition("?")[0]) if url.startswith("sqlite:///") else None
+
+
+def use_write_ahead_log(url: str) -> None:
+    """Switch an SQLite storage file to write-ahead logging (it stays with the file): with `fast_commits`
+    a commit costs ~0.03 ms instead of an fsync (~4 ms here), and a trial makes dozens. A process killed at
+    any point loses no committed transaction; only an OS crash or power loss may lose the last ones. A
+    search calls it once its checks have passed, right before its first write; readers never do (reading
+    must not change the file). No-op for other storages."""
+    path = _sqlite_file(url)
+    if path is not None and path.is_file():
+        with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+
+
+def checkpoint(url: str) -> None:
+    """Write an SQLite storage's log back into its file (and empty the log), as a search ends: a later
+    reader then finds nothing to write back, so reading leaves the file's bytes as they are."""
+    path = _sqlite_file(url)
+    if path is not None and path.is_file():
+        with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _synchronous_normal(storage: optuna.storages.RDBStorage) -> None:
     import sqlalchemy
 
     def on_connect(connection, _record) -> None:
         cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # stays with the file: every later opener uses it
-        cursor.execute("PRAGMA synchronous=NORMAL")  # per connection
+        cursor.execute("PRAGMA synchronous=NORMAL")  # per connection; durable in WAL mode but for power loss
         cursor.close()
 
     sqlalchemy.event.listen(storage.engine, "connect", on_connect)
-    storage.engine.dispose()  # the connections Optuna opened while creating its tables get the settings too
+    storage.engine.dispose()  # connections opened while Optuna checked its tables get the setting too
 
 
 def _engine_kwargs(url: str) -> dict:

@@ -29,7 +29,7 @@ import pandas as pd
 
 from autokd.archs import check_code_allowed
 from autokd.data import load_data
-from autokd.results import counts, front_frame, trained_epochs, trials_frame
+from autokd.results import checkpoint, counts, front_frame, trained_epochs, trials_frame, use_write_ahead_log
 from autokd.space import load_space
 from autokd.spec import StudySpec, load_study, relative_paths, resolve_paths
 from autokd.study_store import (beat, check_outputs, check_resumable, clear_beat, existing_study,
@@ -95,6 +95,7 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     if storage_url.startswith("sqlite:///"):
         Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     optuna_study = stored or open_or_create_study(spec, storage_url, resume, signature)
+    use_write_ahead_log(storage_url)  # every check has passed: from here on the search writes
 
     started = time.perf_counter()
     teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, log=log, source=spec.source, progress=progress)
@@ -128,6 +129,7 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
             rerun_front_with_seeds(spec, optuna_study, data, outputs, log)
     finally:
         clear_beat(optuna_study)
+        checkpoint(storage_url)
     frame = trials_frame(optuna_study)
     return SearchResult(optuna_study, spec, frame, front_frame(frame), time.perf_counter() - started)
 

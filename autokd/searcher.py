@@ -82,7 +82,7 @@ class AutokdSearcher(OptunaSearch):
         super().__init__(space=self.suggest_params, metric=self.metrics,
                          mode=["max"] + ["min"] * (len(self.metrics) - 1),
                          sampler=make_sampler(spec, trials_so_far), study_name=spec.name,
-                         storage=open_storage(storage_url))
+                         storage=open_storage(storage_url, fast_commits=True))
         self._curves: dict[str, list[float]] = {}
         self._epochs_seen: dict[str, int] = {}
         self._last_beat = time.monotonic()

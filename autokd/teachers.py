@@ -440,10 +440,9 @@ def _last_line(error: BaseException) -> str:
     return cut(lines[-1] if lines else type(error).__name__, 100)
 
 
-def prepare_teachers(specs: list[TeacherSpec], data: Dataset, cache_dir: str | Path,
-                     device: str = "auto",
+def prepare_teachers(specs: list[TeacherSpec], data: Dataset, cache_dir: str | Path, *, device: str = "auto",
                      log: Callable[[str], None] = lambda message: None, source: str = "<study>",
-                     progress: bool = True, *, features: bool = False) -> list[Teacher]:
+                     progress: bool = True, features: bool = False) -> list[Teacher]:
     """Each teacher from the cache, or trained/loaded now and cached. A second call trains nothing.
 
     All teacher files are checked (`check_teachers`; with `features`, every teacher must give

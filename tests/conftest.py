@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -85,6 +87,14 @@ def trials_or_empty(folder: Path) -> list:
         return load_tiny(folder).get_trials(deepcopy=False)
     except Exception:  # no storage or no study yet, or the driver is creating the schema
         return []
+
+
+def database_content(path: Path) -> str:
+    """An SQLite file's rows, as SQL: what "writes nothing" compares. Not the file's bytes: in write-ahead-log
+    mode any connection may write committed pages back from the -wal file into the main file, which changes
+    no row."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return "\n".join(db.iterdump())
 
 
 def strings_in(node) -> list[str]:

@@ -12,7 +12,7 @@ import threading
 import optuna
 import pytest
 
-from conftest import AUTOKD, REPO, run_cli, tiny_study
+from conftest import AUTOKD, REPO, database_content, run_cli, tiny_study
 
 States = optuna.trial.TrialState
 
@@ -110,10 +110,10 @@ def test_studies_lists_each_study_with_counts_and_writes_nothing(searched, tmp_p
     other = optuna.create_study(study_name="other", storage=url, directions=["maximize", "minimize"])
     other.tell(other.ask(), state=States.FAIL)
     other.tell(other.ask(), state=States.PRUNED)
-    before = copy.read_bytes()
+    before = database_content(copy)
 
     listed = run_cli("studies", "--storage", url, check=True).stdout
-    assert copy.read_bytes() == before
+    assert database_content(copy) == before
     rows = {line.split()[0]: line.split()[1:] for line in listed.splitlines()[2:]}
     best = max(t.values[0] for t in _study(study_file).get_trials() if t.state == States.COMPLETE)
     assert rows == {"tiny": ["2", "2", "0", "0", "0", f"{best:.4f}"], "other": ["2", "0", "1", "1", "0", "-"]}

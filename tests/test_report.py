@@ -1,10 +1,7 @@
 """The report: built from a synthetic study written with search.py's conventions (no training)."""
 
-import contextlib
-import hashlib
 import json
 import re
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ from autokd.export import choose_trial
 from autokd.report import build_report
 from autokd.results import front_frame, hypervolume_reference
 from autokd.spec import StudySpec
+from conftest import database_content
 
 HOSTILE = "<script>alert(1)</script>"
 FILES = ("index.html", "pareto.png", "pareto.svg", "hypervolume.png", "importance.png", "effects.png",
@@ -339,16 +337,9 @@ def test_empty_study_gives_a_valid_page(tmp_path):
 def test_report_never_writes_to_the_storage(tmp_path):
     path, spec = write_study(tmp_path, n_complete=6)
     database = Path(spec.storage.removeprefix("sqlite:///"))
-
-    def content() -> str:
-        # The database's content, not its file's bytes: in write-ahead-log mode a reader may checkpoint
-        # committed pages from the -wal file into the main file, which changes no row.
-        with contextlib.closing(sqlite3.connect(database)) as db:
-            return hashlib.sha256("\n".join(db.iterdump()).encode()).hexdigest()
-
-    before = content()
+    before = database_content(database)
     build_report(str(path), out=tmp_path / "out", evaluate_test=False, log=lambda m: None)
-    assert content() == before
+    assert database_content(database) == before
 
 
 def test_a_crash_leaves_the_previous_report_untouched(tmp_path, monkeypatch):

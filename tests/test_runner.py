@@ -32,7 +32,7 @@ def test_a_config_without_distillation_gets_no_teacher_targets(tmp_path):
 def test_paired_seeds_train_packed_or_one_by_one_to_the_same_accuracies(tmp_path):
     spec = load_study(tiny_study(tmp_path, epochs=2))
     data = load_data(spec.data, spec.source)
-    outputs = teacher_outputs(prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path,
+    outputs = teacher_outputs(prepare_teachers(spec.teachers, data, spec.cache_dir,
                                                progress=False), data)
     config = spec.train_config()
     config.threads = 1
@@ -59,7 +59,7 @@ def test_a_search_trial_and_autokd_train_of_its_export_are_bit_identical(tmp_pat
     config = TrainConfig.model_validate(trial.user_attrs["config"])
     assert config.threads == 1
     data = load_data(spec.data, spec.source)
-    outputs = teacher_outputs(prepare_teachers(spec.teachers, data, spec.cache_dir, spec.resolve_path,
+    outputs = teacher_outputs(prepare_teachers(spec.teachers, data, spec.cache_dir,
                                                progress=False), data)
     student, _ = run_config(config, data, outputs, seed=config.seed)
     saved = torch.load(tmp_path / "run" / "student.pt", weights_only=True)
