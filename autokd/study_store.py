@@ -29,7 +29,7 @@ DRIVER = f"{socket.gethostname()}:{os.getpid()}"
 # A driver on another host whose heartbeat is older than this is taken for dead.
 DRIVER_STALE_S = 600.0
 HEARTBEAT_EVERY_S = 30.0
-# A RUNNING trial without a driver this young is being asked by a live driver, not orphaned.
+# A RUNNING trial without a driver this young may be being asked by another live driver, not orphaned.
 ASKING_GRACE_S = 120.0
 # {driver: time of its last beat}, one study attr for all drivers; a driver removes itself when it ends.
 HEARTBEATS = "heartbeats"
@@ -133,7 +133,7 @@ def recover_interrupted(study: optuna.Study, own_only: bool = False) -> int:
     beats = heartbeats(study)
     orphans = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
                if (t.user_attrs.get("driver") == DRIVER if own_only
-                   else not driver_alive(t.user_attrs.get("driver"), beats) and not _being_asked(t))]
+                   else not driver_alive(t.user_attrs.get("driver"), beats) and not _being_asked(t, beats))]
     storage = storage_of(study)
     for trial in orphans:
         storage.set_trial_user_attr(trial_id_of(trial), "failure_reason", INTERRUPTED)
@@ -144,12 +144,16 @@ def recover_interrupted(study: optuna.Study, own_only: bool = False) -> int:
     return len(orphans)
 
 
-def _being_asked(trial: optuna.trial.FrozenTrial) -> bool:
-    """A RUNNING trial without a driver that started moments ago: another driver has just asked for it
-    and is about to mark it as its own (`searcher.suggest`), not an orphan."""
+def _being_asked(trial: optuna.trial.FrozenTrial, beats: dict[str, float]) -> bool:
+    """A RUNNING trial without a driver that started moments ago, while another driver is alive: that one
+    may have just asked for it and be about to mark it as its own (`searcher.suggest`), so it is no orphan.
+
+    With no other live driver it is one: a driver killed inside `ask()` (its sampler runs between
+    the trial's creation and the mark) leaves it so, and a resume right after must recover it."""
     started = trial.datetime_start
     return (trial.user_attrs.get("driver") is None and started is not None
-            and (datetime.now() - started).total_seconds() < ASKING_GRACE_S)
+            and (datetime.now() - started).total_seconds() < ASKING_GRACE_S
+            and any(driver_alive(driver, beats) for driver in beats if driver != DRIVER))
 
 
 # Attributes an enqueued trial carries into its run (see `searcher`): what it is, not what happened.

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pickle
+import time
 
 import optuna
 import pytest
 
 from autokd.spec import load_study
-from autokd.study_store import DRIVER, beat, clear_beat, heartbeats, make_sampler
+from autokd.study_store import DRIVER, DRIVER_STALE_S, HEARTBEATS, beat, clear_beat, heartbeats, make_sampler
 from conftest import tiny_study
 
 
@@ -49,6 +50,8 @@ def test_a_trial_another_driver_is_asking_for_is_no_orphan():
     from autokd.study_store import recover_interrupted
 
     study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr(HEARTBEATS, {"other-host:1": time.time()})  # another driver, alive
+    beat(study)
     asked = study.ask()
     dead = study.ask()
     dead.set_user_attr("driver", "this-host-never:1")  # another host, no heartbeat: dead
@@ -56,3 +59,19 @@ def test_a_trial_another_driver_is_asking_for_is_no_orphan():
     states = {t.number: t.state for t in study.get_trials()}
     assert states[asked.number] == optuna.trial.TrialState.RUNNING
     assert states[dead.number] == optuna.trial.TrialState.FAIL
+
+
+def test_a_trial_left_unmarked_by_a_driver_killed_inside_ask_is_recovered_at_once():
+    """With no other live driver, nobody can be asking for a RUNNING trial without a driver: the one
+    that asked died inside `ask()` (the sampler runs before the mark), and a resume a second later
+    recovers it instead of leaving it RUNNING for ASKING_GRACE_S (a flaky fault test found this)."""
+    from autokd.study_store import recover_interrupted
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr(HEARTBEATS, {"this-host-never:1": time.time() - 3 * DRIVER_STALE_S})  # dead long ago
+    beat(study)  # the resuming driver itself
+    unmarked = study.ask()
+    assert recover_interrupted(study) == 1
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[unmarked.number] == optuna.trial.TrialState.FAIL
+    assert [t.params for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))] == [unmarked.params]
