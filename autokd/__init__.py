@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 # The public surface: module -> the names it gives. Each is imported on first use, so `import autokd`
 # (and so the CLI) loads no torch, Optuna, pandas or matplotlib until a command needs them.
 _PUBLIC = {
+    "autokd.config_files": ["load_study", "load_train_config"],
     "autokd.data": ["Dataset", "load_data"],
     "autokd.distill": ["FitResult", "evaluate", "fit"],
     "autokd.export": ["export_config"],
@@ -29,11 +30,12 @@ _PUBLIC = {
     "autokd.report": ["build_report"],
     "autokd.results": ["front_frame", "robust_frame", "trials_frame"],
     "autokd.search": ["SearchResult", "search"],
-    "autokd.spec": ["StudySpec", "TrainConfig", "load_study", "load_train_config"],
+    "autokd.sizes": ["ModelSize", "model_size"],
+    "autokd.spec": ["StudySpec", "TrainConfig"],
     "autokd.stopping": ["ParetoRungs"],
-    "autokd.teachers": ["teacher_targets"],
+    "autokd.own_loop": ["teacher_targets"],
     "autokd.train": ["build_student", "load_student", "train"],
-    "autokd.zoo": ["ModelSize", "build_model", "model_size"],
+    "autokd.zoo": ["build_model"],
 }
 _MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
 

@@ -45,7 +45,7 @@ def search(study: Path = typer.Argument(..., help="Study YAML file."),
            report: bool = typer.Option(True, "--report/--no-report", help="Write the report at the end."),
            allow_code: bool = ALLOW_CODE) -> None:
     """Run a multi-objective search (Optuna proposes, Ray Tune runs)."""
-    from autokd.spec import load_study
+    from autokd.config_files import load_study
 
     _allow_code(allow_code)
 
@@ -99,7 +99,7 @@ def _with_overrides(spec, overrides: dict[str, tuple[str, str, object]]):
     """`spec` with flag values put in its sections, each checked as the study file's own value would be."""
     from pydantic import ValidationError
 
-    from autokd.spec import describe_validation_error
+    from autokd.config_files import describe_validation_error
 
     sections = {}
     for flag, (section, key, value) in overrides.items():
@@ -116,9 +116,10 @@ def _with_overrides(spec, overrides: dict[str, tuple[str, str, object]]):
 @app.command()
 def teachers(study: Path = typer.Argument(..., help="Study or training config YAML.")) -> None:
     """Train the missing teachers once and cache them with their outputs."""
+    from autokd.config_files import load_study
     from autokd.data import load_data
-    from autokd.spec import load_study
-    from autokd.teachers import prepare_teachers, teacher_outputs
+    from autokd.teacher_outputs import teacher_outputs
+    from autokd.teachers import prepare_teachers
 
     spec = load_study(study)
     data = load_data(spec.data, str(study))
@@ -230,8 +231,8 @@ def studies(study: Optional[Path] = typer.Argument(None, help="A study YAML file
     import optuna
     from optuna.trial import TrialState
 
+    from autokd.config_files import load_study
     from autokd.results import counts, open_storage
-    from autokd.spec import load_study
 
     if storage is None and study is None:
         raise ConfigError("autokd studies: give a study file or --storage URL")

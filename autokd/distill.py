@@ -3,7 +3,7 @@
 A search trial and a production run differ only in the schedule they pass (and, in
 production, optional augmentation with the teachers run online on the augmented batch).
 Data is in memory and sliced by index; teacher outputs come either from the per-index
-cache (`teachers.CachedTeacherOutputs`) or from live teachers (`teachers.OnlineTeachers`).
+cache (`teacher_outputs.CachedTeacherOutputs`) or from live teachers (`teacher_outputs.OnlineTeachers`).
 
 Unlabeled inputs (`Dataset.x_unlabeled`): a run that learns from teachers (w_kd or w_feat > 0)
 takes its batches from the pool, x_train then x_unlabeled, shuffled together (so a batch holds
@@ -221,4 +221,4 @@ def _check_covers_pool(teacher_outputs: TeacherSource, rows: int) -> None:
     cached = getattr(teacher_outputs, "train_logits", None)
     if cached is not None and cached.shape[1] != rows:
         raise ValueError(f"teacher_outputs: cached outputs cover {cached.shape[1]} samples, the pool (labeled + "
-                         f"unlabeled) has {rows}: compute them with teachers.teacher_outputs on this data")
+                         f"unlabeled) has {rows}: compute them with teacher_outputs.teacher_outputs on this data")

@@ -33,7 +33,8 @@ import pandas as pd
 from autokd import data as data_module
 from autokd import distill
 from autokd import pairing
-from autokd.spec import DistillSpec, StudySpec, TrainConfig, resolve_paths
+from autokd.paths import resolve_paths
+from autokd.spec import DistillSpec, StudySpec, TrainConfig
 from autokd.atomic import write_bytes
 from autokd.runner import run_config
 from autokd.train import prepare_targets

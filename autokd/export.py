@@ -33,13 +33,15 @@ import optuna
 import yaml
 
 from autokd.atomic import write_text
+from autokd.config_files import load_train_config, read_yaml, train_config_from_dict
 from autokd.data import Dataset, load_data
 from autokd.errors import AutokdError
 from autokd.pareto import knee_index, select_index
+from autokd.paths import relative_path, relative_paths, resolve_paths
 from autokd.results import architecture_choices, log_sizes, study_and_spec
-from autokd.spec import (DataSpec, StudySpec, TrainConfig, load_train_config, read_yaml, relative_path, relative_paths,
-                         resolve_paths, train_config_from_dict)
-from autokd.teachers import file_digest, teacher_key
+from autokd.spec import DataSpec, StudySpec, TrainConfig
+from autokd.teacher_files import file_digest
+from autokd.teachers import teacher_key
 
 RULE_FLAGS = "--trial, --max-params/--max-bytes, --min-accuracy, --knee"
 DATASET_KEYS = {"data_dir": "fashion-mnist", "path": "file", "mnist1d_samples": "mnist1d"}  # key -> the one reader
@@ -215,7 +217,7 @@ def _dataset_data(data: DataSpec) -> DataSpec:
 
 def _portable_path(path: Path, folder: Path) -> str:
     """`path` (from the working directory) relative to `folder`, so that the exported file and what it names can
-    move together; absolute only when the two share no folder but the filesystem root (`spec.relative_path`)."""
+    move together; absolute only when the two share no folder but the filesystem root (`paths.relative_path`)."""
     return relative_path(os.path.abspath(Path(path).expanduser()), folder)
 
 

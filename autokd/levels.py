@@ -28,9 +28,9 @@ import optuna
 from autokd.pairing import CE, TUNED, VANILLA_KD
 from autokd.pareto import pareto_front_mask, useful_mask
 from autokd.results import INTERRUPTED
+from autokd.sizes import arch_size
 from autokd.space import SUBSET_SEPARATOR, SearchSpace, TeacherSubsetParam
 from autokd.spec import StudySpec, TrainConfig, derived_seed
-from autokd.zoo import arch_size
 
 ARCHITECTURE = "architecture"  # the role of a level-1 trial
 ARCH_SECTIONS = ("student", "schedule")

@@ -8,7 +8,7 @@
   channel, and the activation ranges are calibrated on training samples.
 
 Any other family is refused with a ValueError that names it. The size of the result is
-`zoo.ModelSize.bytes_int8`, known before training; MACs are unchanged. The quantised model takes
+`sizes.ModelSize.bytes_int8`, known before training; MACs are unchanged. The quantised model takes
 normalised inputs like the student (the exported student.int8.pt takes raw ones) and runs on the
 CPU only::
 

@@ -16,10 +16,12 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from autokd.config_files import load_study
 from autokd.errors import StorageError
 from autokd.pairing import Candidate, Choice, choose
 from autokd.pareto import first_dominators, pareto_ranks
-from autokd.spec import StudySpec, load_study, resolve_paths
+from autokd.paths import resolve_paths
+from autokd.spec import StudySpec
 
 SCHEMA_RACE_RETRIES = 5
 INTERRUPTED = "interrupted: the search stopped before this trial finished (re-queued)"

@@ -13,8 +13,9 @@ import optuna
 
 from autokd import runner
 from autokd.archs import ALLOW_CODE_ENV, code_allowed
+from autokd.paths import resolve_paths
 from autokd.results import trials_frame
-from autokd.spec import StudySpec, TrainConfig, derived_seed, resolve_paths
+from autokd.spec import StudySpec, TrainConfig, derived_seed
 
 
 def robust_seeds(trial_seed: int, count: int) -> list[int]:

@@ -28,13 +28,16 @@ import optuna
 import pandas as pd
 
 from autokd.archs import check_code_allowed
+from autokd.config_files import load_study
 from autokd.data import load_data
+from autokd.paths import relative_paths, resolve_paths
 from autokd.results import checkpoint, counts, front_frame, trained_epochs, trials_frame, use_write_ahead_log
 from autokd.space import load_space
-from autokd.spec import StudySpec, load_study, relative_paths, resolve_paths
+from autokd.spec import StudySpec
 from autokd.study_store import (beat, check_outputs, check_resumable, clear_beat, existing_study,
                                 open_or_create_study, recover_interrupted)
-from autokd.teachers import check_teachers, prepare_teachers, teacher_outputs
+from autokd.teacher_outputs import teacher_outputs
+from autokd.teachers import check_teachers, prepare_teachers
 
 
 @dataclass
@@ -135,9 +138,10 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
 
 
 def _check_student(spec: StudySpec, space, data) -> None:
-    """A custom student is built once on a dummy batch (`zoo.check_student`): a bad factory is one line, now."""
+    """A custom student is built once on a dummy batch (`custom_student.check_student`): a bad factory is
+    one line, now."""
+    from autokd.custom_student import check_student
     from autokd.space import may_be_positive
-    from autokd.zoo import check_student
 
     check_student(spec.student, data.input_shape, data.num_classes, source=spec.source, int8=spec.quantize.int8,
                   features=may_be_positive(space, "distill.w_feat", spec.distill.w_feat),
@@ -148,9 +152,9 @@ def _check_student(spec: StudySpec, space, data) -> None:
 def _check_attention(spec: StudySpec, space, data) -> bool:
     """Can a trial use attention transfer (w_at > 0)? If so, every student family it may go with (the
     study's student for its own family, the family's defaults for another) shares a stage size with
-    every teacher it may use (`teachers.check_attention`); one ConfigError line if not."""
+    every teacher it may use (`teacher_outputs.check_attention`); one ConfigError line if not."""
     from autokd.space import attention_scope
-    from autokd.teachers import check_attention
+    from autokd.teacher_outputs import check_attention
 
     scope = attention_scope(space, spec)
     if scope is None:
@@ -165,7 +169,7 @@ def _check_attention(spec: StudySpec, space, data) -> bool:
 def study_attrs(spec: StudySpec, space_signature: dict, two_level: bool) -> dict:
     """What a study stores about itself (resume checks, report, show and export read it back).
 
-    Its paths are relative to the study file (`spec.relative_paths`): the same from any working
+    Its paths are relative to the study file (`paths.relative_paths`): the same from any working
     directory, and no path of this machine; ``study_file`` says where this driver found the file (a
     study opened by name resolves them from its folder)."""
     return {"objectives": spec.objectives, "space": space_signature,

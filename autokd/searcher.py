@@ -27,11 +27,12 @@ from ray.tune.search.optuna import OptunaSearch
 from autokd.archs import code_allowed
 from autokd.errors import AutokdError
 from autokd.levels import ALL_SECTIONS, FINISHED, WAIT, Proposal, TwoLevelPlan, role_config, sampled_sections
+from autokd.paths import relative_paths
 from autokd.results import open_storage, trained_epochs
+from autokd.sizes import arch_size
 from autokd.space import SearchSpace
-from autokd.spec import INT8_ACCURACY_METRIC, StudySpec, TrainConfig, derived_seed, relative_paths
+from autokd.spec import INT8_ACCURACY_METRIC, StudySpec, TrainConfig, derived_seed
 from autokd.study_store import DRIVER, HEARTBEAT_EVERY_S, beat, make_sampler, report_intermediate
-from autokd.zoo import arch_size
 
 # Stop after this many infeasible proposals in a row: the space and the constraints disagree.
 MAX_INFEASIBLE_IN_A_ROW = 200

@@ -28,9 +28,10 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from autokd.archs import FAMILIES, family_has
+from autokd.config_files import config_error, describe_validation_error, read_yaml
 from autokd.errors import ConfigError
-from autokd.spec import (DistillSpec, ScheduleSpec, StudySpec, TeacherSpec, TrainConfig, attention_refusal,
-                         check_int64, config_error, cut, describe_validation_error, read_yaml, shown)
+from autokd.spec import (DistillSpec, ScheduleSpec, StudySpec, TeacherSpec, TrainConfig, attention_refusal, check_int64,
+                         cut, shown)
 
 SECTIONS = ("distill", "schedule", "student")
 SUBSET_SEPARATOR = "+"

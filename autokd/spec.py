@@ -2,11 +2,9 @@
 
 A *training config* says how to train one student (data, teachers, student, distillation,
 schedule, seed). A *study* is a training config's defaults plus what to search and how
-(search space, objectives, constraints, budget, sampler, resources, storage).
-
-Every error is one line that names the file and the dotted key::
-
-    studies/x.yaml: distill.temperature: must be > 0, got -1
+(search space, objectives, constraints, budget, sampler, resources, storage). Every model
+refuses unknown keys, infinite or NaN floats and integers beyond int64; reading them from a
+file, with one-line errors, is `config_files`; the rules for the paths they hold are `paths`.
 """
 
 from __future__ import annotations
@@ -15,15 +13,14 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializerFunctionWrapHandler, ValidationError,
-                      field_validator, model_serializer, model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializerFunctionWrapHandler, field_validator,
+                      model_serializer, model_validator)
 from pydantic_core import PydanticCustomError
 
-from autokd.archs import ARCH_ERROR, ATTENTION_FAMILIES, ArchDict, StudentArchDict, resolve_code_path
-from autokd.errors import ConfigError
+from autokd.archs import ARCH_ERROR, ATTENTION_FAMILIES, ArchDict, StudentArchDict
+from autokd.paths import PATH_KEYS, STUDY_PATH_KEYS, absolute_path
 
 SIZE_METRICS = ("params", "bytes_fp32", "bytes_fp16", "bytes_int8", "macs")
 ACCURACY_METRIC = "val_accuracy"
@@ -238,6 +235,7 @@ class QuantizeSpec(_Strict):
 class _RunFields(_Strict):
     """What a training config and a study share: how one student is trained."""
 
+    path_keys: ClassVar[tuple[str, ...]] = PATH_KEYS  # the keys that hold paths (`paths`)
     data: DataSpec = Field(default_factory=DataSpec)
     teachers: list[TeacherSpec] = Field(default_factory=list)
     student: StudentArchDict = Field(default_factory=lambda: {"family": "mlp", "depth": 1, "width": 32})
@@ -290,7 +288,7 @@ def attention_refusal(student: dict, teachers: list[TeacherSpec]) -> str | None:
 
     Both sides need convolutional stages (`archs.ATTENTION_FAMILIES`): a zoo cnn or resnet student,
     and teachers that are zoo cnn or resnet models (trained here or from a checkpoint). Whether their
-    stages share a spatial size is checked once the input shape is known (`teachers.check_attention`).
+    stages share a spatial size is checked once the input shape is known (`teacher_outputs.check_attention`).
     """
     if not teachers:
         return "attention transfer (w_at > 0) needs at least one teacher"
@@ -370,6 +368,7 @@ class SearchModeSpec(_Strict):
 class StudySpec(_RunFields):
     """A search: the run fields are the defaults every trial starts from."""
 
+    path_keys: ClassVar[tuple[str, ...]] = STUDY_PATH_KEYS  # its search space file and storage too
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     search_space: str | dict[str, Any]
     objectives: list[str] = Field(default_factory=lambda: [ACCURACY_METRIC, "params"])
@@ -488,289 +487,3 @@ def _plain(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v.model_dump() if isinstance(v, BaseModel) else
             [x.model_dump() if isinstance(x, BaseModel) else x for x in v] if isinstance(v, list) else v
             for k, v in fields.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading files
-
-MAX_YAML_BYTES = 4 * 2**20  # a study, space or training config is a few kB
-MAX_YAML_NODES = 100_000  # values after expanding every alias; a study has a few hundred
-MAX_YAML_DEPTH = 50  # nesting; a study needs five
-
-
-class _Loader(yaml.SafeLoader):
-    """`yaml.safe_load`, but a key given twice is an error, not "the last one wins", and nesting is bounded."""
-
-    _depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
-                                                  self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` then a key of its own: an override
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:  # unhashable: the base class refuses it in its own words
-                continue
-            if duplicate:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {shown(key)}", key_node.start_mark)
-        return super().construct_mapping(node, deep)
-
-
-def _check_expansion(root: yaml.Node) -> None:
-    """Refuse a document whose aliases expand to more than MAX_YAML_NODES values or MAX_YAML_DEPTH levels.
-
-    Walks the node graph once (shared nodes are counted from a memo), so an alias bomb is
-    measured in microseconds, before anything is built from it."""
-    done: dict[int, tuple[int, int]] = {}  # id(node) -> (values when expanded, height)
-    active: set[int] = set()
-
-    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
-        if id(node) in done:
-            size, height = done[id(node)]
-        elif id(node) in active:
-            raise yaml.composer.ComposerError(None, None, "an alias refers to its own anchor (a recursive value)",
-                                              node.start_mark)
-        elif depth > MAX_YAML_DEPTH:
-            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
-                                              node.start_mark)
-        else:
-            active.add(id(node))
-            size, height = 1, 0
-            children = (node.value if isinstance(node, yaml.SequenceNode) else
-                        [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) else [])
-            for child in children:
-                child_size, child_height = measure(child, depth + 1)
-                size, height = size + child_size, max(height, child_height + 1)
-                if size > MAX_YAML_NODES:
-                    raise yaml.composer.ComposerError(None, None, f"aliases expand to more than {MAX_YAML_NODES:,} "
-                                                      "values (an alias bomb?)", child.start_mark)
-            active.discard(id(node))
-            done[id(node)] = size, height
-        if depth + height > MAX_YAML_DEPTH:
-            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
-                                              node.start_mark)
-        return size, height
-
-    measure(root, 0)
-
-
-def _load_yaml(text: str) -> Any:
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_expansion(node)
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from `path` (safe_load only, bounded: see `_Loader`), or a one-line ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
-    if path.stat().st_size > MAX_YAML_BYTES:
-        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is too large for a YAML config "
-                          f"(at most {MAX_YAML_BYTES:,})")
-    try:
-        document = _load_yaml(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "cannot parse"
-        raise ConfigError(f"{path}: not valid YAML{where}: {cut(problem, 120)}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: not valid YAML: nested deeper than {MAX_YAML_DEPTH} levels") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (expected YAML)") from None
-    if not isinstance(document, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(document).__name__}")
-    return document
-
-
-def describe_validation_error(error: ValidationError) -> tuple[str, str]:
-    """Pydantic's first error as (dotted key, what was expected [, got X])."""
-    first = error.errors()[0]
-    location = cut(".".join(str(part) for part in first["loc"]), 120)
-    key = location or "<top level>"
-    kind, message = first["type"], first["msg"]
-    if kind == ARCH_ERROR:  # worded by autokd (archs, or a check across sections); ctx names the key
-        return ".".join(filter(None, (location, cut(first["ctx"]["key"])))) or key, message
-    if kind == "extra_forbidden":
-        return key, "unknown key"
-    if kind == "missing":
-        return key, "required key is missing"
-    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    message = message[0].lower() + message[1:] if message else message
-    message = message.replace("input should be", "must be").replace("greater than or equal to", ">=")
-    message = message.replace("greater than", ">").replace("less than or equal to", "<=").replace("less than", "<")
-    if kind.endswith("_type") or kind in {"literal_error", "greater_than", "greater_than_equal", "less_than",
-                                         "less_than_equal", "string_pattern_mismatch", "int_from_float",
-                                         "int_parsing", "float_parsing", "bool_parsing", "finite_number"}:
-        return key, f"{cut(message, 160)}, got {shown(first.get('input'))}"
-    return key, cut(message, 200)
-
-
-def config_error(source: str | Path, error: ValidationError) -> ConfigError:
-    """Turn pydantic's first error into `file: dotted.key: what was expected, got X`."""
-    key, message = describe_validation_error(error)
-    return ConfigError(f"{source}: {key}: {message}")
-
-
-def _validate(model: type[BaseModel], document: dict[str, Any], source: str | Path) -> Any:
-    try:
-        return model.model_validate(document)
-    except ValidationError as error:
-        raise config_error(source, error) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Paths: relative to the file that holds them
-
-# Every path a training config holds, as dotted keys ("*": each item of a list); a study adds its
-# search space file and its storage (the file of an SQLite or journal storage). A relative path in
-# a file is relative to the file's folder; `~` and absolute paths are taken as given. The loaders
-# make them absolute once (`resolve_paths`); what autokd stores in a study and writes to a file
-# holds them relative to that study's or file's folder again (`relative_paths`), so that it names
-# no path of the machine or of the working directory it was written from.
-PATH_KEYS = ("data.path", "data.data_dir", "data.unlabeled.file", "teachers.*.checkpoint", "teachers.*.torchscript",
-             "teachers.*.logits", "student.path", "cache_dir")
-STUDY_PATH_KEYS = (*PATH_KEYS, "search_space", "storage")
-_Config = TypeVar("_Config", bound="_RunFields")
-
-
-def absolute_path(path: str, folder: str | Path) -> str:
-    """`path` as a file in `folder` means it, absolute: `~` and absolute paths as given, relative ones from `folder`."""
-    given = Path(path).expanduser()
-    return str(given) if given.is_absolute() else os.path.abspath(os.path.join(folder, given))
-
-
-def relative_path(path: str, folder: str | Path) -> str:
-    """An absolute (or `~`) `path` relative to `folder`, so that the two can move together; a relative one as it is.
-
-    Absolute still when the two share no folder but the filesystem root (``/usr/share/...`` from a
-    home folder): a relative path would be no more portable than the absolute one."""
-    given = Path(path).expanduser()
-    if not given.is_absolute():
-        return path
-    target, base = os.path.abspath(given), os.path.abspath(folder)
-    if os.path.commonpath([target, base]) == given.anchor:
-        return target
-    return os.path.relpath(target, base)
-
-
-def resolve_paths(config: _Config, folder: str | Path) -> _Config:
-    """A copy of `config` (a TrainConfig or StudySpec) with every path absolute, relative ones taken from `folder`.
-
-    Example::
-
-        stored = TrainConfig.model_validate(trial.user_attrs["config"])   # paths relative to the study file
-        config = resolve_paths(stored, spec.folder)                      # ready to load data and teachers
-    """
-    copy = config.model_copy(deep=True)
-    _map_paths(copy, lambda path: absolute_path(path, folder))
-    return copy
-
-
-def relative_paths(config: _Config, folder: str | Path) -> _Config:
-    """A copy of `config` with every absolute path relative to `folder` (`relative_path`): how a study stores its
-    configs (relative to the study file's folder) and a config file is written (relative to its own folder)."""
-    copy = config.model_copy(deep=True)
-    _map_paths(copy, lambda path: relative_path(path, folder))
-    return copy
-
-
-def is_path_key(dotted: str) -> bool:
-    """Is `dotted` (e.g. ``teachers.0.checkpoint``) one of `STUDY_PATH_KEYS`?"""
-    return any(_matches(dotted.split("."), key.split(".")) for key in STUDY_PATH_KEYS)
-
-
-def _matches(parts: list[str], pattern: list[str]) -> bool:
-    return len(parts) == len(pattern) and all(p == q or (q == "*" and p.isdigit()) for p, q in zip(parts, pattern))
-
-
-def _map_paths(config: _RunFields, change: Callable[[str], str]) -> None:
-    """Replace, in place, every path in `config` (`PATH_KEYS`, a study's `STUDY_PATH_KEYS`) by `change(path)`."""
-    for key in STUDY_PATH_KEYS if isinstance(config, StudySpec) else PATH_KEYS:
-        for node, name in list(_path_slots(config, key.split("."))):
-            value = _child(node, name)
-            changed = _storage_path(value, change) if key == "storage" else change(value)
-            if changed != value:
-                if isinstance(node, (dict, list)):
-                    node[name] = changed
-                else:
-                    setattr(node, name, changed)
-
-
-def _path_slots(node: Any, parts: list[str]) -> Iterator[tuple[Any, Any]]:
-    """(container, key) of each non-empty string at the dotted `parts` below `node` (models, dicts, lists)."""
-    head, rest = parts[0], parts[1:]
-    for name in (range(len(node)) if head == "*" and isinstance(node, list) else [head]):
-        value = _child(node, name)
-        if rest and value is not None:
-            yield from _path_slots(value, rest)
-        elif not rest and isinstance(value, str) and value:
-            yield node, name
-
-
-def _child(node: Any, name: Any) -> Any:
-    if isinstance(node, list):
-        return node[name] if isinstance(name, int) else None
-    return node.get(name) if isinstance(node, dict) else getattr(node, name, None)
-
-
-def _storage_path(url: str, change: Callable[[str], str]) -> str:
-    """A storage URL with its SQLite or journal file's path changed; a database server's as it is."""
-    if url.startswith("sqlite:///"):
-        path, mark, query = url.removeprefix("sqlite:///").partition("?")
-        return url if path in ("", ":memory:") else f"sqlite:///{change(path)}{mark}{query}"
-    return url if "://" in url else change(url)
-
-
-def _relative_to_file(spec: _RunFields, path: str | Path) -> None:
-    """Paths written in a config file are relative to that file's folder: made absolute here, once."""
-    folder = Path(os.path.abspath(Path(path).parent))
-    _map_paths(spec, lambda value: absolute_path(value, folder))
-    if isinstance(spec, StudySpec):
-        spec._folder = folder
-    spec.student = resolve_code_path(spec.student, Path(path).parent)  # custom: the factory's folder, absolute
-
-
-def load_study(path: str | Path) -> StudySpec:
-    document = read_yaml(path)
-    if "search_space" not in document:
-        raise ConfigError(f"{path}: search_space: required key is missing (is this a training config? "
-                          "use `autokd train`)")
-    document = {**document, "source": str(path)}
-    spec = _validate(StudySpec, document, path)
-    _relative_to_file(spec, path)
-    return spec
-
-
-def load_train_config(path: str | Path) -> TrainConfig:
-    """A training config file, or a study file (its default student is trained)."""
-    document = read_yaml(path)
-    if "search_space" in document:
-        return load_study(path).train_config()
-    config = _validate(TrainConfig, document, path)
-    _relative_to_file(config, path)
-    return config
-
-
-def train_config_from_dict(document: dict[str, Any], source: str = "<config>") -> TrainConfig:
-    return _validate(TrainConfig, document, source)

@@ -22,8 +22,9 @@ from typing import Any
 import optuna
 
 from autokd.errors import StorageError
+from autokd.paths import absolute_path, is_path_key, relative_paths
 from autokd.results import INTERRUPTED, open_storage
-from autokd.spec import StudySpec, absolute_path, cut, derived_seed, is_path_key, relative_paths
+from autokd.spec import StudySpec, cut, derived_seed
 
 DRIVER = f"{socket.gethostname()}:{os.getpid()}"
 # A driver on another host whose heartbeat is older than this is taken for dead.

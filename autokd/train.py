@@ -31,14 +31,19 @@ import yaml
 
 from autokd.archs import check_code_allowed
 from autokd.atomic import check_writable, replace_folder
+from autokd.config_files import load_train_config
+from autokd.custom_student import check_student
 from autokd.data import load_data
 from autokd.distill import evaluate
 from autokd.errors import CheckpointError, ConfigError
+from autokd.paths import relative_paths, resolve_paths
 from autokd.runner import run_config
-from autokd.spec import TrainConfig, load_train_config, relative_paths, resolve_paths
-from autokd.teachers import (OnlineTeachers, Teacher, check_attention, load_state_dict, prepare_teachers,
-                             teacher_outputs)
-from autokd.zoo import ZooModel, build_model, check_student, model_size
+from autokd.sizes import model_size
+from autokd.spec import TrainConfig
+from autokd.teacher_files import load_state_dict
+from autokd.teacher_outputs import OnlineTeachers, check_attention, teacher_outputs
+from autokd.teachers import Teacher, prepare_teachers
+from autokd.zoo import ZooModel, build_model
 
 STUDENT_FILE = "student.pt"
 TORCHSCRIPT_FILE = "student.torchscript.pt"
@@ -152,8 +157,8 @@ def build_student(config: TrainConfig | str | Path, *, input_shape: Sequence[int
     Without `input_shape`/`num_classes` the config's dataset is loaded to find them. The
     initial weights depend on the seed only (`zoo.build_model(seed=)`), so the search and
     `autokd train` start from the same student for the same seed. A custom student
-    (``family: custom``) is a `zoo.CustomStudent` around your factory's module, and needs the
-    opt-in (``AUTOKD_ALLOW_CODE=1``, or ``autokd.archs.allow_code()``).
+    (``family: custom``) is a `custom_student.CustomStudent` around your factory's module, and
+    needs the opt-in (``AUTOKD_ALLOW_CODE=1``, or ``autokd.archs.allow_code()``).
 
     Example::
 

@@ -38,12 +38,13 @@ from common import REPO, write_result  # noqa: E402  (common puts the repo on sy
 
 import optuna  # noqa: E402
 
+from autokd.config_files import load_study  # noqa: E402
 from autokd.evaluation import _Runner, baseline_config  # noqa: E402
 from autokd.levels import VANILLA  # noqa: E402
 from autokd.pairing import paired_gain  # noqa: E402
 from autokd.results import architecture_choices, front_frame, study_hypervolume, trials_frame  # noqa: E402
 from autokd.search import search  # noqa: E402
-from autokd.spec import StudySpec, TrainConfig, load_study  # noqa: E402
+from autokd.spec import StudySpec, TrainConfig  # noqa: E402
 
 BENCH_FOLDER = REPO / ".cache" / "autokd" / "bench"
 CACHE_DIR = REPO / ".cache" / "autokd"

@@ -26,8 +26,9 @@ from common import REPO  # noqa: E402  (common puts the repo on sys.path)
 
 import optuna  # noqa: E402
 
+from autokd.config_files import load_study  # noqa: E402
 from autokd.search import search  # noqa: E402
-from autokd.spec import StudySpec, load_study  # noqa: E402
+from autokd.spec import StudySpec  # noqa: E402
 
 BENCH_FOLDER = REPO / ".cache" / "autokd" / "bench"
 CACHE_DIR = REPO / ".cache" / "autokd"

@@ -47,9 +47,11 @@ from common import REPO, write_result  # noqa: E402  (common puts the repo on sy
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
+from autokd.config_files import load_study  # noqa: E402
 from autokd.data import load_data  # noqa: E402
-from autokd.spec import StudySpec, load_study  # noqa: E402
-from autokd.teachers import prepare_teachers, teacher_outputs  # noqa: E402
+from autokd.spec import StudySpec  # noqa: E402
+from autokd.teacher_outputs import teacher_outputs  # noqa: E402
+from autokd.teachers import prepare_teachers  # noqa: E402
 
 CONCURRENT_TARGET = 4
 UTILISATION_TARGET = 70.0

@@ -32,15 +32,18 @@ from common import REPO, write_result  # noqa: E402  (common puts the repo on sy
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
+from autokd.config_files import load_study  # noqa: E402
 from autokd.data import load_data  # noqa: E402
 from autokd.distill import evaluate  # noqa: E402
 from autokd.pareto import hypervolume, pareto_front_mask  # noqa: E402
+from autokd.paths import resolve_paths  # noqa: E402
 from autokd.quantize import evaluate_int8, quantize_student  # noqa: E402
 from autokd.results import trials_frame  # noqa: E402
 from autokd.runner import run_config  # noqa: E402
 from autokd.search import search  # noqa: E402
-from autokd.spec import StudySpec, TrainConfig, load_study, resolve_paths  # noqa: E402
-from autokd.teachers import prepare_teachers, teacher_outputs  # noqa: E402
+from autokd.spec import StudySpec, TrainConfig  # noqa: E402
+from autokd.teacher_outputs import teacher_outputs  # noqa: E402
+from autokd.teachers import prepare_teachers  # noqa: E402
 
 BYTES_LIMIT = 200_000  # fp32 bytes: 50,000 parameters, studies/digits.yaml's constraint
 WITHIN_PT = 1.0

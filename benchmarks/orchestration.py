@@ -44,11 +44,14 @@ from common import REPO, write_result  # noqa: E402  (common puts the repo on sy
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
+from autokd.config_files import load_study  # noqa: E402
 from autokd.data import load_data  # noqa: E402
+from autokd.paths import relative_paths  # noqa: E402
 from autokd.runner import run_config  # noqa: E402
 from autokd.space import load_space  # noqa: E402
-from autokd.spec import StudySpec, load_study, relative_paths  # noqa: E402
-from autokd.teachers import prepare_teachers, teacher_outputs  # noqa: E402
+from autokd.spec import StudySpec  # noqa: E402
+from autokd.teacher_outputs import teacher_outputs  # noqa: E402
+from autokd.teachers import prepare_teachers  # noqa: E402
 
 WALL_RATIO_TARGET = 1.10
 WORKLOADS = {"standard": (20, 15), "short": (200, 2)}  # trials, epochs

@@ -35,11 +35,12 @@ from common import write_result  # noqa: E402  (common puts the repo on sys.path
 
 import torch  # noqa: E402
 
-from autokd.data import FASHION_MNIST_DIR, Dataset, load_data  # noqa: E402
+from autokd.data import Dataset, load_data  # noqa: E402
+from autokd.data_sources import FASHION_MNIST_DIR  # noqa: E402
 from autokd.packing import fit_packed  # noqa: E402
 from autokd.runner import run_config  # noqa: E402
 from autokd.spec import DataSpec, TrainConfig  # noqa: E402
-from autokd.teachers import CachedTeacherOutputs  # noqa: E402
+from autokd.teacher_outputs import CachedTeacherOutputs  # noqa: E402
 
 WIDTHS = (16, 64, 256)
 PACK = 8

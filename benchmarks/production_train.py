@@ -42,8 +42,8 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from autokd.config_files import load_train_config  # noqa: E402
 from autokd.results import front_frame, open_storage, trials_frame  # noqa: E402
-from autokd.spec import load_train_config  # noqa: E402
 
 REPRODUCTION_TOLERANCE_PT = 0.5
 EPOCH_FACTOR = 3

@@ -2,7 +2,7 @@
 
 A synthetic study is written to a temporary SQLite storage the way `autokd search` writes a
 flat one (``search: {mode: flat}``): parameters sampled (random sampler) from the study's real
-search space, the trial's config from `SearchSpace.apply`, its size from `zoo.arch_size`, the
+search space, the trial's config from `SearchSpace.apply`, its size from `sizes.arch_size`, the
 user attributes the searcher sets (config, seed, params, bytes_fp32, bytes_fp16, macs,
 val_accuracy_curve, epochs_trained, train_seconds, node), constraint values, and the study
 attributes (objectives, space, study_spec, study_file, search_mode). Configs that break the
@@ -42,12 +42,13 @@ from common import REPO, write_result  # noqa: E402  (common puts the repo on sy
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
+from autokd.config_files import load_study  # noqa: E402
 from autokd.data import load_data  # noqa: E402
 from autokd.report import build_report  # noqa: E402
 from autokd.space import SearchSpace, load_space  # noqa: E402
-from autokd.spec import StudySpec, load_study  # noqa: E402
+from autokd.spec import StudySpec  # noqa: E402
 from autokd.teachers import prepare_teachers  # noqa: E402
-from autokd.zoo import arch_size  # noqa: E402
+from autokd.sizes import arch_size  # noqa: E402
 from trial_cost import wait_for_cached_teachers  # noqa: E402
 
 TARGET_SECONDS = 10.0

@@ -57,13 +57,15 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from autokd.config_files import load_study  # noqa: E402
 from autokd.data import load_data  # noqa: E402
 from autokd.pairing import CE, TUNED, VANILLA_KD  # noqa: E402
 from autokd.results import (INTERRUPTED, architecture_choices, hypervolume_reference, study_hypervolume,  # noqa: E402
                             trained_epochs, trials_frame)
-from autokd.spec import SearchModeSpec, StudySpec, load_study  # noqa: E402
+from autokd.spec import SearchModeSpec, StudySpec  # noqa: E402
 from autokd.study_store import nsga2_population  # noqa: E402
-from autokd.teachers import prepare_teachers, teacher_outputs  # noqa: E402
+from autokd.teacher_outputs import teacher_outputs  # noqa: E402
+from autokd.teachers import prepare_teachers  # noqa: E402
 
 DEFAULT_SAMPLER = "tpe"
 SAMPLERS = [DEFAULT_SAMPLER, "random", "nsga2"]  # flat searches

@@ -45,12 +45,13 @@ from common import REPO, write_result  # noqa: E402  (common puts the repo on sy
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from autokd.config_files import load_study  # noqa: E402
 from autokd.data import Dataset, load_data  # noqa: E402
 from autokd.distill import fit  # noqa: E402
 from autokd.losses import DistillationLoss  # noqa: E402
-from autokd.spec import DistillSpec, ScheduleSpec, StudySpec, load_study  # noqa: E402
-from autokd.teachers import (CachedTeacherOutputs, OnlineTeachers, prepare_teachers, teacher_key,  # noqa: E402
-                             teacher_outputs)
+from autokd.spec import DistillSpec, ScheduleSpec, StudySpec  # noqa: E402
+from autokd.teacher_outputs import CachedTeacherOutputs, OnlineTeachers, teacher_outputs  # noqa: E402
+from autokd.teachers import prepare_teachers, teacher_key  # noqa: E402
 from autokd.zoo import build_model  # noqa: E402
 
 RATIO_TARGET = 1.1

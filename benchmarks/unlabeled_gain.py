@@ -112,7 +112,8 @@ def run_search(spec: StudySpec) -> tuple[dict, dict]:
 def teacher_figures(spec: StudySpec) -> dict:
     """The teacher's accuracies (it is cached by the search) and how often it is right on the unlabeled pool."""
     from autokd.data import load_data
-    from autokd.teachers import prepare_teachers, teacher_outputs
+    from autokd.teacher_outputs import teacher_outputs
+    from autokd.teachers import prepare_teachers
 
     data = load_data(spec.data, spec.source)
     teacher = prepare_teachers(spec.teachers, data, spec.cache_dir)[0]

@@ -12,14 +12,17 @@ import pytest
 import torch
 import yaml
 
+from autokd.config_files import train_config_from_dict
 from autokd.data import load_data
 from autokd.distill import fit
 from autokd.errors import ConfigError
 from autokd.losses import DistillationLoss, at_loss, attention_map, matched_stages
 from autokd.runner import run_config, torch_threads
-from autokd.spec import DataSpec, DistillSpec, ScheduleSpec, TeacherSpec, train_config_from_dict
-from autokd.teachers import OnlineTeachers, attention_maps, check_attention, prepare_teachers, teacher_outputs
-from autokd.zoo import build_model, stage_sizes
+from autokd.sizes import stage_sizes
+from autokd.spec import DataSpec, DistillSpec, ScheduleSpec, TeacherSpec
+from autokd.teacher_outputs import OnlineTeachers, attention_maps, check_attention, teacher_outputs
+from autokd.teachers import prepare_teachers
+from autokd.zoo import build_model
 from conftest import load_tiny, run_cli
 
 DATA = {"name": "digits", "val_fraction": 0.15}

@@ -17,9 +17,11 @@ import torch
 import yaml
 
 from autokd.archs import ALLOW_CODE_ENV, validate_arch
+from autokd.config_files import load_study, load_train_config
+from autokd.custom_student import CustomStudent, check_student
 from autokd.errors import ConfigError
-from autokd.spec import load_study, load_train_config
-from autokd.zoo import CustomStudent, arch_size, build_model, check_student, model_size
+from autokd.sizes import arch_size, model_size
+from autokd.zoo import build_model
 from conftest import REPO, run_cli
 
 DIGITS = (1, 8, 8)
@@ -207,7 +209,7 @@ def test_feature_distillation_needs_the_hook_and_int8_is_refused(allowed, tmp_pa
 
 
 def test_a_teacher_cannot_be_custom():
-    from autokd.spec import train_config_from_dict
+    from autokd.config_files import train_config_from_dict
 
     with pytest.raises(ConfigError, match=r"^c.yaml: teachers.0.arch.family: must be one of \['cnn', 'mlp', "
                                           r"'resnet'\], got 'custom' \(a teacher from your own code: give it as "

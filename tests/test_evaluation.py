@@ -13,9 +13,10 @@ from autokd.data import load_data
 from autokd.evaluation import evaluate_front
 from autokd.report import build_report
 from autokd.runner import run_config
+from autokd.sizes import model_size
 from autokd.spec import StudySpec
-from autokd.teachers import prepare_teachers, teacher_outputs
-from autokd.zoo import model_size
+from autokd.teacher_outputs import teacher_outputs
+from autokd.teachers import prepare_teachers
 
 pytestmark = pytest.mark.slow
 

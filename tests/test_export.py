@@ -17,12 +17,14 @@ import pytest
 import torch
 import yaml
 
+from autokd.config_files import load_study, load_train_config
 from autokd.data import load_data
 from autokd.errors import AutokdError
 from autokd.export import export_config
-from autokd.spec import load_study, load_train_config, relative_paths
+from autokd.paths import relative_paths
+from autokd.sizes import arch_size
 from autokd.teachers import prepare_teachers
-from autokd.zoo import arch_size, build_model
+from autokd.zoo import build_model
 from conftest import AUTOKD, REPO, run_cli, strings_in
 
 TEACHER_ARCH = {"family": "mlp", "depth": 1, "width": 16}
@@ -287,7 +289,7 @@ def test_exported_data_holds_only_what_its_dataset_reads_relative_to_the_file(tm
 
 def test_fashion_mnist_without_a_data_dir_exports_none(tmp_path, monkeypatch):
     _fake_fashion(tmp_path / "fashion")
-    monkeypatch.setattr("autokd.data.FASHION_MNIST_DIR", str(tmp_path / "fashion"))  # "the installed package"
+    monkeypatch.setattr("autokd.data_sources.FASHION_MNIST_DIR", str(tmp_path / "fashion"))  # "the installed package"
     study = _one_trial_study(tmp_path, {"name": "fashion-mnist"})
     path, _ = export_config(str(study), tmp_path / "best.yaml", trial=0)
     assert "data_dir" not in yaml.safe_load(path.read_text())["data"]

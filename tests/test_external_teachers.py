@@ -14,13 +14,15 @@ import pytest
 import torch
 import yaml
 
+from autokd.config_files import load_train_config, train_config_from_dict
 from autokd.data import load_data
 from autokd.errors import CheckpointError, ConfigError
 from autokd.export import export_config
 from autokd.report import build_report
-from autokd.spec import DataSpec, TeacherSpec, load_train_config, train_config_from_dict
-from autokd.teachers import (OnlineTeachers, check_teachers, file_digest, prepare_teachers, teacher_key,
-                             teacher_outputs)
+from autokd.spec import DataSpec, TeacherSpec
+from autokd.teacher_files import file_digest
+from autokd.teacher_outputs import OnlineTeachers, teacher_outputs
+from autokd.teachers import check_teachers, prepare_teachers, teacher_key
 from autokd.train import prepare_targets, train
 from conftest import run_cli, tiny_study
 

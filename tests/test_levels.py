@@ -7,11 +7,11 @@ import json
 import optuna
 import pytest
 
+from autokd.config_files import load_study
 from autokd.levels import (ARCHITECTURE, ARCHITECTURES_ATTR, choose_architectures, gain_guided_distillation,
                            is_two_level, paired_seeds)
 from autokd.pairing import CE, TUNED, VANILLA_KD
 from autokd.space import load_space
-from autokd.spec import load_study
 from conftest import TINY_SPACE, tiny_study
 
 States = optuna.trial.TrialState

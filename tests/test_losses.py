@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from autokd.config_files import load_study
 from autokd.data import load_data
 from autokd.distill import fit
 from autokd.errors import ConfigError
 from autokd.losses import DistillationLoss, ensemble_logits, kd_dist, kd_dkd, kd_kl, kd_lskd, kd_mse
-from autokd.spec import DataSpec, DistillSpec, ScheduleSpec, load_study
+from autokd.spec import DataSpec, DistillSpec, ScheduleSpec
 from autokd.zoo import build_model
 
 STUDENT = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]

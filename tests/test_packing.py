@@ -15,7 +15,7 @@ from autokd.errors import NonFiniteLossError
 from autokd.packing import fit_packed, pack_key
 from autokd.runner import run_config
 from autokd.spec import DataSpec, TrainConfig
-from autokd.teachers import CachedTeacherOutputs
+from autokd.teacher_outputs import CachedTeacherOutputs
 
 TEACHERS = [{"name": "a", "arch": {"family": "mlp"}}, {"name": "b", "arch": {"family": "mlp"}}]
 STUDENT = {"family": "mlp", "depth": 2, "width": 24}

@@ -19,12 +19,13 @@ import pytest
 import torch
 import yaml
 
+from autokd.config_files import load_study, load_train_config
 from autokd.evaluation import cache_key
+from autokd.paths import STUDY_PATH_KEYS, relative_path, relative_paths, resolve_paths
 from autokd.search import study_attrs
-from autokd.spec import (STUDY_PATH_KEYS, load_study, load_train_config, relative_path, relative_paths,
-                         resolve_paths)
 from autokd.study_store import resume_changes
-from autokd.teachers import file_digest, teacher_key
+from autokd.teacher_files import file_digest
+from autokd.teachers import teacher_key
 from autokd.zoo import build_model
 from conftest import AUTOKD, REPO, TINY_SPACE, strings_in, tiny_study
 

@@ -9,14 +9,16 @@ import pytest
 import torch
 
 import autokd
+from autokd.config_files import _validate, train_config_from_dict
 from autokd.data import load_data
 from autokd.distill import evaluate
 from autokd.errors import ConfigError
 from autokd.quantize import evaluate_int8, int8_val_accuracy, quantize_student
 from autokd.runner import run_config
-from autokd.spec import StudySpec, TrainConfig, _validate, train_config_from_dict
+from autokd.sizes import model_size
+from autokd.spec import StudySpec, TrainConfig
 from autokd.train import INT8_FILE, export_student, train
-from autokd.zoo import ZooModel, build_model, model_size
+from autokd.zoo import ZooModel, build_model
 
 from conftest import AUTOKD, REPO, tiny_study
 

@@ -18,11 +18,12 @@ import pandas as pd
 import pytest
 
 from autokd import evaluation, report_data, report_figures, report_html
+from autokd.config_files import load_study
 from autokd.levels import paired_seeds
 from autokd.pairing import CE, TUNED, VANILLA_KD, paired_gain
 from autokd.report import build_report
 from autokd.results import architecture_choices
-from autokd.spec import StudySpec, load_study
+from autokd.spec import StudySpec
 from conftest import run_cli, tiny_study
 
 SETTINGS = {"mode": "two_level", "level1_share": 0.4, "architectures": 2, "seeds": 2}

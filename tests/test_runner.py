@@ -8,10 +8,12 @@ import optuna
 import pytest
 import torch
 
+from autokd.config_files import load_study
 from autokd.data import load_data
 from autokd.runner import config_targets, run_config, run_seeds, torch_threads
-from autokd.spec import TrainConfig, load_study
-from autokd.teachers import prepare_teachers, teacher_outputs
+from autokd.spec import TrainConfig
+from autokd.teacher_outputs import teacher_outputs
+from autokd.teachers import prepare_teachers
 from conftest import run_cli, tiny_study
 
 

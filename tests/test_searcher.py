@@ -9,8 +9,9 @@ import optuna
 import pytest
 
 from autokd.searcher import broken_constraints, trial_outcome
+from autokd.sizes import arch_size, model_size
 from autokd.spec import StudySpec
-from autokd.zoo import arch_size, build_model, model_size
+from autokd.zoo import build_model
 
 States = optuna.trial.TrialState
 METRICS = ["val_accuracy", "params"]

@@ -141,8 +141,8 @@ def test_an_error_echoes_a_bounded_part_of_a_huge_input():
 def test_shipped_spaces_load(tmp_path):
     from pathlib import Path
 
+    from autokd.config_files import load_study
     from autokd.space import load_space
-    from autokd.spec import load_study
 
     for study_file in sorted(Path("studies").glob("*.yaml")):
         spec = load_study(study_file)
@@ -206,8 +206,8 @@ def test_an_int_param_takes_exactly_its_steps_bounds_included():
 def test_load_space_reads_an_inline_space_or_a_file_relative_to_the_study(tmp_path):
     import yaml
 
+    from autokd.config_files import load_study
     from autokd.space import load_space
-    from autokd.spec import load_study
 
     (tmp_path / "spaces").mkdir()
     good = {"params": {"distill.temperature": {"type": "float", "low": 1, "high": 4}}}

@@ -333,8 +333,8 @@ def test_search_with_pareto_stopping_prunes_trials_and_keeps_them_off_the_front(
 
 def test_the_scheduler_of_a_resumed_study_starts_from_its_stored_trials(tmp_path):
     """Rung results and the front come back from the stored curves, not from an empty memory."""
+    from autokd.config_files import load_study
     from autokd.scheduler import make_scheduler
-    from autokd.spec import load_study
 
     spec = load_study(tiny_study(tmp_path, epochs=4, early_stopping={"kind": "pareto", "grace_epochs": 1,
                                                                       "eta": 2}))

@@ -8,7 +8,7 @@ import time
 import optuna
 import pytest
 
-from autokd.spec import load_study
+from autokd.config_files import load_study
 from autokd.study_store import DRIVER, DRIVER_STALE_S, HEARTBEATS, beat, clear_beat, heartbeats, make_sampler
 from conftest import tiny_study
 

@@ -10,7 +10,8 @@ import torch
 from autokd.data import load_data
 from autokd.errors import CheckpointError
 from autokd.spec import DataSpec, TeacherSpec
-from autokd.teachers import OnlineTeachers, prepare_teachers, teacher_key, teacher_outputs
+from autokd.teacher_outputs import OnlineTeachers, teacher_outputs
+from autokd.teachers import prepare_teachers, teacher_key
 from autokd.zoo import build_model
 
 MLP = {"family": "mlp", "depth": 1, "width": 24}

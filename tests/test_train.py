@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
+from autokd.config_files import train_config_from_dict
 from autokd.data import Normalization, RawInputModel, load_data
 from autokd.errors import CheckpointError
 from autokd.losses import DistillationLoss
-from autokd.spec import train_config_from_dict
-from autokd.teachers import OnlineTeachers
+from autokd.teacher_outputs import OnlineTeachers
 from autokd.train import build_student, export_student, load_student, prepare_targets, train
 from autokd.zoo import build_model
 

@@ -12,13 +12,15 @@ import yaml
 
 from autokd import distill as distill_module
 from autokd import levels, packing
+from autokd.config_files import train_config_from_dict
 from autokd.data import load_data
 from autokd.errors import CheckpointError, DataError
 from autokd.evaluation import baseline_config
 from autokd.runner import run_config, run_seeds
-from autokd.spec import DataSpec, TrainConfig, train_config_from_dict
-from autokd.teachers import (CachedTeacherOutputs, Teacher, prepare_teachers, read_outputs_file, teacher_key,
-                             teacher_outputs)
+from autokd.spec import DataSpec, TrainConfig
+from autokd.teacher_files import read_outputs_file
+from autokd.teacher_outputs import CachedTeacherOutputs, teacher_outputs
+from autokd.teachers import Teacher, prepare_teachers, teacher_key
 from conftest import load_tiny, run_cli
 
 KEEP = 300
