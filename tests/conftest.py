@@ -40,6 +40,38 @@ TINY_SPACE = {"params": {
 }}
 
 
+# A minimal valid study document (test_spec, test_config_files) and how those tests write one.
+VALID_STUDY = {
+    "name": "s",
+    "data": {"name": "digits"},
+    "teachers": [{"name": "t1", "arch": {"family": "mlp", "width": 32}, "schedule": {"epochs": 1}}],
+    "student": {"family": "mlp", "depth": 1, "width": 8},
+    "search_space": {"params": {"distill.temperature": {"type": "float", "low": 1, "high": 4}}},
+}
+
+
+def write_config(tmp_path: Path, document, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
+    return path
+
+
+def data_spec(name: str = "digits", **overrides):
+    """A stand-in for spec.DataSpec: load_data only reads these attributes."""
+    from types import SimpleNamespace
+
+    fields = dict(name=name, data_dir=None, path=None, val_fraction=0.1, seed=0, train_subset=None,
+                  mnist1d_samples=4000)
+    return SimpleNamespace(**(fields | overrides))
+
+
+def class_counts(labels):
+    """Samples per class of a label tensor (10 classes)."""
+    import numpy as np
+
+    return np.bincount(labels.numpy(), minlength=10)
+
+
 def tiny_study(folder: Path, name: str = "tiny", trials: int = 6, epochs: int = 2, **overrides) -> Path:
     """A real study: digits, two tiny teachers, a small space; each trial takes well under a second."""
     document = {

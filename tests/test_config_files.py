@@ -10,21 +10,7 @@ import yaml
 
 from autokd.config_files import load_study
 from autokd.errors import ConfigError
-
-VALID = {
-    "name": "s",
-    "data": {"name": "digits"},
-    "teachers": [{"name": "t1", "arch": {"family": "mlp", "width": 32}, "schedule": {"epochs": 1}}],
-    "student": {"family": "mlp", "depth": 1, "width": 8},
-    "search_space": {"params": {"distill.temperature": {"type": "float", "low": 1, "high": 4}}},
-}
-
-
-def write(tmp_path, document, name="study.yaml"):
-    path = tmp_path / name
-    path.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
-    return path
-
+from conftest import VALID_STUDY as VALID, write_config as write
 
 def test_malformed_yaml_names_line(tmp_path):
     path = write(tmp_path, "name: x\ndata: [unclosed\n")

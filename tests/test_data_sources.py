@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import socket
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,17 +13,7 @@ import torch
 from autokd.data import Dataset, batches, load_data
 from autokd.data_sources import FASHION_MNIST_DIR, make_mnist1d
 from autokd.errors import DataError
-
-
-def spec(name="digits", **overrides):
-    """A stand-in for spec.DataSpec: load_data only reads these attributes."""
-    fields = dict(name=name, data_dir=None, path=None, val_fraction=0.1, seed=0, train_subset=None,
-                  mnist1d_samples=4000)
-    return SimpleNamespace(**(fields | overrides))
-
-
-def class_counts(y: torch.Tensor) -> np.ndarray:
-    return np.bincount(y.numpy(), minlength=10)
+from conftest import class_counts, data_spec as spec
 
 
 @pytest.fixture(scope="module")

@@ -8,22 +8,8 @@ from pydantic import BaseModel
 
 from autokd.config_files import load_study, load_train_config
 from autokd.errors import ConfigError
+from conftest import VALID_STUDY as VALID, write_config as write
 from autokd.spec import SEED_MAX, StudySpec
-
-VALID = {
-    "name": "s",
-    "data": {"name": "digits"},
-    "teachers": [{"name": "t1", "arch": {"family": "mlp", "width": 32}, "schedule": {"epochs": 1}}],
-    "student": {"family": "mlp", "depth": 1, "width": 8},
-    "search_space": {"params": {"distill.temperature": {"type": "float", "low": 1, "high": 4}}},
-}
-
-
-def write(tmp_path, document, name="study.yaml"):
-    path = tmp_path / name
-    path.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
-    return path
-
 
 def with_change(dotted, value):
     document = yaml.safe_load(yaml.safe_dump(VALID))
