@@ -16,8 +16,8 @@ from autokd.config_files import train_config_from_dict
 from autokd.data import load_data
 from autokd.distill import fit
 from autokd.errors import ConfigError
-from autokd.losses import DistillationLoss, at_loss, attention_map, matched_stages
 from autokd.runner import run_config, torch_threads
+from autokd.losses import attention_map
 from autokd.sizes import stage_sizes
 from autokd.spec import DataSpec, DistillSpec, ScheduleSpec, TeacherSpec
 from autokd.teacher_outputs import OnlineTeachers, attention_maps, check_attention, teacher_outputs
@@ -55,51 +55,7 @@ def teachers(digits, tmp_path_factory):
 # --------------------------------------------------------------------------- maps and loss by hand
 
 
-def test_the_attention_map_is_the_channel_sum_of_squares_normalised_per_sample():
-    # channel 0 [[1, 2], [0, 1]], channel 1 [[-1, 0], [2, 1]]
-    # sum_c |A|^2 = [[1+1, 4+0], [0+4, 1+1]] = [2, 4, 4, 2]; its L2 norm sqrt(4+16+16+4) = sqrt(40)
-    # -> [2, 4, 4, 2] / sqrt(40) = [1, 2, 2, 1] / sqrt(10)
-    activation = torch.tensor([[[[1.0, 2.0], [0.0, 1.0]], [[-1.0, 0.0], [2.0, 1.0]]]])
-    expected = torch.tensor([[1.0, 2.0, 2.0, 1.0]]) / math.sqrt(10)
-    assert torch.allclose(attention_map(activation), expected, atol=1e-7)
-    # per sample: a second sample, all zeros, stays zeros (no 0/0) and does not change the first
-    both = attention_map(torch.cat([activation, torch.zeros_like(activation)]))
-    assert torch.allclose(both[0], expected[0], atol=1e-7) and torch.equal(both[1], torch.zeros(4))
-
-
-def test_the_at_loss_is_half_the_sum_over_stages_of_the_batch_mean_of_l2_distances():
-    # stage 1 (2 positions): sample 0 q_s = [1, 0], q_t = [0.6, 0.8]: |q_s - q_t| = sqrt(0.16 + 0.64) = sqrt(0.8);
-    #                        sample 1 q_s = q_t = [0.6, 0.8]: 0.   batch mean = sqrt(0.8) / 2
-    # stage 2 (4 positions): both samples q_s = [1, 0, 0, 0], q_t = [0, 1, 0, 0]: sqrt(2) each, mean sqrt(2)
-    # AT = 1/2 * (sqrt(0.8) / 2 + sqrt(2))
-    student = [torch.tensor([[1.0, 0.0], [0.6, 0.8]]), torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]])]
-    teacher = [torch.tensor([[0.6, 0.8], [0.6, 0.8]]), torch.tensor([[0.0, 1, 0, 0], [0.0, 1, 0, 0]])]
-    expected = 0.5 * (math.sqrt(0.8) / 2 + math.sqrt(2))
-    assert at_loss(student, teacher).item() == pytest.approx(expected, rel=1e-6)
-
-
-def test_distillation_loss_weighs_at_by_w_at_and_pairs_stages_by_spatial_size():
-    # The student's stages: [1, 1, 2] (positions 2) -> map [1, 0] after squaring [1, 0]; [1, 1, 1, 1] (one position:
-    # never matched). The teacher's map at size (2,) is [0, 1]: distance sqrt(2), AT = sqrt(2) / 2.
-    stages = [torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[3.0]]])]
-    teacher_maps = [{(2,): torch.tensor([[0.0, 1.0]])}]
-    loss_fn = DistillationLoss(w_ce=0.0, w_at=3.0)
-    total, parts = loss_fn(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), student_stages=stages,
-                           teacher_maps=teacher_maps)
-    assert parts["at"] == pytest.approx(math.sqrt(2) / 2) and total.item() == pytest.approx(3 * math.sqrt(2) / 2)
-    # two teachers: the mean of their AT terms (the second matches exactly: 0)
-    total, parts = loss_fn(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), student_stages=stages,
-                           teacher_maps=teacher_maps + [{(2,): torch.tensor([[1.0, 0.0]])}])
-    assert parts["at"] == pytest.approx(math.sqrt(2) / 4)
-    with pytest.raises(ValueError, match=r"no student stage \[\(2,\), \(1,\)\] has the spatial size"):
-        loss_fn(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), student_stages=stages,
-                teacher_maps=[{(4,): torch.ones(1, 4) / 2}])
-
-
-def test_stages_are_matched_by_spatial_size_deepest_of_each_one_position_never():
-    assert matched_stages([(8, 8), (4, 4), (2, 2)], [(8, 8), (8, 8), (4, 4), (1, 1)]) == [(0, 1), (1, 2)]
-    assert matched_stages([(8, 8), (8, 8)], [(8, 8)]) == [(1, 0)]
-    assert matched_stages([(4, 4), (1, 1)], [(8, 8), (1, 1)]) == []
+def test_stage_sizes_of_cnn_and_resnet_are_where_attention_maps_are_taken():
     # a cnn stage ends before its max-pool: stage 1 has the input's resolution; resnet: stem, then each block
     assert stage_sizes(STUDENT, (1, 8, 8)) == [(8, 8), (4, 4)]
     assert stage_sizes(RESNET_TEACHER, (1, 8, 8)) == [(8, 8), (8, 8), (4, 4)]

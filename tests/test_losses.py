@@ -1,7 +1,9 @@
 """Distillation losses against values computed by hand (math.exp / math.log) on 2x3 and 3x3 tensors;
+the attention-transfer term against maps computed in plain Python from tiny stages;
 the lskd and dist kinds also from a study file and through one epoch of `fit`."""
 
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -9,11 +11,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from autokd import losses
 from autokd.config_files import load_study
 from autokd.data import load_data
 from autokd.distill import fit
 from autokd.errors import ConfigError
-from autokd.losses import DistillationLoss, ensemble_logits, kd_dist, kd_dkd, kd_kl, kd_lskd, kd_mse
+from autokd.losses import (DistillationLoss, at_loss, attention_map, ensemble_logits, kd_dist, kd_dkd, kd_kl, kd_lskd,
+                           kd_mse, matched_stages)
 from autokd.spec import DataSpec, DistillSpec, ScheduleSpec
 from autokd.zoo import build_model
 
@@ -404,3 +408,141 @@ def test_fit_distils_with_the_new_kinds_for_an_epoch(kind):
                  ScheduleSpec(epochs=1, batch_size=64), seed=0, device="cpu")
     assert result.epochs_trained == 1 and math.isfinite(result.history[0].train_loss)
     assert 0.0 <= result.val_accuracy <= 1.0
+
+
+# --------------------------------------------------------------------------- attention transfer in DistillationLoss
+
+
+def _hand_attention(stage):
+    """Per sample of [B, C, *spatial]: the sum over channels of the squared activations at each position
+    (row-major), divided by its L2 norm; plain Python on nested lists."""
+    def flat(nested):
+        return [v for item in nested for v in flat(item)] if isinstance(nested, list) else [nested]
+
+    maps = []
+    for sample in stage.tolist():
+        channels = [flat(channel) for channel in sample]
+        summed = [sum(channel[k] ** 2 for channel in channels) for k in range(len(channels[0]))]
+        norm = math.sqrt(sum(v ** 2 for v in summed))
+        maps.append([v / norm for v in summed])
+    return maps
+
+
+def _hand_at(student_maps, teacher_maps):
+    """1/2 * the batch mean of the L2 distance between the student's and the teacher's map of each sample."""
+    distances = [math.sqrt(sum((s - t) ** 2 for s, t in zip(s_row, t_row)))
+                 for s_row, t_row in zip(student_maps, teacher_maps.tolist())]
+    return 0.5 * sum(distances) / len(distances)
+
+
+def _unit_rows(rows, positions, seed):
+    maps = torch.rand(rows, positions, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return maps / maps.norm(dim=1, keepdim=True)
+
+
+def _at_stages():
+    """Student stages of spatial sizes (2, 2), (2, 2), (1, 3), (1, 1), batch 2: leaves that take gradients."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(2, 2, 2, 2), (2, 3, 2, 2), (2, 2, 1, 3), (2, 4, 1, 1)]
+    return [torch.randn(*shape, generator=generator, dtype=torch.float64).requires_grad_() for shape in shapes]
+
+
+def test_at_term_averages_over_teachers_the_hand_at_of_each_ones_matched_stages(monkeypatch):
+    """Teacher 0 has maps at (2, 2), (1, 3) and (1, 1); teacher 1 at (3, 1) (the student's (1, 3) transposed:
+    no match) and (1, 3). So teacher 0 pairs the deeper (2, 2) stage (1) and stage 2, teacher 1 only stage 2,
+    and one-position maps are never compared. AT is the mean of the two teachers' terms; stage 2, matched by
+    both, is mapped once; gradients reach the matched student stages only, never the teachers' maps."""
+    stages = _at_stages()
+    teacher_maps = [{(2, 2): _unit_rows(2, 4, 1), (1, 3): _unit_rows(2, 3, 2), (1, 1): torch.ones(2, 1)},
+                    {(3, 1): _unit_rows(2, 3, 3), (1, 3): _unit_rows(2, 3, 4).requires_grad_()}]
+    calls, attention_map = [], losses.attention_map
+    monkeypatch.setattr(losses, "attention_map",
+                        lambda activation: calls.append(activation) or attention_map(activation))
+    loss_fn = DistillationLoss(w_ce=0.0, w_at=2.5)
+    total, parts = loss_fn(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), student_stages=stages,
+                           teacher_maps=teacher_maps)
+
+    first = (_hand_at(_hand_attention(stages[1]), teacher_maps[0][(2, 2)])
+             + _hand_at(_hand_attention(stages[2]), teacher_maps[0][(1, 3)]))
+    second = _hand_at(_hand_attention(stages[2]), teacher_maps[1][(1, 3)])
+    assert first != pytest.approx(second, rel=1e-2)  # the mean is not any one teacher's term
+    assert parts.keys() == {"at"} and parts["at"] == pytest.approx((first + second) / 2, rel=1e-6)
+    assert total.item() == pytest.approx(2.5 * (first + second) / 2, rel=1e-6)
+    assert len(calls) == 2  # stages 1 and 2, each once
+    total.backward()
+    assert [stage.grad is not None and stage.grad.abs().sum() > 0 for stage in stages] == [False, True, True, False]
+    assert teacher_maps[1][(1, 3)].grad is None
+
+
+def test_at_term_maps_half_precision_stages_in_float32():
+    """Stages from an autocast forward are float16; their squares (300² = 90000) overflow float16, so the
+    map is computed in float32: q = [300², 400²] / |[300², 400²]| = [9, 16] / sqrt(337)."""
+    stage = torch.tensor([[[[300.0, 0.0]], [[0.0, 400.0]]]], dtype=torch.float16)  # [1, 2, 1, 2]
+    teacher = torch.tensor([[0.6, 0.8]], dtype=torch.float16)  # cached maps are float16 too
+    total, parts = DistillationLoss(w_ce=0.0, w_at=1.0)(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long),
+                                                        student_stages=[stage], teacher_maps=[{(1, 2): teacher}])
+    q = [9 / math.sqrt(337), 16 / math.sqrt(337)]
+    t = teacher.double().tolist()[0]
+    expected = 0.5 * math.sqrt((q[0] - t[0]) ** 2 + (q[1] - t[1]) ** 2)
+    assert total.dtype == torch.float32 and parts["at"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_at_term_without_a_matching_stage_names_the_teacher_and_both_sizes():
+    """Teacher 1 shares only the one-position size (1, 1) with the student, which is never compared."""
+    teacher_maps = [{(1, 3): _unit_rows(2, 3, 0)}, {(3, 1): _unit_rows(2, 3, 1), (1, 1): torch.ones(2, 1)}]
+    message = ("attention transfer: no student stage [(2, 2), (2, 2), (1, 3), (1, 1)] has the spatial size of a "
+               "stage of teacher 1 [(3, 1), (1, 1)]")
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        DistillationLoss(w_ce=0.0, w_at=1.0)(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long),
+                                             student_stages=_at_stages(), teacher_maps=teacher_maps)
+
+
+# --------------------------------------------------------------------------- attention transfer by hand
+# (Zagoruyko & Komodakis, ICLR 2017; training with it: tests/test_attention.py)
+
+
+def test_the_attention_map_is_the_channel_sum_of_squares_normalised_per_sample():
+    # channel 0 [[1, 2], [0, 1]], channel 1 [[-1, 0], [2, 1]]
+    # sum_c |A|^2 = [[1+1, 4+0], [0+4, 1+1]] = [2, 4, 4, 2]; its L2 norm sqrt(4+16+16+4) = sqrt(40)
+    # -> [2, 4, 4, 2] / sqrt(40) = [1, 2, 2, 1] / sqrt(10)
+    activation = torch.tensor([[[[1.0, 2.0], [0.0, 1.0]], [[-1.0, 0.0], [2.0, 1.0]]]])
+    expected = torch.tensor([[1.0, 2.0, 2.0, 1.0]]) / math.sqrt(10)
+    assert torch.allclose(attention_map(activation), expected, atol=1e-7)
+    # per sample: a second sample, all zeros, stays zeros (no 0/0) and does not change the first
+    both = attention_map(torch.cat([activation, torch.zeros_like(activation)]))
+    assert torch.allclose(both[0], expected[0], atol=1e-7) and torch.equal(both[1], torch.zeros(4))
+
+
+def test_the_at_loss_is_half_the_sum_over_stages_of_the_batch_mean_of_l2_distances():
+    # stage 1 (2 positions): sample 0 q_s = [1, 0], q_t = [0.6, 0.8]: |q_s - q_t| = sqrt(0.16 + 0.64) = sqrt(0.8);
+    #                        sample 1 q_s = q_t = [0.6, 0.8]: 0.   batch mean = sqrt(0.8) / 2
+    # stage 2 (4 positions): both samples q_s = [1, 0, 0, 0], q_t = [0, 1, 0, 0]: sqrt(2) each, mean sqrt(2)
+    # AT = 1/2 * (sqrt(0.8) / 2 + sqrt(2))
+    student = [torch.tensor([[1.0, 0.0], [0.6, 0.8]]), torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]])]
+    teacher = [torch.tensor([[0.6, 0.8], [0.6, 0.8]]), torch.tensor([[0.0, 1, 0, 0], [0.0, 1, 0, 0]])]
+    expected = 0.5 * (math.sqrt(0.8) / 2 + math.sqrt(2))
+    assert at_loss(student, teacher).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_distillation_loss_weighs_at_by_w_at_and_pairs_stages_by_spatial_size():
+    # The student's stages: [1, 1, 2] (positions 2) -> map [1, 0] after squaring [1, 0]; [1, 1, 1, 1] (one position:
+    # never matched). The teacher's map at size (2,) is [0, 1]: distance sqrt(2), AT = sqrt(2) / 2.
+    stages = [torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[3.0]]])]
+    teacher_maps = [{(2,): torch.tensor([[0.0, 1.0]])}]
+    loss_fn = DistillationLoss(w_ce=0.0, w_at=3.0)
+    total, parts = loss_fn(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), student_stages=stages,
+                           teacher_maps=teacher_maps)
+    assert parts["at"] == pytest.approx(math.sqrt(2) / 2) and total.item() == pytest.approx(3 * math.sqrt(2) / 2)
+    # two teachers: the mean of their AT terms (the second matches exactly: 0)
+    total, parts = loss_fn(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), student_stages=stages,
+                           teacher_maps=teacher_maps + [{(2,): torch.tensor([[1.0, 0.0]])}])
+    assert parts["at"] == pytest.approx(math.sqrt(2) / 4)
+    with pytest.raises(ValueError, match=r"no student stage \[\(2,\), \(1,\)\] has the spatial size"):
+        loss_fn(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), student_stages=stages,
+                teacher_maps=[{(4,): torch.ones(1, 4) / 2}])
+
+
+def test_stages_are_matched_by_spatial_size_deepest_of_each_one_position_never():
+    assert matched_stages([(8, 8), (4, 4), (2, 2)], [(8, 8), (8, 8), (4, 4), (1, 1)]) == [(0, 1), (1, 2)]
+    assert matched_stages([(8, 8), (8, 8)], [(8, 8)]) == [(1, 0)]
+    assert matched_stages([(4, 4), (1, 1)], [(8, 8), (1, 1)]) == []
