@@ -20,6 +20,8 @@ SECTIONS = [
     ("orchestration", "Orchestration overhead: autokd search (Ray Tune) vs in-process Optuna", "issue 6.1"),
     ("orchestration_short", "Orchestration overhead with 200 trials of ~0.3 s: the fixed cost per trial",
      "issue 17.1"),
+    ("orchestration_profile", "Where the search driver's time goes per trial: a cProfile on short trials",
+     "issue 17.1"),
     ("trial_cost", "Trial cost vs a bare PyTorch loop; cached vs online teachers", "issue 6.2"),
     ("packing", "Packed trials: 8 configs of one MLP student as one batched model vs one by one", "issue 17.2"),
     ("search_quality", "Search quality: hypervolume of TPE vs random vs NSGA-II, and of the two-level search",
