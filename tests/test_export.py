@@ -217,6 +217,80 @@ def test_study_without_complete_trials_says_so(tmp_path):
         export_config("empty", tmp_path / "best.yaml", storage=storage, knee=True)
 
 
+def test_no_complete_trial_counts_the_trials_of_each_state_word_for_word():
+    from autokd.export import choose_trial
+
+    study = optuna.create_study(study_name="s", directions=["maximize", "minimize"])
+    with pytest.raises(AutokdError) as error:
+        choose_trial(study, knee=True)
+    assert str(error.value) == "export: study 's' has no complete trial yet (no trials)"
+    for state in (PRUNED, FAIL, PRUNED):
+        study.add_trial(optuna.trial.create_trial(state=state))
+    study.ask()  # one still running
+    with pytest.raises(AutokdError) as error:
+        choose_trial(study, knee=True)
+    assert str(error.value) == "export: study 's' has no complete trial yet (1 FAIL, 2 PRUNED, 1 RUNNING)"
+
+
+def test_a_numbered_trial_that_is_missing_or_not_complete_is_refused_word_for_word():
+    from autokd.export import choose_trial
+
+    study = optuna.create_study(study_name="s", directions=["maximize", "minimize"])
+    with pytest.raises(AutokdError) as error:
+        choose_trial(study, trial=0)
+    assert str(error.value) == "export: --trial 0: study 's' has no trial 0 (no trials yet)"
+    study.add_trial(optuna.trial.create_trial(state=FAIL))  # a failure without a recorded reason
+    with pytest.raises(AutokdError) as error:
+        choose_trial(study, trial=0)
+    assert str(error.value) == ("export: --trial 0: trial 0 is FAIL (no reason recorded); "
+                                "only COMPLETE trials can be exported")
+    with pytest.raises(AutokdError) as error:
+        choose_trial(study, trial=1)
+    assert str(error.value) == "export: --trial 1: study 's' has no trial 1 (trials 0-0)"
+
+
+def test_min_accuracy_takes_the_fewest_params_then_the_better_accuracy_then_the_earlier_trial():
+    from autokd.export import choose_trial
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for accuracy, params in [(0.99, 5_000), (0.90, 1_000), (0.95, 1_000), (0.95, 1_000), (0.80, 500)]:
+        study.add_trial(optuna.trial.create_trial(state=COMPLETE, values=[accuracy, params],
+                                                  user_attrs={"params": params}))
+    assert choose_trial(study, min_accuracy=0.9).number == 2  # 1,000 params: .95 before .90, trial 2 before 3
+    assert choose_trial(study, min_accuracy=0.96).number == 0
+    assert choose_trial(study, min_accuracy=0.5).number == 4
+
+
+def test_a_two_level_study_exports_only_an_architectures_choice():
+    """Level 1 trained architecture 0 (.99 with a short schedule); at level 2 its CE-only baseline (trial 1) beat
+    the tuned config (trial 2), so trial 1 stands for it, whatever the rule."""
+    from autokd.export import choose_trial
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("search_mode", "two_level")
+    for accuracy, attrs in [(0.99, {"level": 1}),
+                            (0.81, {"level": 2, "arch": 0, "role": "ce", "val_accuracy_seeds": [0.80, 0.82]}),
+                            (0.71, {"level": 2, "arch": 0, "role": "tuned", "val_accuracy_seeds": [0.70, 0.72]})]:
+        study.add_trial(optuna.trial.create_trial(state=COMPLETE, values=[accuracy, 100],
+                                                  user_attrs={"params": 100, **attrs}))
+    for rule in ({"max_params": 1000}, {"min_accuracy": 0.5}, {"knee": True}):
+        assert choose_trial(study, **rule).number == 1, rule
+
+
+def test_an_exported_file_is_written_only_once_it_reads_back_as_the_config(tmp_path):
+    from autokd.export import _write_checked, _yaml
+
+    config = load_train_config(_one_trial_study(tmp_path, {"name": "digits"}))
+    other = config.model_copy(update={"seed": 1})
+    path = tmp_path / "best.yaml"
+    with pytest.raises(RuntimeError) as error:
+        _write_checked(path, _yaml(config), other)
+    assert str(error.value) == f"exported config does not round-trip through load_train_config: {path}"
+    assert not path.exists() and not list(tmp_path.glob(".*.tmp"))
+    _write_checked(path, _yaml(config), config)
+    assert load_train_config(path) == config
+
+
 def test_the_knee_is_taken_on_log_size_as_the_plot_and_the_hypervolume_are():
     """Sizes 100 .. 100,000 with accuracy .50, .80, .90, .95: on log size (normalised 0, 1/3, 2/3, 1;
     accuracy loss 1, 1/3, 1/9, 0) the point farthest below the line is 1,000 params (sum 2/3); on
@@ -251,6 +325,109 @@ def _one_trial_study(folder: Path, data: dict, **changes) -> Path:
         distributions={"schedule.lr": optuna.distributions.FloatDistribution(0.001, 0.01)},
         user_attrs={"config": config.model_dump(), "seed": 0, "params": 610, "bytes_fp32": 2440, "macs": 600}))
     return path
+
+
+def test_an_exported_file_is_its_header_then_the_config_name_first_in_the_configs_own_order(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    study = _one_trial_study(tmp_path, {"name": "digits"})
+    path, _ = export_config(str(study), tmp_path / "out" / "best.yaml", trial=0)
+    text = path.read_text()
+    assert text.splitlines()[:2] == [
+        "# Exported by `autokd export` from study 'portable', trial 0 (val accuracy 0.9000, 610 params).",
+        "# Train it at production length: autokd train best.yaml --epochs E [--seeds K]"]
+    document = yaml.safe_load(text)
+    assert list(document) == ["name", "data", "teachers", "student", "distill", "schedule", "seed", "device",
+                              "augment", "cache_dir", "threads", "provenance"]  # not sorted: the name is a title
+    assert document["cache_dir"] == ".cache/autokd"  # the study's cache lies outside the file's folder
+    assert document["provenance"]["storage"] == "sqlite:///../portable.db"
+    exported_at = datetime.fromisoformat(document["provenance"]["exported_at"])
+    assert exported_at.utcoffset() == timedelta(0)  # UTC, to the second
+    assert abs(datetime.now(timezone.utc) - exported_at) < timedelta(minutes=5)
+
+
+def test_the_header_gives_the_size_only_when_the_trial_recorded_an_integer_count():
+    from autokd.export import _header
+
+    study = optuna.create_study(study_name="s", directions=["maximize", "minimize"])
+    for attrs in ({"params": 1_210}, {}, {"params": None}):
+        study.add_trial(optuna.trial.create_trial(state=COMPLETE, values=[0.88, 1_210], user_attrs=attrs))
+    train = "# Train it at production length: autokd train best.yaml --epochs E [--seeds K]\n"
+    assert _header(study, study.trials[0], Path("out/best.yaml")) == (
+        "# Exported by `autokd export` from study 's', trial 0 (val accuracy 0.8800, 1,210 params).\n" + train)
+    for trial in study.trials[1:]:
+        assert _header(study, trial, Path("best.yaml")) == (
+            f"# Exported by `autokd export` from study 's', trial {trial.number} (val accuracy 0.8800).\n" + train)
+
+
+def test_the_cache_dir_is_kept_only_inside_the_files_folder():
+    from autokd.export import DEFAULT_CACHE_DIR, _portable_cache_dir
+
+    assert DEFAULT_CACHE_DIR == ".cache/autokd"
+    assert _portable_cache_dir("cache/teachers") == "cache/teachers"
+    assert _portable_cache_dir("/abs/cache") == DEFAULT_CACHE_DIR
+    assert _portable_cache_dir("../cache") == DEFAULT_CACHE_DIR
+    assert _portable_cache_dir("cache/../../up") == DEFAULT_CACHE_DIR
+
+
+def test_the_storage_is_recorded_without_a_password_or_a_machine_path(tmp_path):
+    from sqlalchemy.engine import make_url
+
+    from autokd.export import _portable_storage
+
+    assert _portable_storage(f"sqlite:///{tmp_path / 'studies' / 's.db'}", tmp_path / "out") == \
+        "sqlite:///../studies/s.db"
+    assert _portable_storage("postgresql://user:secret@host/db", tmp_path) == "postgresql://user:***@host/db"
+    assert _portable_storage("sqlite:///:memory:", tmp_path) == make_url("sqlite:///:memory:").render_as_string()
+    # not an SQLAlchemy URL (a port that is no number): its scheme only, whatever follows
+    assert _portable_storage("redis://user:secret@host:port/0?next=http://x", tmp_path) == "redis://..."
+
+
+def test_an_exported_config_has_the_trials_seed_and_teachers_or_names_the_trial_it_cannot_export(tmp_path):
+    from autokd.export import exported_config
+
+    teachers = [{"name": n, "arch": TEACHER_ARCH, "schedule": {"epochs": 1}} for n in ("t1", "t2")]
+    spec = load_study(_one_trial_study(tmp_path, {"name": "digits"}, teachers=teachers))
+    study = optuna.load_study(study_name=spec.name, storage=spec.storage_url())
+    defaults = relative_paths(spec.train_config(), spec.folder).model_dump()
+
+    def exported(config: dict | None, **attrs):
+        """A new COMPLETE trial, the study's defaults with `config`'s sections updated, exported."""
+        if config is not None:
+            attrs["config"] = {**defaults, **{key: {**defaults[key], **value} if isinstance(value, dict) else value
+                                              for key, value in config.items()}}
+        study.add_trial(optuna.trial.create_trial(state=COMPLETE, values=[0.9, 610],
+                                                  user_attrs={"params": 610, **attrs}))
+        return exported_config(study, study.trials[-1], spec, spec.storage_url(), tmp_path / "out")
+
+    distilled = exported({"distill": {"w_ce": 0.5, "w_kd": 0.5, "teachers": ["t2"]}}, seed=7)  # trial 1
+    assert distilled.seed == 7  # the trial's seed attr
+    assert [t.name for t in distilled.teachers] == ["t2"] and distilled.distill.teachers == ["t2"]
+    ce_only = exported({"distill": {"w_kd": 0.0, "teachers": ["t2"]}, "seed": 3})  # 2: no seed attr
+    assert ce_only.seed == 3  # the config's
+    assert ce_only.teachers == [] and ce_only.distill.teachers is None  # it learnt from no teacher
+    with pytest.raises(AutokdError) as error:
+        exported(None)  # 3
+    assert str(error.value) == ("export: study 'portable' trial 3 has no stored config (user attr 'config'); "
+                                "was it run by autokd search?")
+    for number, config, attrs, key in ((4, {"schedule": {"epochs": 0}}, {}, "schedule.epochs"),  # no longer valid
+                                       (5, {}, {"seed": -1}, "seed"),  # a seed attr no config takes
+                                       (6, {"data": {"name": "file", "path": "missing.npz"}}, {}, "data.path")):
+        with pytest.raises(AutokdError) as error:  # a ConfigError or a DataError, naming the trial
+            exported(config, **attrs)
+        assert str(error.value).startswith(f"study 'portable' trial {number}: {key}: "), str(error.value)
+
+
+def test_exported_config_by_default_gives_paths_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """The API without a study file (spec None) or a folder: stored paths from, and written relative to, the cwd."""
+    from autokd.export import exported_config
+
+    url = load_study(_one_trial_study(tmp_path, {"name": "file", "path": "mine.npz"})).storage_url()
+    np.savez(tmp_path / "mine.npz", x=np.random.default_rng(0).random((50, 8, 8)), y=np.arange(50) % 5)
+    monkeypatch.chdir(tmp_path)
+    study = optuna.load_study(study_name="portable", storage=url)
+    config = exported_config(study, study.trials[0], None, url)
+    assert config.data.path == "mine.npz" and config.provenance["storage"] == "sqlite:///portable.db"
 
 
 def _idx(path: Path, array: np.ndarray, magic: int) -> None:

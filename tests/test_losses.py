@@ -69,9 +69,9 @@ def test_kd_mse_matches_hand_computation():
     assert _close(kd_mse(_tensor(STUDENT), _tensor(TEACHER)), sum(squared) / 6)
 
 
-def _hand_dkd(temperature, alpha, beta):
+def _hand_dkd(temperature, alpha, beta, student=STUDENT, teacher=TEACHER, targets=TARGETS):
     tckd, nckd = [], []
-    for s, t, y in zip(STUDENT, TEACHER, TARGETS):
+    for s, t, y in zip(student, teacher, targets):
         p_s, p_t = _softmax(s, temperature), _softmax(t, temperature)
         # TCKD: binary distributions (target, all other classes)
         tckd.append(_kl([p_t[y], 1 - p_t[y]], [p_s[y], 1 - p_s[y]]))
@@ -79,13 +79,34 @@ def _hand_dkd(temperature, alpha, beta):
         others_s = [p for i, p in enumerate(p_s) if i != y]
         others_t = [p for i, p in enumerate(p_t) if i != y]
         nckd.append(_kl([p / sum(others_t) for p in others_t], [p / sum(others_s) for p in others_s]))
-    return (alpha * sum(tckd) / 2 + beta * sum(nckd) / 2) * temperature ** 2
+    return (alpha * sum(tckd) + beta * sum(nckd)) / len(tckd) * temperature ** 2  # batchmean, then T²
 
 
 @pytest.mark.parametrize(("temperature", "alpha", "beta"), [(1.0, 1.0, 8.0), (2.0, 0.5, 2.0), (4.0, 0.0, 1.0)])
 def test_kd_dkd_matches_hand_computation(temperature, alpha, beta):
     loss = kd_dkd(_tensor(STUDENT), _tensor(TEACHER), torch.tensor(TARGETS), temperature, alpha, beta)
     assert torch.allclose(loss, torch.tensor(_hand_dkd(temperature, alpha, beta), dtype=torch.float64), rtol=1e-6)
+
+
+def test_kd_dkd_of_three_samples_whose_labels_miss_the_last_class_matches_hand_computation():
+    """Three samples (a batch mean over 3, not 2) and labels 0, 1, 0: the one-hot mask still spans all
+    three classes, although no label is the last one."""
+    targets = [0, 1, 0]
+    loss = kd_dkd(_tensor(DIST_STUDENT), _tensor(DIST_TEACHER), torch.tensor(targets), 2.0, 0.5, 2.0)
+    assert _close(loss, _hand_dkd(2.0, 0.5, 2.0, DIST_STUDENT, DIST_TEACHER, targets))
+
+
+def test_kd_dkd_warns_about_nothing_and_keeps_the_logits_dtype():
+    """Every softmax names its class dimension (an implicit one is deprecated, with a warning), and the
+    loss of bfloat16 logits is bfloat16, as its terms are (the target mask takes the logits' dtype)."""
+    import warnings
+
+    for dtype, rtol in ((torch.float32, 1e-5), (torch.float64, 1e-9), (torch.bfloat16, 0.1)):  # bf16: 8-bit mantissa
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loss = kd_dkd(_tensor(STUDENT).to(dtype), _tensor(TEACHER).to(dtype), torch.tensor(TARGETS), 2.0, 1.0, 8.0)
+        assert loss.dtype == dtype
+        assert torch.allclose(loss.double(), torch.tensor(_hand_dkd(2.0, 1.0, 8.0), dtype=torch.float64), rtol=rtol)
 
 
 def test_kd_dkd_stays_finite_for_confident_logits():
@@ -108,6 +129,17 @@ def _hand_lskd(student, teacher, temperature):
     per_row = [_kl(_softmax(_hand_standardized(t), temperature), _softmax(_hand_standardized(s), temperature))
                for s, t in zip(student, teacher)]
     return sum(per_row) / len(per_row) * temperature ** 2
+
+
+def test_kd_lskd_centres_each_sample_on_its_own_mean_in_float32():
+    """A sample far from 0 (2**20, exact in float32) beside one near 0: each is centred on its own mean
+    (exact in float32, the values being that close), so the float32 loss is the hand one of the
+    samples without the offset; centring on another mean would round away the small sample's digits."""
+    student, teacher = [[0.1, 0.7, -0.4], [0.0, 0.5, -0.25]], [[0.3, -0.2, 0.9], [1.5, 0.25, -1.0]]
+    offset = torch.tensor([[0.0], [2.0 ** 20]])
+    loss = kd_lskd(torch.tensor(student) + offset, torch.tensor(teacher), 2.0)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(_hand_lskd(student, teacher, 2.0), rel=1e-5)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
@@ -153,6 +185,16 @@ def test_kd_dist_matches_hand_computation(temperature, beta, gamma):
     teacher_probs = [_softmax(t, temperature) for t in DIST_TEACHER]
     loss = kd_dist(_tensor(DIST_STUDENT), _tensor(DIST_TEACHER), temperature, beta, gamma)
     assert _close(loss, _hand_dist(DIST_STUDENT, teacher_probs, temperature, beta, gamma))
+
+
+def test_kd_dist_warns_about_nothing():
+    """Both softmaxes name their class dimension (an implicit one is deprecated, with a warning)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = kd_dist(_tensor(DIST_STUDENT), _tensor(DIST_TEACHER), 2.0, 1.0, 1.0)
+    assert _close(loss, _hand_dist(DIST_STUDENT, [_softmax(t, 2.0) for t in DIST_TEACHER], 2.0, 1.0, 1.0))
 
 
 def test_kd_dist_is_zero_when_student_equals_teacher():
@@ -239,6 +281,25 @@ def test_ensemble_confidence_weights_teachers_by_true_label_probability():
     assert _close(torch.softmax(result / temperature, dim=-1), expected)
 
 
+def test_ensembles_of_two_teachers_over_three_samples():
+    """More samples than teachers: mean_probs averages over the 2 teachers (not the 3 samples), and
+    confidence weighs the teachers of each sample by its own label's probability."""
+    temperature, targets = 2.0, [1, 2, 0]
+    second = SECOND_TEACHER + [[2.0, -1.0, 0.5]]
+    teachers = torch.stack([_tensor(DIST_TEACHER), _tensor(second)])  # [T=2, B=3, C=3]
+    mean_probs = ensemble_logits(teachers, torch.tensor(targets), "mean_probs", temperature)
+    assert _close(mean_probs, [[temperature * math.log((a + b) / 2) for a, b in zip(_softmax(r1, temperature),
+                                                                                    _softmax(r2, temperature))]
+                               for r1, r2 in zip(DIST_TEACHER, second)])
+    result = ensemble_logits(teachers, torch.tensor(targets), "confidence", temperature)
+    expected = []
+    for r1, r2, y in zip(DIST_TEACHER, second, targets):
+        p1, p2 = _softmax(r1)[y], _softmax(r2)[y]
+        expected.append([(p1 * a + p2 * b) / (p1 + p2) for a, b in zip(_softmax(r1, temperature),
+                                                                      _softmax(r2, temperature))])
+    assert _close(torch.softmax(result / temperature, dim=-1), expected)
+
+
 @pytest.mark.parametrize("method", ["mean_logits", "mean_probs", "confidence"])
 def test_single_teacher_logits_pass_through(method):
     one = _tensor(TEACHER).unsqueeze(0)
@@ -248,8 +309,9 @@ def test_single_teacher_logits_pass_through(method):
 def test_ensemble_rejects_unknown_method_and_missing_targets():
     with pytest.raises(ValueError, match=r"one of \['confidence', 'mean_logits', 'mean_probs'\], got 'max'"):
         ensemble_logits(_two_teachers(), torch.tensor(TARGETS), "max", 1.0)
-    with pytest.raises(ValueError, match="targets"):
+    with pytest.raises(ValueError) as error:
         ensemble_logits(_two_teachers(), None, "confidence", 1.0)
+    assert str(error.value) == "aggregation 'confidence' needs the true labels (targets), got None"
     with pytest.raises(ValueError, match=r"\[teachers, batch, classes\]"):
         ensemble_logits(_tensor(TEACHER), torch.tensor(TARGETS), "mean_logits", 1.0)
 
@@ -287,6 +349,20 @@ def test_kind_selects_the_kd_loss(kind):
                 "dist": lambda: _hand_dist(STUDENT, [_softmax(t, 2.0) for t in TEACHER], 2.0, 0.5, 2.0),
                 "mse": lambda: kd_mse(_tensor(STUDENT), _tensor(TEACHER)).item()}[kind]()
     assert total.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["kl", "mse", "dkd", "lskd", "dist"])
+@pytest.mark.parametrize("aggregation", ["mean_logits", "mean_probs", "confidence"])
+def test_no_kind_or_aggregation_warns(kind, aggregation):
+    """Every softmax names its class (or teacher) dimension: an implicit one is deprecated, with a warning."""
+    import warnings
+
+    loss_fn = DistillationLoss(w_ce=0.5, w_kd=0.5, kind=kind, temperature=2.0, aggregation=aggregation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        total, _ = loss_fn(_tensor(DIST_STUDENT), torch.tensor([1, 2, 0]),
+                           torch.stack([_tensor(DIST_TEACHER), _tensor(SECOND_TEACHER + [[2.0, -1.0, 0.5]])]))
+    assert torch.isfinite(total)
 
 
 def test_zero_weight_terms_are_not_computed():
@@ -540,6 +616,15 @@ def test_distillation_loss_weighs_at_by_w_at_and_pairs_stages_by_spatial_size():
     with pytest.raises(ValueError, match=r"no student stage \[\(2,\), \(1,\)\] has the spatial size"):
         loss_fn(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), student_stages=stages,
                 teacher_maps=[{(4,): torch.ones(1, 4) / 2}])
+
+
+def test_at_loss_needs_one_teacher_map_per_student_map_and_at_least_one():
+    maps = [torch.full((2, 4), 0.5)]
+    for student, teacher in ((maps, maps * 2), (maps * 2, maps), ([], [])):
+        with pytest.raises(ValueError) as error:
+            at_loss(student, teacher)
+        assert str(error.value) == (f"at_loss needs one teacher map per student map (at least one), got "
+                                    f"{len(student)} and {len(teacher)}")
 
 
 def test_stages_are_matched_by_spatial_size_deepest_of_each_one_position_never():

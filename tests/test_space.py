@@ -237,3 +237,290 @@ def test_load_space_reads_an_inline_space_or_a_file_relative_to_the_study(tmp_pa
         load_space(study("spaces/missing.yaml"))
     assert str(error.value) == (f"{tmp_path / 'study.yaml'}: search_space: file not found: "
                                 f"{tmp_path / 'spaces' / 'missing.yaml'}")
+
+
+# --------------------------------------------------------------------------- attention transfer (distill.w_at)
+# Teachers: c (cnn) and r (resnet) have spatial attention maps, m (mlp) has none.
+AT_TEACHERS = [{"name": "c", "arch": {"family": "cnn"}}, {"name": "r", "arch": {"family": "resnet"}},
+               {"name": "m", "arch": {"family": "mlp", "width": 16}}]
+MLP_NO_MAPS = ("attention transfer (w_at > 0) needs a cnn or resnet student (spatial attention maps), "
+               "got family 'mlp'; use w_at 0")
+WHEN_HINT = " (add when: {student.family: [cnn, resnet]} to distill.w_at)"
+TEACHER_M_NO_MAPS = ("attention transfer (w_at > 0) needs cnn or resnet teachers (spatial attention maps), "
+                     "teacher 'm' is 'mlp'; use w_at 0 or leave it out (distill.teachers)")
+W_AT_01 = {"type": "categorical", "choices": [0.0, 1.0]}
+MLP_OR_CNN = {"type": "categorical", "choices": ["mlp", "cnn"]}
+
+
+def at_study(family="mlp", w_at=0.0, teachers=("c",), names=("c", "r", "m")) -> StudySpec:
+    """A study with the teachers `names`, `teachers` selected, a `family` student and the study's own w_at."""
+    return StudySpec.model_validate({
+        "name": "s", "search_space": "unused.yaml", "teachers": [t for t in AT_TEACHERS if t["name"] in names],
+        "student": {"family": family}, "distill": {"teachers": list(teachers), "w_at": w_at}})
+
+
+def bare_space(params, teacher_names=()):
+    """A SearchSpace as parse_space builds it, without its checks (for the helpers the checks use)."""
+    from autokd.space import _PARAMS, SearchSpace
+
+    return SearchSpace(_PARAMS.validate_python(params), list(teacher_names), "space.yaml")
+
+
+@pytest.mark.parametrize("param, study_value, expected", [
+    (None, 0.0, False),  # not searched: the study's value counts
+    (None, 0.5, True),
+    ({"type": "categorical", "choices": [0.0, 0.5]}, 0.0, True),
+    ({"type": "categorical", "choices": [0.0]}, 0.0, False),
+    ({"type": "categorical", "choices": [0]}, 0.0, False),
+    ({"type": "categorical", "choices": [0.0]}, 0.5, False),  # searched in every trial: the study's value is unused
+    ({"type": "categorical", "choices": [0.0], "when": {"distill.kind": ["kl"]}}, 0.5, True),  # not in every trial
+    ({"type": "categorical", "choices": [0.0], "when": {"distill.kind": ["kl"]}}, 0.0, False),
+    ({"type": "fixed", "value": 0}, 0.0, False),
+    ({"type": "fixed", "value": 0.5}, 0.0, True),
+    ({"type": "fixed", "value": 0.0}, 0.5, False),
+    ({"type": "float", "low": 0.0, "high": 0.0}, 0.0, False),
+    ({"type": "float", "low": 0.0, "high": 0.5}, 0.0, True),
+    ({"type": "int", "low": 0, "high": 0}, 0.0, False),
+    ({"type": "int", "low": 0, "high": 1}, 0.0, True),
+])
+def test_may_be_positive_reads_the_searched_values_or_else_the_study_value(param, study_value, expected):
+    from autokd.space import may_be_positive
+
+    params = {"distill.kind": {"type": "categorical", "choices": ["kl", "dkd"]}}
+    if param is not None:
+        params["distill.w_at"] = param
+    assert may_be_positive(bare_space(params), "distill.w_at", study_value) is expected
+    assert may_be_positive(bare_space(params), "distill.w_feat", 0.0) is False  # another key: its own value
+
+
+def test_attention_scope_is_the_families_and_teachers_w_at_may_run_with():
+    from autokd.space import attention_scope
+
+    def scope(params, study):
+        result = attention_scope(parse_space({"params": params}, "space.yaml", study), study)
+        return result and (result[0], [t.name for t in result[1]])
+
+    at_only_for_cnn = {**W_AT_01, "when": {"student.family": ["cnn"]}}
+    # w_at 0 in every trial: no scope
+    assert scope({"distill.temperature": {"type": "float", "low": 1, "high": 2}}, at_study()) is None
+    assert scope({"distill.w_at": {"type": "categorical", "choices": [0.0]}}, at_study(w_at=0.0)) is None
+    # a searched w_at: the families its when names; else those of student.family; else the study's
+    assert scope({"student.family": MLP_OR_CNN, "distill.w_at": at_only_for_cnn}, at_study()) == (["cnn"], ["c"])
+    assert scope({"student.family": {"type": "categorical", "choices": ["cnn", "resnet"]}, "distill.w_at": W_AT_01},
+                 at_study("cnn")) == (["cnn", "resnet"], ["c"])
+    assert scope({"student.family": {"type": "fixed", "value": "resnet"}, "distill.w_at": W_AT_01},
+                 at_study("cnn", teachers=("c", "r"))) == (["resnet"], ["c", "r"])
+    assert scope({"distill.w_at": W_AT_01}, at_study("resnet")) == (["resnet"], ["c"])
+    # the study's own w_at > 0, not searched: every family of the space
+    assert scope({"student.family": {"type": "categorical", "choices": ["cnn", "resnet"]}},
+                 at_study("cnn", w_at=0.5)) == (["cnn", "resnet"], ["c"])
+    assert scope({"distill.temperature": {"type": "float", "low": 1, "high": 2}},
+                 at_study("resnet", w_at=0.5)) == (["resnet"], ["c"])
+    # the teachers: the study's selection, or all of them when the space searches distill.teachers
+    two = {"names": ("c", "r")}
+    assert scope({"distill.w_at": W_AT_01}, at_study("cnn", **two)) == (["cnn"], ["c"])
+    assert scope({"distill.teachers": {"type": "teacher_subset"}, "distill.w_at": W_AT_01},
+                 at_study("cnn", **two)) == (["cnn"], ["c", "r"])
+    assert scope({"distill.teachers": {"type": "teacher_subset"}}, at_study("cnn", w_at=0.5, **two)) == (["cnn"],
+                                                                                                       ["c", "r"])
+
+
+@pytest.mark.parametrize("params, study, expected", [
+    # w_at searched with student.family: refused at w_at, with the hint to condition it
+    ({"student.family": MLP_OR_CNN, "distill.w_at": W_AT_01}, at_study(),
+     f"space.yaml: params.distill.w_at: {MLP_NO_MAPS}{WHEN_HINT}"),
+    ({"student.family": MLP_OR_CNN, "distill.w_at": {"type": "float", "low": 0, "high": 1}}, at_study("cnn"),
+     f"space.yaml: params.distill.w_at: {MLP_NO_MAPS}{WHEN_HINT}"),
+    # w_at searched, the family not: no hint (there is no family to condition on)
+    ({"distill.w_at": W_AT_01}, at_study(), f"space.yaml: params.distill.w_at: {MLP_NO_MAPS}"),
+    ({"distill.teachers": {"type": "teacher_subset"}, "distill.w_at": {"type": "float", "low": 0, "high": 1}},
+     at_study("cnn"), f"space.yaml: params.distill.w_at: {TEACHER_M_NO_MAPS}"),
+    # the study's w_at > 0, not searched: refused at what the space varies, no hint
+    ({"student.family": MLP_OR_CNN}, at_study("cnn", w_at=1.0), f"space.yaml: params.student.family: {MLP_NO_MAPS}"),
+    ({"distill.teachers": {"type": "teacher_subset"}}, at_study("cnn", w_at=1.0),
+     f"space.yaml: params.student.family: {TEACHER_M_NO_MAPS}"),
+    ({"student.family": MLP_OR_CNN, "distill.teachers": {"type": "teacher_subset"}}, at_study("cnn", w_at=1.0),
+     f"space.yaml: params.student.family: {MLP_NO_MAPS}"),
+])
+def test_attention_transfer_a_space_may_not_run_is_refused_in_one_exact_line(params, study, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_space({"params": params}, "space.yaml", study)
+    assert str(error.value) == expected
+
+
+@pytest.mark.parametrize("params, study", [
+    ({"student.family": MLP_OR_CNN, "distill.w_at": {**W_AT_01, "when": {"student.family": ["cnn"]}}}, at_study()),
+    ({"student.family": {"type": "categorical", "choices": ["cnn", "resnet"]}}, at_study("cnn", w_at=1.0)),
+    ({"distill.w_at": {"type": "float", "low": 0, "high": 1}}, at_study("resnet", teachers=("c", "r"))),
+    ({"distill.teachers": {"type": "teacher_subset"}, "distill.w_at": W_AT_01}, at_study("cnn", names=("c", "r"))),
+    ({"distill.teachers": {"type": "teacher_subset"}}, at_study("cnn", w_at=1.0, names=("c", "r"))),
+    ({"student.family": {"type": "fixed", "value": "cnn"}, "distill.w_at": W_AT_01}, at_study()),
+])
+def test_attention_transfer_a_space_can_run_is_accepted(params, study):
+    space = parse_space({"params": params}, "space.yaml", study)
+    assert list(space.params) == list(params)
+
+
+# --------------------------------------------------------------------------- every value checked against its config key
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"distill.temperature": {"type": "fixed", "value": 0}}, "space.yaml: params.distill.temperature.value: "
+                                                              "must be > 0, got 0"),
+    ({"distill.temperature": {"type": "float", "low": 0, "high": 1}}, "space.yaml: params.distill.temperature.low: "
+                                                                       "must be > 0, got 0.0"),
+    ({"distill.w_ce": {"type": "categorical", "choices": [0.5, -1]}}, "space.yaml: params.distill.w_ce.choices: "
+                                                                       "must be >= 0, got -1"),
+    # a teacher subset is not a value to check, and the parameters after it still are
+    ({"distill.teachers": {"type": "teacher_subset"}, "distill.temperature": {"type": "float", "low": 0, "high": 1}},
+     "space.yaml: params.distill.temperature.low: must be > 0, got 0.0"),
+    # not a number where the config wants one: refused as a value, whether or not it is the attention weight
+    ({"distill.w_at": {"type": "categorical", "choices": ["x"]}},
+     "space.yaml: params.distill.w_at.choices: must be a valid number, unable to parse string as a number, got 'x'"),
+    ({"distill.w_at": {"type": "fixed", "value": "x"}},
+     "space.yaml: params.distill.w_at.value: must be a valid number, unable to parse string as a number, got 'x'"),
+    # a fixed value is set in every trial, its when notwithstanding: here an mlp student would get w_at 1
+    ({"student.family": {"type": "categorical", "choices": ["cnn", "mlp"]},
+      "distill.w_at": {"type": "fixed", "value": 1.0, "when": {"student.family": ["cnn"]}}},
+     f"space.yaml: params.student.family.choices: {MLP_NO_MAPS}"),
+])
+def test_each_bound_choice_and_fixed_value_is_checked_in_a_config(params, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_space({"params": params}, "space.yaml", at_study())
+    assert str(error.value) == expected
+
+
+def test_a_student_parameter_is_checked_with_a_family_that_has_it():
+    """The study's student is an mlp; a cnn parameter is checked in a cnn (the space's family or the one
+    its when names), not in the study's mlp, which has no channels."""
+    study = at_study("mlp")
+    for params in ({"student.family": {"type": "categorical", "choices": ["cnn"]},
+                    "student.channels": {"type": "int", "low": 2, "high": 8}},
+                   {"student.family": {"type": "fixed", "value": "cnn"},
+                    "student.channels": {"type": "fixed", "value": 4}},
+                   {"student.family": {"type": "categorical", "choices": ["resnet", "cnn"]},
+                    "student.channels": {"type": "int", "low": 2, "high": 8, "when": {"student.family": ["cnn"]}}}):
+        assert list(parse_space({"params": params}, "space.yaml", study).params) == list(params)
+    with pytest.raises(ConfigError) as error:  # and checked there: a cnn's channels are >= 1
+        parse_space({"params": {"student.family": {"type": "categorical", "choices": ["cnn"]},
+                                "student.channels": {"type": "int", "low": 0, "high": 8}}}, "space.yaml", study)
+    assert str(error.value).startswith("space.yaml: params.student.channels.low: ")
+
+
+# --------------------------------------------------------------------------- names and conditions, word for word
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"student.family": {"type": "categorical", "choices": ["mlp", "vit"]}},
+     "space.yaml: params.student.family.choices: must be among ['cnn', 'mlp', 'resnet'], got 'vit'"),
+    ({"student.family": {"type": "fixed", "value": 3}},
+     "space.yaml: params.student.family.value: must be among ['cnn', 'mlp', 'resnet'], got 3"),
+    ({"schedule.foo": {"type": "fixed", "value": 1}},
+     "space.yaml: params.schedule.foo: unknown key; allowed: ['batch_size', 'epochs', 'lr', 'lr_schedule', "
+     "'momentum', 'optimizer', 'weight_decay']"),
+    ({"distill.w_ce": {"type": "float", "low": 0, "high": 1},
+      "distill.w_kd": {"type": "float", "low": 0, "high": 1, "when": {"distill.w_ce": [0.5]}}},
+     "space.yaml: params.distill.w_kd: when: 'distill.w_ce' is a float: it takes any given value with probability "
+     "zero (make it categorical)"),
+])
+def test_name_and_condition_errors_word_for_word(params, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_space({"params": params}, "space.yaml", STUDY)
+    assert str(error.value) == expected
+
+
+def test_a_condition_error_lists_the_choices_cut_at_120_characters():
+    choices = list(range(100, 140))  # repr: 40 * 3 + 39 * 2 (", ") + 2 ("[]") = 200 characters
+    listed = repr(choices)
+    assert len(listed) == 200
+    with pytest.raises(ConfigError) as error:
+        parse_space({"params": {"schedule.batch_size": {"type": "categorical", "choices": choices},
+                                "distill.w_kd": {"type": "float", "low": 0, "high": 1,
+                                                 "when": {"schedule.batch_size": [64]}}}},
+                    "space.yaml", STUDY)
+    assert str(error.value) == ("space.yaml: params.distill.w_kd: when: 'schedule.batch_size' never takes 64; "
+                                f"it takes {listed[:120]}...(200 chars)")
+
+
+# --------------------------------------------------------------------------- custom students, inactive conditions
+
+CUSTOM_STUDY = StudySpec.model_validate({
+    "name": "s", "search_space": "unused.yaml", "distill": {"w_ce": 1.0, "w_kd": 0.0},
+    "student": {"family": "custom", "factory": "my_students:make", "args": {"width": 8, "act": "relu"}}})
+
+
+def test_a_custom_students_arguments_are_suggested_and_applied_beside_its_other_arguments():
+    space = parse_space({"params": {"student.args.width": {"type": "int", "low": 4, "high": 6},
+                                    "distill.temperature": {"type": "float", "low": 1, "high": 3}}},
+                        "space.yaml", CUSTOM_STUDY)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    space.suggest(trial, ("student",))
+    assert list(trial.params) == ["student.args.width"] and 4 <= trial.params["student.args.width"] <= 6
+    config = space.apply(CUSTOM_STUDY.train_config(), {"student.args.width": 5, "distill.temperature": 2.5})
+    assert config.student["args"] == {"width": 5, "act": "relu"}  # the other argument stays
+    assert config.student["factory"] == "my_students:make"
+    assert config.distill.temperature == 2.5  # and what comes after the argument is applied too
+
+
+def test_a_parameter_whose_condition_is_inactive_is_not_suggested_even_if_the_condition_lists_null():
+    """distill.teachers is only sampled for cnn students; w_kd only when it sampled null (all teachers).
+    An mlp trial has no distill.teachers at all, which is not the value null."""
+    space = parse_space({"params": {
+        "student.family": {"type": "categorical", "choices": ["mlp", "cnn"]},
+        "distill.teachers": {"type": "categorical", "choices": [None, "a"], "when": {"student.family": ["cnn"]}},
+        "distill.w_kd": {"type": "float", "low": 0.1, "high": 1, "when": {"distill.teachers": [None]}},
+    }}, "space.yaml", STUDY)
+    trials = sample(space)
+    assert {t["student.family"] for t in trials} == {"mlp", "cnn"}
+    assert {t.get("distill.teachers", "absent") for t in trials} == {"absent", None, "a"}
+    for params in trials:
+        assert ("distill.w_kd" in params) == ("distill.teachers" in params and params["distill.teachers"] is None)
+
+
+NOT_PARAMS = "space.yaml: params: expected a non-empty mapping of dotted keys to parameters"
+
+
+@pytest.mark.parametrize("document, expected", [
+    ({"description": "d", "params": {"distill.temperature": {"type": "float", "low": 1, "high": 2}}, "zeta": 1},
+     "space.yaml: 'zeta': unknown key (allowed: params, description)"),
+    ({"params": {"distill.temperature": {"type": "float", "low": 1, "high": 2}}, "zeta": 1, 3: 2},
+     "space.yaml: '3': unknown key (allowed: params, description)"),  # the first, as text
+    ({"description": "d"}, NOT_PARAMS),
+    ({"params": {}}, NOT_PARAMS),
+    ({"params": ["distill.temperature"]}, NOT_PARAMS),
+])
+def test_a_space_document_is_a_params_mapping_and_an_optional_description(document, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_space(document, "space.yaml", STUDY)
+    assert str(error.value) == expected
+
+
+@pytest.mark.parametrize("params, study, expected", [
+    ({"student.family": {"type": "categorical", "choices": ["mlp", "cnn"]},
+      "student.width": {"type": "int", "low": 2, "high": 8}}, STUDY,
+     "space.yaml: params.student.width: family 'cnn' has no parameter 'width'; add when: {student.family: [...]} "
+     "with families that have it"),
+    ({"student.width": {"type": "int", "low": 2, "high": 8}}, CUSTOM_STUDY,
+     "space.yaml: params.student.width: family 'custom' has no parameter 'width'; a custom student varies its "
+     "factory's arguments as student.args.<name>"),
+    ({"distill.teachers": {"type": "teacher_subset"}}, CUSTOM_STUDY,
+     "space.yaml: params.distill.teachers: the study has no teachers to choose a subset from"),
+])
+def test_student_and_teacher_parameters_the_study_cannot_take_word_for_word(params, study, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_space({"params": params}, "space.yaml", study)
+    assert str(error.value) == expected
+
+
+def test_a_range_may_be_a_single_value():
+    space = parse_space({"params": {"distill.temperature": {"type": "float", "low": 2, "high": 2},
+                                    "schedule.epochs": {"type": "int", "low": 3, "high": 3}}}, "space.yaml", STUDY)
+    assert sample(space, 2) == [{"distill.temperature": 2.0, "schedule.epochs": 3}] * 2
+
+
+def test_varies_says_whether_a_section_has_a_searched_parameter():
+    space = parse_space(FULL, "space.yaml", STUDY)  # schedule.epochs is only fixed
+    assert [space.varies(s) for s in ("student", "distill", "schedule")] == [True, True, False]
+    custom = parse_space({"params": {"student.args.width": {"type": "int", "low": 4, "high": 6},
+                                     "schedule.epochs": {"type": "fixed", "value": 2}}}, "space.yaml", CUSTOM_STUDY)
+    assert [custom.varies(s) for s in ("student", "distill", "schedule")] == [True, False, False]

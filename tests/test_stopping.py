@@ -47,6 +47,19 @@ def test_crowding_distance_of_one_or_two_points_is_infinite_and_a_flat_objective
     np.testing.assert_allclose(flat, [np.inf, (0.4 - 0.1) / 0.3, np.inf])
 
 
+def test_crowding_distance_of_repeated_points_breaks_ties_by_row_order():
+    """The same student trained twice gives the same (accuracy, size): equal rows keep their row order
+    (a stable sort), so of equal smallest rows the first is the extreme, of equal largest the last."""
+    small, large = [0.0, 3.0], [0.3, 5.0]
+    # sorted: rows 2, 3 (small), 0, 1 (large); extremes rows 2 and 1; rows 3 and 0 each get 1 + 1
+    np.testing.assert_allclose(crowding_distances(np.array([large, large, small, small])), [2.0, np.inf, np.inf, 2.0])
+    alternating = np.array([large, small] * 10)  # rows 0, 2, .., 18 large; 1, 3, .., 19 small
+    expected = np.zeros(20)
+    expected[[1, 18]] = np.inf  # the first small, the last large
+    expected[[19, 0]] = 2.0  # the last small and the first large are each other's neighbours
+    np.testing.assert_allclose(crowding_distances(alternating), expected)
+
+
 # ---------------------------------------------------------------------------------------------
 # Milestones
 
