@@ -24,7 +24,7 @@ from torch import nn
 
 from autokd.archs import CUSTOM, check_code_allowed, validate_arch
 from autokd.errors import ConfigError
-from autokd.torch_state import one_thread, seeded
+from autokd.torch_state import seeded, torch_threads
 
 __all__ = ["CustomStudent", "build_custom_student", "check_student"]
 
@@ -156,7 +156,7 @@ def check_student(arch: dict, input_shape: tuple, num_classes: int, *, where: st
     expected = (2, int(num_classes))
     model.eval()
     try:
-        with torch.no_grad(), one_thread():
+        with torch.no_grad(), torch_threads(1):
             logits = model.net(sample)
             pair = model.net.forward_features(sample) if model.feature_dim else None
     except Exception as error:

@@ -58,8 +58,9 @@ from autokd.data import Dataset, batches
 from autokd.distill import EpochResult, FitResult, TeacherSource, optimizer_and_scheduler, resolve_device
 from autokd.errors import NonFiniteLossError
 from autokd.losses import DistillationLoss, ensemble_logits
-from autokd.runner import config_targets, torch_threads
+from autokd.runner import config_targets
 from autokd.spec import ScheduleSpec, TrainConfig
+from autokd.torch_state import torch_threads
 from autokd.zoo import ACTIVATIONS, ZooModel, build_model
 
 __all__ = ["PackedRun", "fit_packed", "pack_key"]

@@ -11,8 +11,7 @@ thread count (CPU kernels give bit-identical results only at the same count).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -20,19 +19,8 @@ from torch import nn
 from autokd.data import Dataset
 from autokd.distill import EpochResult, FitResult, TeacherSource, fit, resolve_device
 from autokd.spec import TrainConfig
+from autokd.torch_state import torch_threads
 from autokd.zoo import ZooModel, build_model
-
-
-@contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """Run the block with `count` intra-op threads (None: leave as is), restoring the previous count."""
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(max(1, int(count)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def train_model(model: nn.Module, data: Dataset, targets: TeacherSource | None, distill, schedule, *, seed: int,

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from autokd.archs import CUSTOM, validate_arch
-from autokd.torch_state import one_thread
+from autokd.torch_state import torch_threads
 from autokd.zoo import build_model
 
 __all__ = ["ModelSize", "arch_size", "model_size", "stage_sizes"]
@@ -112,7 +112,7 @@ def arch_size(arch: dict, input_shape: tuple, num_classes: int) -> ModelSize:
 
 @functools.lru_cache(maxsize=1024)
 def _cached_arch_size(arch_json: str, input_shape: tuple[int, ...], num_classes: int) -> ModelSize:
-    with one_thread():
+    with torch_threads(1):
         return model_size(build_model(json.loads(arch_json), input_shape, num_classes), input_shape)
 
 
@@ -128,6 +128,6 @@ def stage_sizes(arch: dict, input_shape: tuple) -> list[tuple[int, ...]]:
 @functools.lru_cache(maxsize=1024)
 def _cached_stage_sizes(arch_json: str, input_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     model = build_model(json.loads(arch_json), input_shape, 2).eval()
-    with torch.no_grad(), one_thread():
+    with torch.no_grad(), torch_threads(1):
         _, _, stages = model.forward_stages(torch.zeros(1, *input_shape))
     return tuple(tuple(stage.shape[2:]) for stage in stages)

@@ -1,9 +1,9 @@
 """Torch's process-wide state, set for one block and restored after it: the RNG seed and the thread count.
 
 `seeded` builds a model from a seed alone, whatever random numbers the caller (a reused Ray worker,
-a test) consumed before, and leaves the caller's RNG as it was; `one_thread` runs a one-sample
-forward single-threaded. Both are used where models are built and measured (`autokd.zoo`,
-`autokd.custom_student`, `autokd.sizes`).
+a test) consumed before, and leaves the caller's RNG as it was; `torch_threads` runs a block at a
+given thread count. Used where models are built, measured and trained (`autokd.zoo`,
+`autokd.custom_student`, `autokd.sizes`, `autokd.runner`, `autokd.packing`).
 """
 
 from __future__ import annotations
@@ -24,16 +24,18 @@ def seeded(seed: int | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch single-threaded for a moment, then restore the caller's thread count.
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with `count` intra-op threads (None: leave as is), restoring the previous count.
 
-    A one-sample forward gains nothing from threads, and while trials keep the cores busy
-    the threads wait on each other: measured on 2 busy cores, the default cnn's size took
-    172 ms with 2 threads and 14 ms with 1.
+    Training runs at a config's thread count (CPU kernels are bit-identical only at the same count);
+    a one-sample forward runs at 1: it gains nothing from threads, and while trials keep the cores
+    busy the threads wait on each other (measured on 2 busy cores: the default cnn's size took
+    172 ms with 2 threads and 14 ms with 1).
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(max(1, int(count)))
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous)

@@ -19,6 +19,7 @@ from autokd import quantize, runner
 from autokd.archs import allow_code
 from autokd.distill import resolve_device
 from autokd.spec import TrainConfig
+from autokd.torch_state import torch_threads
 
 
 def run_trial(trial: dict, data, outputs) -> None:
@@ -55,7 +56,7 @@ def run_trial(trial: dict, data, outputs) -> None:
                 tune.report(dict(last))
 
         def int8_accuracy(students) -> dict:
-            with runner.torch_threads(threads):
+            with torch_threads(threads):
                 accuracies = [quantize.int8_val_accuracy(student, data, config.quantize.calibration_samples)
                               for student in students]
             return {"val_accuracy_int8": sum(accuracies) / len(accuracies)}

@@ -66,7 +66,7 @@ def config(dataset: dict, student: dict, base: str, w_at: float, epochs: int | N
 def prepare(dataset: dict) -> dict:
     """Train (or load) the teacher and cache its outputs and attention maps, once, before the workers start."""
     from autokd.data import load_data
-    from autokd.runner import torch_threads
+    from autokd.torch_state import torch_threads
     from autokd.train import prepare_targets
 
     probe = config(dataset, dataset["students"][0], "kd", 1.0)

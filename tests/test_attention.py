@@ -16,7 +16,8 @@ from autokd.config_files import train_config_from_dict
 from autokd.data import load_data
 from autokd.distill import fit
 from autokd.errors import ConfigError
-from autokd.runner import run_config, torch_threads
+from autokd.runner import run_config
+from autokd.torch_state import torch_threads
 from autokd.losses import attention_map
 from autokd.sizes import stage_sizes
 from autokd.spec import DataSpec, DistillSpec, ScheduleSpec, TeacherSpec

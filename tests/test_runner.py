@@ -10,18 +10,11 @@ import torch
 
 from autokd.config_files import load_study
 from autokd.data import load_data
-from autokd.runner import config_targets, run_config, run_seeds, torch_threads
+from autokd.runner import config_targets, run_config, run_seeds
 from autokd.spec import TrainConfig
 from autokd.teacher_outputs import teacher_outputs
 from autokd.teachers import prepare_teachers
 from conftest import run_cli, tiny_study
-
-
-def test_torch_threads_restores_the_previous_count():
-    before = torch.get_num_threads()
-    with torch_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
 
 
 def test_a_config_without_distillation_gets_no_teacher_targets(tmp_path):

@@ -2,7 +2,7 @@
 
 import torch
 
-from autokd.torch_state import one_thread, seeded
+from autokd.torch_state import seeded, torch_threads
 
 
 def test_seeded_draws_from_the_seed_alone_and_keeps_the_callers_rng():
@@ -28,12 +28,17 @@ def test_seeded_none_leaves_the_callers_rng_untouched_too():
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_one_thread_restores_the_thread_count_even_after_an_error():
+def test_torch_threads_sets_the_count_and_restores_it_even_after_an_error():
     threads = torch.get_num_threads()
     try:
-        with one_thread():
+        with torch_threads(1):
             assert torch.get_num_threads() == 1
             raise RuntimeError("boom")
     except RuntimeError:
         pass
+    assert torch.get_num_threads() == threads
+    with torch_threads(None):  # None leaves the count alone
+        assert torch.get_num_threads() == threads
+    with torch_threads(0):  # a count below one still runs, on one thread
+        assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == threads
