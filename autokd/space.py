@@ -202,10 +202,22 @@ def may_be_positive(space: SearchSpace, name: str, base_value: float) -> bool:
         if base_value > 0:
             return True
     if isinstance(param, CategoricalParam):
-        return any(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in param.choices)
+        return any(_positive(v) for v in param.choices)
     if isinstance(param, FixedParam):
-        return isinstance(param.value, (int, float)) and param.value > 0
+        return _positive(param.value)
     return param is not None and param.high > 0
+
+
+_AS_FLOAT = TypeAdapter(float)
+
+
+def _positive(value: Any) -> bool:
+    """Is `value` > 0 once a float config key holds it? The config's rules, not Python's: `true` is 1.0 and
+    "0.5" is 0.5 there, so a weight given that way turns the loss term on."""
+    try:
+        return _AS_FLOAT.validate_python(value) > 0
+    except ValidationError:
+        return False  # not a number: _check_values refuses it, naming the key
 
 
 def attention_scope(space: SearchSpace, study: StudySpec) -> tuple[list[str], list[TeacherSpec]] | None:
@@ -307,14 +319,15 @@ def _check_values(space: SearchSpace, study: StudySpec) -> None:
                     [("value", param.value)])
         section, _, key = name.partition(".")
         for label, value in labelled:
-            values = {name: value}
-            if (section == "student" and key != "family") or "student.family" in (param.when or {}):
-                values["student.family"] = _student_families(param, families, study)[0]
-            try:
-                space.apply(base, values)
-            except ValidationError as error:
-                _, reason = describe_validation_error(error)
-                raise ConfigError(f"{space.source}: params.{name}.{label}: {reason}") from None
+            # checked with every family the parameter meets in its trials, not the study's own alone
+            trial_families = [None] if name == "student.family" else _student_families(param, families, study)
+            for family in trial_families:
+                values = {name: value} if family is None else {name: value, "student.family": family}
+                try:
+                    space.apply(base, values)
+                except ValidationError as error:
+                    _, reason = describe_validation_error(error)
+                    raise ConfigError(f"{space.source}: params.{name}.{label}: {reason}") from None
 
 
 def _student_families(param, families, study: StudySpec) -> list[str]:

@@ -282,6 +282,12 @@ def bare_space(params, teacher_names=()):
     ({"type": "float", "low": 0.0, "high": 0.5}, 0.0, True),
     ({"type": "int", "low": 0, "high": 0}, 0.0, False),
     ({"type": "int", "low": 0, "high": 1}, 0.0, True),
+    # values the config turns into numbers count as those numbers (pydantic's lax float: true is 1.0)
+    ({"type": "categorical", "choices": [0.0, True]}, 0.0, True),
+    ({"type": "categorical", "choices": ["1.0"]}, 0.0, True),
+    ({"type": "fixed", "value": "0.5"}, 0.0, True),
+    ({"type": "categorical", "choices": [False, "0", 0]}, 0.0, False),
+    ({"type": "categorical", "choices": ["x", None]}, 0.0, False),  # not numbers: _check_values refuses them
 ])
 def test_may_be_positive_reads_the_searched_values_or_else_the_study_value(param, study_value, expected):
     from autokd.space import may_be_positive
@@ -333,6 +339,11 @@ def test_attention_scope_is_the_families_and_teachers_w_at_may_run_with():
      f"space.yaml: params.distill.w_at: {MLP_NO_MAPS}{WHEN_HINT}"),
     # w_at searched, the family not: no hint (there is no family to condition on)
     ({"distill.w_at": W_AT_01}, at_study(), f"space.yaml: params.distill.w_at: {MLP_NO_MAPS}"),
+    # a weight given as `true` or "0.5" is a positive weight in the config, so it is refused the same way
+    ({"distill.w_at": {"type": "categorical", "choices": [0.0, True]}}, at_study(),
+     f"space.yaml: params.distill.w_at: {MLP_NO_MAPS}"),
+    ({"distill.w_at": {"type": "fixed", "value": "0.5"}}, at_study(),
+     f"space.yaml: params.distill.w_at: {MLP_NO_MAPS}"),
     ({"distill.teachers": {"type": "teacher_subset"}, "distill.w_at": {"type": "float", "low": 0, "high": 1}},
      at_study("cnn"), f"space.yaml: params.distill.w_at: {TEACHER_M_NO_MAPS}"),
     # the study's w_at > 0, not searched: refused at what the space varies, no hint
@@ -355,6 +366,10 @@ def test_attention_transfer_a_space_may_not_run_is_refused_in_one_exact_line(par
     ({"distill.teachers": {"type": "teacher_subset"}, "distill.w_at": W_AT_01}, at_study("cnn", names=("c", "r"))),
     ({"distill.teachers": {"type": "teacher_subset"}}, at_study("cnn", w_at=1.0, names=("c", "r"))),
     ({"student.family": {"type": "fixed", "value": "cnn"}, "distill.w_at": W_AT_01}, at_study()),
+    # every trial's family is cnn although the study's own is mlp: its values are checked with cnn
+    ({"student.family": {"type": "categorical", "choices": ["cnn"]}, "distill.w_at": W_AT_01}, at_study()),
+    ({"student.family": {"type": "categorical", "choices": ["cnn", "resnet"]},
+      "distill.w_at": {"type": "fixed", "value": 0.5}}, at_study(names=("c", "r"))),
 ])
 def test_attention_transfer_a_space_can_run_is_accepted(params, study):
     space = parse_space({"params": params}, "space.yaml", study)
