@@ -191,7 +191,7 @@ def _run_tuner(spec, space, data, outputs, storage_url, optuna_study, plan, addr
     from autokd.progress import SearchProgress
     from autokd.ray_cluster import init_ray
     from autokd.scheduler import make_scheduler
-    from autokd.searcher import AutokdSearcher
+    from autokd.searcher import AutokdSearcher, DriverHeartbeat
     from autokd.trial import run_trial
 
     init_ray(address or spec.ray_address, spec)
@@ -213,7 +213,7 @@ def _run_tuner(spec, space, data, outputs, storage_url, optuna_study, plan, addr
         run_config=tune.RunConfig(name=spec.name, storage_path=str(Path(spec.cache_dir).resolve() / "ray"),
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=0),
                                   checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-                                  callbacks=[bar]),
+                                  callbacks=[bar, DriverHeartbeat(searcher)]),
     )
     try:
         tuner.fit()

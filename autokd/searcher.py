@@ -22,6 +22,7 @@ import math
 import time
 
 import optuna
+from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from autokd.archs import code_allowed
@@ -130,7 +131,8 @@ class AutokdSearcher(OptunaSearch):
             self._ot_trials[trial_id] = ot_trial
             self._asking = None
             return {"config": config.model_dump(), "trial_number": ot_trial.number, "size": size, "seeds": seeds,
-                    "pack": self.spec.search.pack_seeds, "allow_code": code_allowed()}
+                    "pack": self.spec.search.pack_seeds, "allow_code": code_allowed(),
+                    "report_every_epoch": self.spec.early_stopping.kind != "none"}
         raise AutokdError(f"{self.spec.source}: constraints: {MAX_INFEASIBLE_IN_A_ROW} proposals in a row broke "
                           f"{self.spec.constraints}; widen the constraints or shrink the search space")
 
@@ -162,14 +164,14 @@ class AutokdSearcher(OptunaSearch):
             curve = self._curves.setdefault(trial_id, [])
             if result.get("epoch", len(curve) + 1) > len(curve):  # once per epoch
                 curve.append(float(result["val_accuracy"]))
-        self._beat()
+        self.beat_if_due()
 
     def _count_epochs(self, trial_id: str, result: dict) -> None:
         trained = int(result.get("epochs_trained", 0))
         self._epochs_trained += max(0, trained - self._epochs_seen.get(trial_id, 0))
         self._epochs_seen[trial_id] = max(trained, self._epochs_seen.get(trial_id, 0))
 
-    def _beat(self) -> None:
+    def beat_if_due(self) -> None:
         if time.monotonic() - self._last_beat > HEARTBEAT_EVERY_S:
             beat(self._ot_study)
             self._last_beat = time.monotonic()
@@ -184,6 +186,7 @@ class AutokdSearcher(OptunaSearch):
             self.on_trial_result(trial_id, result)
         self._count_epochs(trial_id, result)
         curve = self._curves.pop(trial_id, [])
+        curve = result.get("val_accuracy_curve") or curve  # a trial that reports only at its end sends it whole
         trained = self._epochs_seen.pop(trial_id, 0)
         attrs = {"val_accuracy_curve": curve, "epochs_trained": trained,
                  "train_seconds": result.get("train_seconds"), "node": result.get("node"),
@@ -211,4 +214,20 @@ class AutokdSearcher(OptunaSearch):
         self._ot_study.tell(ot_trial, values, state=state)
         if ot_trial is self._asking:
             self._asking = None
-        self._beat()
+        self.beat_if_due()
+
+
+class DriverHeartbeat(Callback):
+    """Beats on every loop of Tune's controller, results or not: without early stopping a trial reports only
+    at its end and may run longer than `study_store.DRIVER_STALE_S`, after which another driver would take
+    this one's trials for orphans."""
+
+    def __init__(self, searcher: AutokdSearcher):
+        self.searcher: AutokdSearcher | None = searcher
+
+    def __getstate__(self) -> dict:
+        return {"searcher": None}  # pickled with Tune's experiment state; the study's storage is not
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self.searcher is not None:
+            self.searcher.beat_if_due()

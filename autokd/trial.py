@@ -1,6 +1,8 @@
 """A trial on a Ray worker: train its config on its seeds and report to Tune.
 
-A one-seed trial (flat search, level 1) reports every epoch, so schedulers can stop it early.
+A one-seed trial (flat search, level 1) reports every epoch when the study stops trials early
+(a scheduler reads each epoch), else once at its end with the whole curve: each result is a round
+trip through Tune's driver, which shares the cores with the trials.
 A paired trial (level 2: seeds shared with its architecture's baselines) trains its seeds, packed
 into one batched model when the student allows (`runner.run_seeds`), and reports once: the mean
 and the per-seed accuracies; it is never stopped early. When the config asks (`quantize.int8`), the
@@ -23,8 +25,8 @@ from autokd.torch_state import torch_threads
 
 
 def run_trial(trial: dict, data, outputs) -> None:
-    """`trial`: {"config", "trial_number", "size", "seeds", "pack", "allow_code"}; `data`, `outputs`: the study's
-    (Ray object store)."""
+    """`trial`: {"config", "trial_number", "size", "seeds", "pack", "allow_code", "report_every_epoch"};
+    `data`, `outputs`: the study's (Ray object store)."""
     import ray
     from ray import tune
 
@@ -42,6 +44,8 @@ def run_trial(trial: dict, data, outputs) -> None:
     started = time.perf_counter()
     trained = {"epochs": 0}
     last: dict = {}  # the latest epoch's report
+    curve: list[float] = []
+    every_epoch = trial.get("report_every_epoch", True)
     try:
         device = resolve_device(config.device)
         report["device"] = str(device)
@@ -49,10 +53,15 @@ def run_trial(trial: dict, data, outputs) -> None:
 
         def on_epoch(epoch) -> None:
             trained["epochs"] = epoch.epoch
+            curve.append(epoch.val_accuracy)
             last.update({**report, "val_accuracy": epoch.val_accuracy, "epoch": epoch.epoch,
                          "epochs_trained": epoch.epoch, "train_loss": epoch.train_loss,
                          "train_seconds": time.perf_counter() - started})
-            if not (int8 and epoch.epoch == epochs):  # the last epoch's report waits for the int8 accuracy
+            if epoch.epoch == epochs:
+                last["val_accuracy_curve"] = list(curve)
+                if not int8:  # the last epoch's report waits for the int8 accuracy
+                    tune.report(dict(last))
+            elif every_epoch:
                 tune.report(dict(last))
 
         def int8_accuracy(students) -> dict:
@@ -82,5 +91,5 @@ def run_trial(trial: dict, data, outputs) -> None:
     except Exception as error:  # the reason goes to the study; the search goes on
         message = str(error).splitlines()[0] if str(error) else ""
         tune.report({**report, "failure_reason": f"{type(error).__name__}: {message}"[:500],
-                     "epochs_trained": trained["epochs"],
+                     "epochs_trained": trained["epochs"], "val_accuracy_curve": list(curve),
                      "train_seconds": time.perf_counter() - started})

@@ -211,3 +211,27 @@ def test_robust_front_reruns_the_top_front_configs_and_the_report_ranks_them(tmp
     pareto = pd.read_csv(folder / "pareto.csv")
     rerun_rows = pareto[pareto["trial"].isin(reruns)]
     assert rerun_rows["robust_seeds"].eq(2).all() and rerun_rows["robust_mean"].notna().all()
+
+
+@pytest.mark.slow
+def test_the_driver_beats_while_trials_run_without_reporting(tmp_path, monkeypatch):
+    """Without early stopping a trial reports once, at its end; the heartbeat must not wait for it
+    (a trial longer than DRIVER_STALE_S would otherwise look orphaned to a second driver)."""
+    import ray
+
+    import autokd
+    from autokd import searcher
+
+    beats = []
+    monkeypatch.setattr(searcher, "HEARTBEAT_EVERY_S", 0.0)
+    monkeypatch.setattr(searcher, "beat", lambda study: beats.append(study))
+    try:
+        study_file = tiny_study(tmp_path, trials=2, epochs=4)
+        result = autokd.search(study_file, progress=False, log=lambda message: None)
+    finally:
+        ray.shutdown()
+    trials = result.study.get_trials()
+    assert [t.state for t in trials] == [States.COMPLETE] * 2
+    assert all(len(t.user_attrs["val_accuracy_curve"]) == 4 for t in trials)
+    # 2 results and 2 completions could beat 4 times; Tune's controller loop beats far more often
+    assert len(beats) > 20, f"{len(beats)} beats"

@@ -87,3 +87,19 @@ def test_an_int8_objective_may_be_missing_only_when_the_trial_stopped_early():
         States.FAIL, {"failure_reason": "missing or non-finite metric(s) ['val_accuracy_int8'] in the last result"})
     # a stopped trial still fails when another objective is missing
     assert trial_outcome({"val_accuracy": 0.5, "epoch": 1, "epochs": 3}, ["val_accuracy", "params"])[0] == States.FAIL
+
+
+def test_the_driver_heartbeat_beats_on_every_loop_of_tune_and_is_pickled_without_the_searcher():
+    import pickle
+    from types import SimpleNamespace
+
+    from autokd.searcher import DriverHeartbeat
+
+    calls = []
+    heartbeat = DriverHeartbeat(SimpleNamespace(beat_if_due=lambda: calls.append(1)))
+    heartbeat.on_step_begin(0, [])
+    heartbeat.on_step_begin(1, [])
+    assert len(calls) == 2
+    restored = pickle.loads(pickle.dumps(heartbeat))  # Tune pickles its callbacks; a lambda could not be
+    restored.on_step_begin(2, [])
+    assert restored.searcher is None and len(calls) == 2
