@@ -151,14 +151,13 @@ def _hypervolume_2d(loss: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _hypervolume_loss(loss: np.ndarray, ref: np.ndarray) -> float:
-    """Exact hypervolume of loss points that all strictly dominate ``ref``.
+    """Exact hypervolume of one or more loss points that all strictly dominate ``ref``.
 
     One objective: a length. Two: a sweep. More: slice along the last objective and sum
-    slab depth times the (m-1)-dimensional volume of the points already below the slab.
+    slab depth times the (m-1)-dimensional volume of the points already below the slab
+    (never an empty set: `hypervolume` answers 0 for no point).
     """
     m = loss.shape[1]
-    if loss.shape[0] == 0:
-        return 0.0
     if m == 1:
         return float(ref[0] - loss[:, 0].min())
     if m == 2:

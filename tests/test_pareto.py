@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import warnings
 
 import numpy as np
 import pytest
@@ -132,6 +133,58 @@ def test_ranks_reject_nan_rows():
         pareto_ranks([[0.9, 1.0], [np.nan, 2.0]], MAX_MIN)
 
 
+@pytest.mark.parametrize("empty", [np.empty((0, 3)), np.empty((2, 0))], ids=["0x3", "2x0"])
+def test_ranks_empty_input_of_the_wrong_shape_is_rejected(empty):
+    # Only a 1-D empty input ([] or np.array([])) is read as "no rows"; an empty 2-D array must
+    # still have one column per direction.
+    with pytest.raises(ValueError, match=r"values: must have shape \(n, 2\).*got shape"):
+        pareto_ranks(empty, MAX_MIN)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: pareto_ranks(np.zeros((2, 2)), "maximize"),
+            "directions: must be a sequence of ('maximize', 'minimize'), got 'maximize'",
+        ),
+        (lambda: pareto_ranks(np.zeros((2, 2)), []), "directions: must name at least one objective, got []"),
+        (
+            # 12 NaN rows: only the first ten are listed
+            lambda: pareto_ranks(np.full((12, 2), np.nan), MAX_MIN),
+            "values: rows must not contain NaN (drop failed trials first), "
+            "got NaN in rows [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]",
+        ),
+        (
+            # None is read as a missing value, i.e. NaN
+            lambda: pareto_ranks([[0.9, 1.0], [None, 2.0]], MAX_MIN),
+            "values: rows must not contain NaN (drop failed trials first), got NaN in rows [1]",
+        ),
+        (
+            lambda: hypervolume([[1, 2]], ["minimize", "minimize"], [3, None]),
+            "reference_point: must be finite, got [3.0, nan]",
+        ),
+        (lambda: knee_index(np.empty((0, 2)), MAX_MIN), "values: need at least one row to find a knee, got 0 rows"),
+        (
+            lambda: select_index([0.9, 0.8], [1], [1, 2]),
+            "accuracy, params, bytes_: must have the same length, got 2, 1, 2",
+        ),
+    ],
+    ids=["directions-str", "directions-empty", "nan-first-ten", "none-is-nan", "reference-none", "knee-empty",
+         "select-lengths"],
+)
+def test_error_messages_in_full(call, message):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert str(info.value) == message
+
+
+def test_ranks_reject_directions_that_are_not_a_sequence():
+    # an iterator has no length or order to match columns against
+    with pytest.raises(ValueError, match="directions: must be a sequence"):
+        pareto_ranks(np.zeros((2, 2)), iter(MAX_MIN))
+
+
 def _dominates(a, b, directions) -> bool:
     """Brute-force reference: a dominates b."""
     better_or_equal = []
@@ -246,6 +299,24 @@ def test_hypervolume_validates_reference_point():
         hypervolume([[1, 2]], ["minimize", "minimize"], [3, np.inf])
 
 
+def test_hypervolume_one_objective_is_a_length():
+    # minimise: reference 5 minus the best value 1 = 4
+    assert hypervolume([[3], [1], [2]], ["minimize"], [5]) == pytest.approx(4.0)
+    # maximise: best value 0.95 minus the reference 0.5 = 0.45
+    assert hypervolume([[0.9], [0.7], [0.95]], ["maximize"], [0.5]) == pytest.approx(0.45)
+
+
+def test_hypervolume_infinitely_good_point_counts_only_when_it_beats_the_reference():
+    directions = ["minimize", "minimize"]
+    # (-inf, 1) beats the reference (3, 5) in both: its box is unbounded
+    assert hypervolume([[-np.inf, 1], [2, 2]], directions, [3, 5]) == np.inf
+    assert hypervolume([[np.inf, 1]], MAX_MIN, [0.5, 5]) == np.inf
+    # (-inf, 5) only ties the reference in y: a box of zero height, so nothing...
+    assert hypervolume([[-np.inf, 5]], directions, [3, 5]) == 0.0
+    # ...and next to (1, 2) only that point's 2 x 3 box counts
+    assert hypervolume([[-np.inf, 5], [1, 2]], directions, [3, 5]) == pytest.approx(6.0)
+
+
 def _random_front(rng, n, m, kind):
     if kind == "uniform":  # many dominated points
         return rng.random((n, m))
@@ -313,6 +384,44 @@ def test_knee_points_on_the_line_fall_back_to_closest_to_ideal():
     assert knee_index(values, ["minimize", "minimize"]) == 1
 
 
+@pytest.mark.parametrize("offset", [0, 2, 1000])
+def test_knee_two_point_front_does_not_depend_on_an_offset(offset):
+    # (0, 10 + offset) and (10, offset) normalise to (0, 1) and (1, 0) for any offset:
+    # equally near the ideal point, so the lower index wins
+    assert knee_index([[0, 10 + offset], [10, offset]], ["minimize", "minimize"]) == 0
+
+
+def test_knee_needs_a_point_more_than_1e_12_below_the_line():
+    # (0, 1), (1, 0) span both axes, so the values are already normalised. Row 2 lies
+    # (1 - 0.1 - (0.9 - d)) / sqrt(2) = d / sqrt(2) below x + y = 1; row 3 (0.5, 0.5) is on it
+    # and nearest the ideal point (0.707 against 0.906 for row 2).
+    def front(d):
+        return [[0, 1], [1, 0], [0.1, 0.9 - d], [0.5, 0.5]]
+
+    directions = ["minimize", "minimize"]
+    assert knee_index(front(1e-12), directions) == 3  # 0.71e-12 below: counts as on the line
+    assert knee_index(front(3e-12), directions) == 2  # 2.1e-12 below: the knee
+
+
+def test_knee_ignores_an_objective_that_is_constant_on_the_front():
+    # Columns x, y over 0..100 and a constant third one (normalised to 0). Normalised (x, y):
+    #   (0, 1)  (1, 0)  (0.01, 0.55)  (0.35, 0.35)  -> 1 - sum: 0, 0, 0.44, 0.30 -> row 2,
+    # although row 3 is nearer the ideal point (0.495 against 0.550).
+    values = [[0, 100, 7], [100, 0, 7], [1, 55, 7], [35, 35, 7]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0 / 0 on the constant column
+        assert knee_index(values, ["minimize"] * 3) == 2
+        assert knee_index([row[:2] for row in values], ["minimize"] * 2) == 2
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_knee_ignores_a_constant_infinite_objective():
+    # the third column is inf everywhere, constant like any other: (1, 0), (0, 1), (0.1, 0.1) remain
+    # -> 1 - sum: 0, 0, 0.8 -> row 2
+    values = [[1, 0, np.inf], [0, 1, np.inf], [0.1, 0.1, np.inf]]
+    assert knee_index(values, ["minimize"] * 3) == 2
+
+
 # The digits case of issue 13: a near-chance tiny student on the front. Columns: accuracy, log10 params.
 DEGENERATE_FRONT = [
     [0.18, 1.7],   # 0: 52 params at 0.18, below half the best (0.49)
@@ -364,6 +473,16 @@ def test_useful_mask_keeps_everything_without_a_positive_maximised_first_objecti
     assert useful_mask(np.empty((0, 2)), MAX_MIN).tolist() == []
     with pytest.raises(ValueError, match=r"share: must be in \[0, 1\], got 1.5"):
         useful_mask([[0.9, 1]], MAX_MIN, share=1.5)
+
+
+def test_useful_mask_share_one_keeps_only_the_best():
+    # share 1 is allowed: the floor is the best accuracy itself, 0.95 (both rows that reach it)
+    assert useful_mask([[0.9, 1], [0.95, 2], [0.95, 3]], MAX_MIN, share=1.0).tolist() == [False, True, True]
+
+
+def test_useful_mask_keeps_negative_values_when_the_best_is_zero():
+    # best 0 is not positive: no floor, so -0.5 stays although it is below 0.5 * 0
+    assert useful_mask([[0.0, 10], [-0.5, 1]], MAX_MIN).tolist() == [True, True]
 
 
 def test_knee_duplicates_and_errors():
@@ -421,6 +540,29 @@ def test_select_tie_breaking_and_edges():
     assert select_index([np.nan, 0.5], [1, 2], [1, 2]) == 1
     with pytest.raises(ValueError, match="accuracy, params, bytes_: must have the same length"):
         select_index([0.9, 0.8], [1], [1, 2])
+
+
+def test_select_flattens_column_vectors():
+    # the same rows as ACC, PARAMS, BYTES as [n, 1] columns: params <= 250 and bytes <= 1000
+    # leave rows 0, 2, 4, accuracy >= 0.85 rows 0, 2 -> 0.93 (row 2)
+    def column(xs):
+        return np.array(xs)[:, None]
+
+    got = select_index(column(ACC), column(PARAMS), column(BYTES), max_params=250, max_bytes=1000, min_accuracy=0.85)
+    assert got == 2
+
+
+@pytest.mark.parametrize("constraint", [{"max_params": 10}, {"max_bytes": 10}])
+def test_select_nan_accuracy_never_qualifies_under_a_size_constraint(constraint):
+    # the only row meets the size limit but has no accuracy
+    assert select_index([np.nan], [1], [1], **constraint) is None
+
+
+def test_select_none_is_a_missing_value():
+    # None reads as NaN: no accuracy never qualifies, an unknown size never meets a size limit
+    assert select_index([None, 0.5], [1, 2], [1, 2]) == 1
+    assert select_index([0.9, 0.8], [None, 2], [1, 2], max_params=10) == 1
+    assert select_index([0.9, 0.8], [1, 2], [None, 2], max_bytes=10) == 1
 
 
 def test_public_surface():
