@@ -159,8 +159,9 @@ def fit(
     pool = use_teachers and data.n_unlabeled > 0
     n_labeled = len(data.y_train)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
-    if pool:
+    if use_teachers:
         _check_covers_pool(teacher_outputs, n_labeled + data.n_unlabeled)
+    if pool:
         hidden = data.y_unlabeled if data.y_unlabeled is not None else torch.zeros(data.n_unlabeled, dtype=torch.long)
         x_train, y_train = data.pool_inputs().to(device), torch.cat([data.y_train, hidden]).to(device)
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
@@ -217,8 +218,10 @@ def fit(
 
 
 def _check_covers_pool(teacher_outputs: TeacherSource, rows: int) -> None:
-    """Cached outputs must have a row per pool sample (labeled then unlabeled); live teachers always do."""
+    """Cached outputs must have a row per training sample (labeled, then unlabeled if any): fewer would fail
+    mid-epoch, more would mean outputs of other data; live teachers always cover the batch."""
     cached = getattr(teacher_outputs, "train_logits", None)
     if cached is not None and cached.shape[1] != rows:
-        raise ValueError(f"teacher_outputs: cached outputs cover {cached.shape[1]} samples, the pool (labeled + "
-                         f"unlabeled) has {rows}: compute them with teacher_outputs.teacher_outputs on this data")
+        raise ValueError(f"teacher_outputs: cached outputs cover {cached.shape[1]} samples, the training pool "
+                         f"(labeled + unlabeled) has {rows}: compute them with teacher_outputs.teacher_outputs on "
+                         "this data")

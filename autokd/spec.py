@@ -126,6 +126,7 @@ class ScheduleSpec(_Strict):
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
+    # sgd's momentum; onecycle cycles it itself (torch's 1cycle policy: 0.85 to 0.95, beta1 for adamw)
     momentum: float = Field(0.9, ge=0, lt=1)
     lr_schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
 

@@ -1,5 +1,6 @@
 """The one training loop: it learns, it is deterministic, it reports every epoch, it stops on request,
-and a non-finite loss is an error with the epoch and step."""
+and a non-finite loss is an error with the epoch and step; which teacher calls each loss config makes,
+the shuffled batches, the unlabeled pool, the device; the optimizers and lr schedules stepped by hand."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import pytest
 import torch
 
 from autokd.data import Dataset, load_data
-from autokd.distill import augment_batch, evaluate, fit
+from autokd.distill import augment_batch, evaluate, fit, optimizer_and_scheduler, resolve_device
 from autokd.errors import NonFiniteLossError
+from autokd.losses import DistillationLoss
 from autokd.spec import DataSpec, DistillSpec, ScheduleSpec
+from autokd.teacher_outputs import OnlineTeachers
 from autokd.zoo import build_model
 
 MLP = {"family": "mlp", "depth": 1, "width": 32}
@@ -257,11 +260,19 @@ def test_cached_outputs_that_do_not_cover_the_pool_are_refused_with_both_counts(
 
     kd = DistillSpec(w_ce=0.5, w_kd=0.5, temperature=2.0)
     for rows in (len(data.y_train), pool - 1, pool + 1):
-        with pytest.raises(ValueError, match=rf"^teacher_outputs: cached outputs cover {rows} samples, the pool "
-                                             rf"\(labeled \+ unlabeled\) has {pool}: compute them with "):
+        with pytest.raises(ValueError, match=rf"^teacher_outputs: cached outputs cover {rows} samples, the training "
+                                             rf"pool \(labeled \+ unlabeled\) has {pool}: compute them with "):
             fit(_student(data), data, Cached(rows), kd, ScheduleSpec(epochs=1), seed=0, device="cpu")
     result = fit(_student(data), data, Cached(pool), kd, ScheduleSpec(epochs=1), seed=0, device="cpu")
     assert len(result.history) == 1
+    # without unlabeled data the same check: fewer rows used to fail mid-epoch (IndexError), more trained silently
+    labeled = load_data(DataSpec(name="digits", val_fraction=0.15, train_subset=200))
+    for rows in (199, 201):
+        with pytest.raises(ValueError, match=rf"^teacher_outputs: cached outputs cover {rows} samples, the training "
+                                             r"pool \(labeled \+ unlabeled\) has 200: "):
+            fit(_student(labeled), labeled, Cached(rows), kd, ScheduleSpec(epochs=1), seed=0, device="cpu")
+    assert len(fit(_student(labeled), labeled, Cached(200), kd, ScheduleSpec(epochs=1), seed=0,
+                   device="cpu").history) == 1
 
     class Live:  # teachers run on the batch (no train_logits): always cover it
         feature_dim = 0
@@ -270,3 +281,261 @@ def test_cached_outputs_that_do_not_cover_the_pool_are_refused_with_both_counts(
             return torch.zeros(1, len(inputs), 10), None
 
     assert len(fit(_student(data), data, Live(), kd, ScheduleSpec(epochs=1), seed=0, device="cpu").history) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Exactly half of the uniform draws flip (mutation testing: `<= 0.5` went unnoticed)
+
+
+def test_a_uniform_draw_of_exactly_one_half_does_not_flip():
+    """torch.rand's float32 draws are the 2**24 multiples k / 2**24 in [0, 1); those below 0.5 are exactly
+    half of them, so 0.5 itself must not flip. Seed 38's 654,622nd draw is 0.5 (found by a search)."""
+    skip = 654_621
+    probe = torch.Generator().manual_seed(38)
+    torch.rand(skip, generator=probe)
+    assert torch.rand(1, generator=probe).item() == 0.5  # the precondition: torch still draws this stream
+    inputs = torch.arange(6.0).view(1, 1, 2, 3)
+    generator = torch.Generator().manual_seed(38)
+    torch.rand(skip, generator=generator)
+    assert torch.equal(augment_batch(inputs, ["flip"], generator), inputs)
+    assert torch.equal(augment_batch(inputs, ["flip"], generator), inputs.flip(-1))  # the next draw, 0.339, flips
+
+
+# ---------------------------------------------------------------------------------------------
+# The device: "auto" is CUDA when there is one, anything else goes to torch.device as it is
+
+
+def test_auto_is_cuda_when_available_and_the_cpu_otherwise(monkeypatch):
+    for available, expected in ((True, "cuda"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        assert resolve_device() == resolve_device("auto") == torch.device(expected)
+
+
+def test_other_devices_pass_through_and_unknown_names_are_refused_by_torch():
+    assert resolve_device("cpu") == resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # only a name: no GPU needed to make it
+    assert resolve_device(torch.device("meta")) == torch.device("meta")
+    for name in ("gpu", "AUTO"):  # "auto" is lower case only
+        with pytest.raises(RuntimeError, match=rf"^Expected one of cpu, cuda, .* device string: {name}$"):
+            resolve_device(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# fit on a tiny image set: which teacher calls a loss config makes, the batches, the unlabeled pool, the device
+
+TINY_CNN = {"family": "cnn", "stages": 1, "channels": 4, "head_width": 0}
+TINY_SCHEDULE = ScheduleSpec(epochs=2, batch_size=16, lr=0.01)
+
+
+def _tiny_data(n_unlabeled: int = 0, hidden_labels: bool = True) -> Dataset:
+    """48 labeled blobs (3 batches of 16), then `n_unlabeled` more inputs, their labels kept or not (a file)."""
+    generator = torch.Generator().manual_seed(0)
+    x_train, y_train = _blobs(48, generator)
+    x_val, y_val = _blobs(16, generator)
+    x_unlabeled, y_unlabeled = _blobs(n_unlabeled, generator) if n_unlabeled else (None, None)
+    return Dataset("blobs", x_train, y_train, x_val, y_val, x_val, y_val, num_classes=4, input_shape=(1, 8, 8),
+                   x_unlabeled=x_unlabeled, y_unlabeled=y_unlabeled if hidden_labels else None)
+
+
+def _tiny_student(seed: int = 0):
+    return build_model(TINY_CNN, (1, 8, 8), 4, seed=seed)
+
+
+def _run(result) -> list[tuple[float, float]]:
+    return [(epoch.train_loss, epoch.val_accuracy) for epoch in result.history]
+
+
+class _RecordingTeachers(OnlineTeachers):
+    """A live cnn teacher that records the batch indices and `features` flag of every call."""
+
+    def __init__(self):
+        super().__init__([_tiny_student(seed=7)])
+        self.calls: list[tuple[list[int], bool]] = []
+        self.attention_calls: list[list[int]] = []
+
+    def for_batch(self, indices, inputs, features=True):
+        self.calls.append((indices.tolist(), features))
+        return super().for_batch(indices, inputs, features)
+
+    def attention_for_batch(self, indices, inputs):
+        self.attention_calls.append(indices.tolist())
+        return super().attention_for_batch(indices, inputs)
+
+
+@pytest.mark.parametrize("weights, features, attention", [
+    ({"w_kd": 0.5}, False, False),
+    ({"w_kd": 0.0, "w_feat": 0.5}, True, False),  # a feature term alone still needs the teachers
+    ({"w_kd": 0.0, "w_at": 0.5}, False, True),  # and so does attention transfer alone
+], ids=["kd", "feat-only", "at-only"])
+def test_each_teacher_term_alone_asks_the_teachers_for_every_batch(weights, features, attention):
+    """Any positive weight (0.5 here: not only weights above 1) calls the teachers once a batch, 2 epochs of
+    3 batches: 6 calls, their features only for FEAT, their attention maps only for AT; and the term changes
+    the training loss from the CE-only run's."""
+    data, teachers = _tiny_data(), _RecordingTeachers()
+    result = fit(_tiny_student(), data, teachers, DistillSpec(w_ce=0.5, **weights), TINY_SCHEDULE, seed=0,
+                 device="cpu")
+    assert len(teachers.calls) == 6 and {flag for _, flag in teachers.calls} == {features}
+    assert teachers.attention_calls == ([indices for indices, _ in teachers.calls] if attention else [])
+    ce_only = fit(_tiny_student(), data, None, DistillSpec(w_ce=0.5, w_kd=0.0), TINY_SCHEDULE, seed=0, device="cpu")
+    assert result.history[0].train_loss != ce_only.history[0].train_loss
+
+
+def test_a_ce_only_run_never_asks_the_teachers_it_is_given():
+    """All teacher weights 0: the teachers are not called and the run is the one without teachers; and a
+    KD weight without teachers is the loss's error."""
+    data, teachers = _tiny_data(), _RecordingTeachers()
+    given = fit(_tiny_student(), data, teachers, CE_ONLY, TINY_SCHEDULE, seed=0, device="cpu")
+    assert teachers.calls == [] and teachers.attention_calls == []
+    assert _run(given) == _run(fit(_tiny_student(), data, None, CE_ONLY, TINY_SCHEDULE, seed=0, device="cpu"))
+    with pytest.raises(ValueError, match=r"^teacher_logits is required when its loss weight is > 0, got None$"):
+        fit(_tiny_student(), data, None, DistillSpec(w_ce=0.5, w_kd=0.5), TINY_SCHEDULE, seed=0, device="cpu")
+
+
+def test_every_epoch_is_a_new_shuffle_of_the_training_rows_drawn_from_the_seed():
+    def epochs(seed):
+        teachers = _RecordingTeachers()
+        fit(_tiny_student(), _tiny_data(), teachers, DistillSpec(w_ce=0.5, w_kd=0.5), TINY_SCHEDULE, seed=seed,
+            device="cpu")
+        order = [i for indices, _ in teachers.calls for i in indices]
+        assert [len(indices) for indices, _ in teachers.calls] == [16] * 6
+        return order[:48], order[48:]
+
+    first, second = epochs(seed=0)
+    assert sorted(first) == sorted(second) == list(range(48))  # each epoch sees every row once
+    assert first != list(range(48)) and second != first  # shuffled, and shuffled again
+    assert epochs(seed=0) == (first, second) and epochs(seed=1) != (first, second)
+
+
+@pytest.mark.parametrize("n_unlabeled", [1, 5])
+def test_with_teachers_the_unlabeled_rows_join_the_batches_their_labels_known_or_not(n_unlabeled):
+    """Pool rows 48.. are the unlabeled ones, even a single one; inputs from a file (no hidden labels) train
+    exactly like inputs whose labels were hidden: CE never reads an unlabeled row's label."""
+    runs = []
+    for hidden_labels in (True, False):
+        teachers = _RecordingTeachers()
+        result = fit(_tiny_student(), _tiny_data(n_unlabeled, hidden_labels), teachers,
+                     DistillSpec(w_ce=0.5, w_kd=0.5), TINY_SCHEDULE, seed=0, device="cpu")
+        order = [i for indices, _ in teachers.calls for i in indices]
+        pool = 48 + n_unlabeled
+        assert sorted(order[:pool]) == sorted(order[pool:]) == list(range(pool))
+        runs.append(_run(result))
+    assert runs[0] == runs[1]
+
+
+def test_a_ce_only_run_ignores_unlabeled_inputs():
+    """Without teachers the unlabeled inputs play no part: the same run as on the labeled rows alone."""
+    with_unlabeled = fit(_tiny_student(), _tiny_data(n_unlabeled=8), None, CE_ONLY, TINY_SCHEDULE, seed=0,
+                         device="cpu")
+    assert _run(with_unlabeled) == _run(fit(_tiny_student(), _tiny_data(), None, CE_ONLY, TINY_SCHEDULE, seed=0,
+                                            device="cpu"))
+
+
+def test_fit_without_a_device_trains_on_the_auto_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # "auto" is then the CPU
+    runs = [fit(_tiny_student(), _tiny_data(), None, CE_ONLY, TINY_SCHEDULE, seed=0, **device)
+            for device in ({}, {"device": "cpu"})]
+    assert _run(runs[0]) == _run(runs[1])
+
+
+def test_fit_moves_the_student_the_loss_and_the_data_to_the_resolved_device(monkeypatch):
+    """On a CPU-only machine every tensor is on the CPU already, so the `.to(...)` calls fit makes are what
+    tells (on a GPU a missed move is a device-mismatch error): each gets torch.device("cpu"), made from "cpu"."""
+    moved: dict[str, list] = {}
+
+    def spy(name, to):
+        def recording_to(device):
+            moved.setdefault(name, []).append(device)
+            return to(device)
+        return recording_to
+
+    data, student = _tiny_data(), _tiny_student()
+    for split in ("x_train", "y_train", "x_val", "y_val"):
+        tensor = getattr(data, split)
+        tensor.to = spy(split, tensor.to)  # an instance attribute: this tensor's calls only
+    student.to = spy("student", student.to)
+    # The loss module is made inside fit: spy on its class.
+    monkeypatch.setattr(DistillationLoss, "to",
+                        lambda loss, device: spy("loss", super(DistillationLoss, loss).to)(device))
+    fit(student, data, _RecordingTeachers(), DistillSpec(w_ce=0.5, w_kd=0.5, w_feat=0.5), TINY_SCHEDULE, seed=0,
+        device="cpu")
+    assert moved == {name: [torch.device("cpu")]
+                     for name in ("student", "loss", "x_train", "y_train", "x_val", "y_val")}
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimizer and its per-step learning rate, stepped by hand on one scalar parameter
+
+
+def _constant_gradient_steps(schedule, steps: int, start: float = 1.0) -> tuple[list[float], torch.optim.Optimizer]:
+    """The parameter after each optimizer step on loss = 3 * p (gradient 3 everywhere), constant lr."""
+    parameter = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
+    optimizer, _ = optimizer_and_scheduler([parameter], schedule, total_steps=steps)
+    values = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (3 * parameter).backward()
+        optimizer.step()
+        values.append(parameter.item())
+    return values, optimizer
+
+
+def test_sgd_is_nesterov_momentum_with_the_schedules_lr_momentum_and_weight_decay():
+    schedule = ScheduleSpec(optimizer="sgd", lr=0.1, momentum=0.5, weight_decay=0.1, lr_schedule="constant")
+    values, optimizer = _constant_gradient_steps(schedule, steps=2)
+    group = optimizer.param_groups[0]
+    assert type(optimizer) is torch.optim.SGD
+    assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (0.1, 0.5, 0.1, True)
+    assert (group["dampening"], group["maximize"]) == (0, False)
+    # By hand, d = 3 + 0.1 p, buffer b = 0.5 b + d, p -= 0.1 (d + 0.5 b) (Nesterov); from p = 1:
+    # d1 = 3.1, b1 = 3.1, p1 = 1 - 0.1 * 4.65 = 0.535; d2 = 3.0535, b2 = 4.6035, p2 = 0.535 - 0.1 * 5.35525
+    # (plain momentum would give p1 = 0.69, no weight decay p1 = 0.55, torch's default lr 1e-3 p1 = 0.99535)
+    assert values == pytest.approx([0.535, -0.000525], abs=1e-12)
+
+
+def test_adamw_has_the_schedules_lr_and_decoupled_weight_decay_and_torchs_betas():
+    schedule = ScheduleSpec(optimizer="adamw", lr=0.1, weight_decay=0.25, lr_schedule="constant")
+    values, optimizer = _constant_gradient_steps(schedule, steps=2, start=2.0)
+    group = optimizer.param_groups[0]
+    assert type(optimizer) is torch.optim.AdamW
+    assert (group["lr"], group["weight_decay"], group["betas"], group["eps"]) == (0.1, 0.25, (0.9, 0.999), 1e-8)
+    assert not group["amsgrad"]
+    # By hand: with a constant gradient Adam's bias-corrected step is lr * g / (|g| + eps) = 0.1 every step,
+    # and the decay multiplies p by 1 - lr * wd = 0.975 first: p1 = 2 * 0.975 - 0.1 = 1.85,
+    # p2 = 1.85 * 0.975 - 0.1 = 1.70375 (torch's default decay 0.01 would give p1 = 1.898).
+    assert values == pytest.approx([1.85, 1.70375], abs=1e-8)
+
+
+def _learning_rates(schedule, total_steps: int) -> list[float]:
+    """The lr of steps 0..total_steps (the scheduler stepped after each optimizer step, as fit does)."""
+    parameter = torch.nn.Parameter(torch.zeros(()))
+    optimizer, lr_scheduler = optimizer_and_scheduler([parameter], schedule, total_steps)
+    rates = [optimizer.param_groups[0]["lr"]]
+    for _ in range(total_steps):
+        optimizer.step()
+        lr_scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    return rates
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_constant_schedule_keeps_the_lr(optimizer):
+    assert _learning_rates(ScheduleSpec(optimizer=optimizer, lr=0.1, lr_schedule="constant"), 6) == [0.1] * 7
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_cosine_schedule_anneals_from_the_lr_to_zero_over_the_steps(optimizer):
+    rates = _learning_rates(ScheduleSpec(optimizer=optimizer, lr=0.1, lr_schedule="cosine"), 8)
+    # By hand, lr_k = 0.1 * (1 + cos(pi k / 8)) / 2: cos(pi/4) = 0.7071067811865476
+    expected = {0: 0.1, 2: 0.05 * 1.7071067811865476, 4: 0.05, 6: 0.05 * 0.2928932188134524, 8: 0.0}
+    assert {k: rates[k] for k in expected} == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_onecycle_schedule_warms_up_to_the_lr_over_30_percent_then_anneals_far_below(optimizer):
+    rates = _learning_rates(ScheduleSpec(optimizer=optimizer, lr=0.1, lr_schedule="onecycle"), 20)
+    # By hand, torch's one-cycle defaults: start at lr / 25 = 0.004, cosine up to 0.1 at step 0.3 * 20 - 1 = 5,
+    # cosine down to 0.004 / 1e4 = 4e-7 at the last step, 19. Step 1: 0.1 - 0.096 * (1 + cos(pi / 5)) / 2,
+    # cos(pi / 5) = 0.8090169943749475; step 12, half way down: (0.1 + 4e-7) / 2.
+    expected = {0: 0.004, 1: 0.1 - 0.048 * 1.8090169943749475, 5: 0.1, 12: 0.0500002, 19: 4e-7}
+    assert {k: rates[k] for k in expected} == pytest.approx(expected, rel=1e-9)
+    assert max(rates[:20]) == rates[5]
