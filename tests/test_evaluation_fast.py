@@ -2,8 +2,11 @@
 that touches it), with the trial's own retrained student; the CE-only and vanilla-KD baselines of
 flat trials (per architecture, at its first trial's seed; none without teachers); level-2 trials of a
 two-level study on their paired seeds (means, paired gains and their standard error, against their
-architecture's baseline trials or rebuilt baselines); the evaluation cache. Every field is checked
-against trainings done here with `runner.run_config` and measured with numpy.
+architecture's baseline trials or rebuilt baselines); the evaluation cache and its key. Every field is
+checked against trainings done here with `runner.run_config` and measured with numpy. What the runner
+chooses to train (threads, data, teacher targets, baselines) is checked with a stand-in for
+`runner.run_config` that records it and trains nothing; a stored config's relative paths are taken
+from the study file's folder, and errors name that file.
 tests/test_evaluation.py (slow) does the same on real data.
 
 The data make the splits disagree on purpose (test labels shifted), so a student measured on the
@@ -24,9 +27,11 @@ import torch
 
 from autokd import evaluation
 from autokd.data import load_data
+from autokd.distill import FitResult
+from autokd.errors import ConfigError, DataError
 from autokd.evaluation import EVALUATION_COLUMNS, baseline_config, cache_key, evaluate_front
 from autokd.runner import run_config
-from autokd.spec import StudySpec, TrainConfig
+from autokd.spec import DistillSpec, Resources, StudySpec, TrainConfig
 from autokd.train import prepare_targets
 
 
@@ -440,3 +445,232 @@ def test_only_complete_trials_with_a_config_can_be_evaluated(tmp_path):
         with pytest.raises(ValueError, match=f"^trial_numbers: trial {number} must be a COMPLETE trial with a "
                                              f"recorded config, got {state}$"):
             evaluate_front(study, spec, [number], log=lambda message: None)
+
+
+def test_baseline_config_refuses_a_kind_that_is_no_baseline():
+    config = TrainConfig.model_validate({"distill": CE})
+    with pytest.raises(ValueError, match=r"^kind: must be 'ce' or 'vanilla_kd', got 'kd'$"):
+        baseline_config(config, "kd")
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache key: what an evaluation depends on changes it, nothing else does, and it is the key earlier
+# versions wrote (their cached evaluations are found).
+
+KEYED = {"name": "run", "data": {"name": "file", "path": "data/a.npz"},
+         "teachers": [{"name": "t1", "logits": "t1.npz"}, {"name": "t2", "logits": "t2.npz"}],
+         "student": {"family": "mlp", "depth": 1, "width": 16},
+         "distill": {"w_ce": 0.5, "w_kd": 0.5, "teachers": ["t1"]}, "schedule": {"epochs": 2}, "seed": 5}
+
+
+def _keyed(**changes) -> TrainConfig:
+    return TrainConfig.model_validate({**KEYED, **changes})
+
+
+def test_the_cache_key_is_the_one_earlier_versions_wrote():
+    # The key autokd computed for this config at commit c93a5fd (2026-12-02) and at each later commit that changed
+    # spec.py (new settings are left out of the dump at their defaults): a report finds what those versions cached.
+    config = TrainConfig.model_validate({"name": "run", "data": {"name": "digits"},
+                                         "student": {"family": "mlp", "depth": 1, "width": 16},
+                                         "distill": {"w_ce": 1.0, "w_kd": 0.0}, "schedule": {"epochs": 2}, "seed": 5})
+    assert cache_key(config, "ce") == "f87e70d4c74a039741704ff3fd7d4568b445f41c52a76fc570f9fea959dcd5d9"
+
+
+def test_the_cache_key_changes_with_everything_the_evaluation_depends_on_and_nothing_else():
+    base = _keyed()
+    changed = [_keyed(data={"name": "file", "path": "data/b.npz"}), _keyed(data={**KEYED["data"], "seed": 1}),
+               _keyed(teachers=[{"name": "t1", "logits": "t1b.npz"}, KEYED["teachers"][1]]),
+               _keyed(distill={**KEYED["distill"], "teachers": ["t2"]}),
+               _keyed(distill={**KEYED["distill"], "w_kd": 0.6}),
+               _keyed(student={**KEYED["student"], "width": 17}), _keyed(schedule={"epochs": 3}),
+               _keyed(augment=["flip"]), _keyed(threads=2), _keyed(seed=6)]
+    keys = [cache_key(config, "trial") for config in [base, *changed]] + [cache_key(base, "ce")]
+    assert len(set(keys)) == len(keys)
+    # The same content written otherwise: keys in another order, a path as a Path object.
+    same = [(_keyed(provenance={"study": "s", "trial": 3}), _keyed(provenance={"trial": 3, "study": "s"})),
+            (_keyed(provenance={"storage": Path("studies/s.db")}), _keyed(provenance={"storage": "studies/s.db"})),
+            (_keyed(distill=CE, student={"family": "custom", "factory": "m:f", "args": {"a": 1, "b": [2, 3]}}),
+             _keyed(distill=CE, student={"family": "custom", "factory": "m:f", "args": {"b": [2, 3], "a": 1}}))]
+    for first, second in same:
+        assert first.model_dump() != _keyed().model_dump()  # it differs from the base config: not a no-op
+        assert cache_key(first, "trial") == cache_key(second, "trial")
+
+
+# ---------------------------------------------------------------------------------------------
+# What the runner trains: a stand-in for `runner.run_config` records what it is asked to train (the config, data,
+# teacher targets and keywords) and trains nothing, so these tests check the runner's choices, not training.
+
+
+class _ClassOne(torch.nn.Module):
+    """A student answering class 1 to every input: its test accuracy is the share of class 1 in y_test."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.eye(classes)[1])
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(inputs), -1)
+
+
+@pytest.fixture
+def untrained(monkeypatch) -> list[dict]:
+    """Each training the runner asks for: {"config", "data", "targets", **keywords}. The stand-in returns a
+    `_ClassOne` student, a val accuracy of 0.5 and 1.23456 s of training."""
+    calls = []
+
+    def stand_in(config, data, targets, **keywords):
+        calls.append({"config": config, "data": data, "targets": targets, **keywords})
+        return _ClassOne(data.num_classes), FitResult(val_accuracy=0.5, epochs_trained=1, train_seconds=1.23456)
+
+    monkeypatch.setattr(evaluation, "run_config", stand_in)
+    return calls
+
+
+# The stand-in student's test accuracy on the noisy data: its test labels are 1 and 3, half each (the even rows'
+# 0 and 2 shifted by one); on the val split it would score 0.25.
+CLASS_ONE_ON_TEST = 0.5
+
+
+def test_a_retrained_val_accuracy_within_1e_9_of_the_recorded_one_is_no_drift(files, tmp_path, untrained):
+    spec = _noisy_spec(files, tmp_path / "cache")
+    study = optuna.create_study(directions=spec.directions)
+    for seed, recorded in ((1, 0.5 + 5e-10), (2, 0.5 + 2e-9)):  # the stand-in retrains to 0.5
+        config = _variant(spec, CE, seed=seed)
+        study.add_trial(optuna.trial.create_trial(values=[recorded, 100.0], user_attrs={"config": config.model_dump()}))
+    logged = []
+    evaluate_front(study, spec, [0, 1], baselines=False, log=logged.append)
+    share = CLASS_ONE_ON_TEST
+    assert _untimed(logged) == [*_lines(0, "trial", [0.5], [share]), *_lines(1, "trial", [0.5], [share]),
+                                _drift(1, 0.5, 0.5 + 2e-9)]
+
+
+def test_a_level2_trial_without_an_architecture_gets_baselines_rebuilt_from_its_config(files, tmp_path, untrained):
+    spec = _noisy_spec(files, tmp_path / "cache")
+    config = _variant(spec, {"w_ce": 0.5, "w_kd": 0.5, "temperature": 2.0, "teachers": ["t1"]}, seed=5)
+    study = optuna.create_study(directions=spec.directions)
+    study.add_trial(optuna.trial.create_trial(values=[0.5, 1234.0], user_attrs={  # no "arch"
+        "level": 2, "role": "tuned", "seeds": [21, 22], "teachers_allowed": ["t2"], "config": config.model_dump()}))
+    frame = evaluate_front(study, spec, [0], log=lambda message: None)
+    # The trial, CE only, and vanilla KD from its allowed teacher, each on both seeds; all else the trial's.
+    runs = (config.distill, DistillSpec(**CE), DistillSpec(**VANILLA, teachers=["t2"]))
+    expected = [(seed, distill) for distill in runs for seed in (21, 22)]
+    assert [(call["config"].seed, call["config"].distill) for call in untrained] == expected
+    assert all((call["config"].student, call["config"].schedule) == (config.student, config.schedule)
+               for call in untrained)
+    share = CLASS_ONE_ON_TEST  # every run's test accuracy: the gains are zero
+    _assert_row(frame.iloc[0], {"trial": 0, "test_seeds": 2, "baseline_trial": 0, "test_accuracy": share,
+                                "ce_test_accuracy": share, "vanilla_kd_test_accuracy": share, "gain_vs_ce": 0.0,
+                                "gain_vs_ce_se": 0.0, "gain_vs_vanilla_kd": 0.0, "gain_vs_vanilla_kd_se": 0.0})
+
+
+def test_custom_students_whose_args_differ_only_in_order_are_one_architecture(files, tmp_path, untrained):
+    spec = _noisy_spec(files, tmp_path / "cache")
+    study = optuna.create_study(directions=spec.directions)
+    for seed, args in ((5, {"width": 8, "depth": 1}), (6, {"depth": 1, "width": 8})):
+        dumped = {**_variant(spec, {"w_ce": 0.5, "w_kd": 0.5, "teachers": ["t1"]}, seed=seed).model_dump(),
+                  "student": {"family": "custom", "factory": "students:mlp", "args": args}}
+        study.add_trial(optuna.trial.create_trial(values=[0.5, 100.0], user_attrs={"config": dumped}))
+    frame = evaluate_front(study, spec, [0, 1], log=lambda message: None)
+    # one pair of baselines, at the first trial's seed: trial 0, its CE-only and vanilla-KD runs, then trial 1
+    assert [call["config"].seed for call in untrained] == [5, 5, 5, 6]
+    assert frame["baseline_trial"].tolist() == [0, 0]
+
+
+def test_the_runner_trains_with_the_trials_thread_count(files, tmp_path, untrained):
+    # (cpus_per_trial, the config's threads) -> threads: the config's own, else the whole cpus of a trial, at least 1
+    cases = [((1.0, None), 1), ((2.7, None), 2), ((0.5, None), 1), ((1.0, 3), 3)]
+    for index, ((cpus, threads), _) in enumerate(cases):
+        spec = _noisy_spec(files, tmp_path / f"cache{index}").model_copy(
+            update={"resources": Resources(cpus_per_trial=cpus)})
+        config = _variant(spec, CE).model_copy(update={"threads": threads})
+        evaluation._Runner(spec, lambda message: None).run(config, "trial", 0)
+    assert [call["threads"] for call in untrained] == [expected for _, expected in cases]
+
+
+def test_the_runner_loads_each_distinct_data_once(files, tmp_path, untrained):
+    spec = _noisy_spec(files, tmp_path / "cache")
+    whole = _variant(spec, CE)
+    half = whole.model_copy(update={"data": whole.data.model_copy(update={"train_subset": 80})})
+    runner = evaluation._Runner(spec, lambda message: None)
+    for config in (whole, half, whole.model_copy(update={"seed": 9})):
+        runner.run(config, "trial", 0)
+    assert [len(call["data"].y_train) for call in untrained] == [160, 80, 160]  # the file's 160, or a subset of 80
+    assert untrained[2]["data"] is untrained[0]["data"]
+
+
+def test_attention_transfer_gets_teacher_targets_with_attention_maps(tmp_path, untrained):
+    rng = np.random.default_rng(0)
+    (x, y), (x_val, y_val) = _blobs(160, rng), _blobs(40, rng)
+    np.savez(tmp_path / "images.npz", x=x.reshape(-1, 4, 4), y=y, x_val=x_val.reshape(-1, 4, 4), y_val=y_val)
+    cnn = {"family": "cnn", "stages": 1, "channels": 2, "head_width": 0}
+    document = {"name": "at", "data": {"name": "file", "path": str(tmp_path / "images.npz")},
+                "teachers": [{"name": "t", "arch": {**cnn, "channels": 4}, "schedule": {"epochs": 1}}],
+                "student": cnn, "schedule": {"epochs": 1}, "cache_dir": str(tmp_path / "cache"), "device": "cpu",
+                "search_space": {"params": {"schedule.lr": {"type": "float", "low": 0.001, "high": 0.1}}}}
+    spec = StudySpec.model_validate(document)
+    runner = evaluation._Runner(spec, lambda message: None)
+    for w_at in (0.0, 0.5):  # the same teacher: without, then with attention transfer
+        runner.run(TrainConfig.model_validate({**spec.train_config().model_dump(),
+                                               "distill": {"w_ce": 0.5, "w_kd": 0.5, "w_at": w_at}}), "trial", 0)
+    assert [call["targets"].attention is not None for call in untrained] == [False, True]
+
+
+def test_the_cache_file_holds_the_result_as_indented_json(files, tmp_path, untrained):
+    spec = _noisy_spec(files, tmp_path / "cache")
+    config = _variant(spec, CE, seed=8).model_copy(  # not plain JSON values: stored as their JSON form
+        update={"provenance": {"made_from": Path("runs/a.yaml"), "shape": (1, 8, 8)}})
+    logged = []
+    result = evaluation._Runner(spec, logged.append).run(config, "trial", 4)
+    assert result["test_accuracy"] == CLASS_ONE_ON_TEST
+    assert result["train_seconds"] == 1.235  # the stand-in's 1.23456 s, to the millisecond
+    assert logged[0].endswith(" (1.2 s)")
+    assert result["config"]["provenance"] == {"made_from": "runs/a.yaml", "shape": [1, 8, 8]}
+    text = (tmp_path / "cache" / "evaluations" / "noisy" / f"{cache_key(config, 'trial')}.json").read_text()
+    assert text.startswith('{\n  "trial": 4,\n  "kind": "trial",\n  "seed": 8,\n  "val_accuracy": 0.5,\n')
+    assert json.loads(text) == result == evaluation._Runner(spec, logged.append).run(config, "trial", 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# A stored config's paths are relative to the study file, and what the runner says names that file.
+
+
+def _study_file_spec(files: Path, cache: Path) -> StudySpec:
+    """The noisy study as read from files/noisy.yaml: its stored configs' relative paths are relative to `files`."""
+    return _noisy_spec(files, cache).model_copy(update={"source": str(files / "noisy.yaml")})
+
+
+def _relative(config: TrainConfig) -> TrainConfig:
+    """`config` as a study stores it: the data and teacher files relative to the study file's folder."""
+    dumped = config.model_dump()
+    dumped["data"]["path"] = "noisy.npz"
+    for teacher in dumped["teachers"]:
+        teacher["logits"] = f"{teacher['name']}.npz"
+    return TrainConfig.model_validate(dumped)
+
+
+def test_a_stored_config_is_trained_from_the_study_files_folder_and_its_teachers_are_logged(files, tmp_path,
+                                                                                           capsys):
+    spec = _study_file_spec(files, tmp_path / "cache")
+    config = _variant(spec, {"w_ce": 0.5, "w_kd": 0.5, "teachers": ["t1"]}, seed=8)
+    stored = _relative(config)
+    logged = []
+    result = evaluation._Runner(spec, logged.append).run(stored, "trial", 0)
+    val, test = _reference(config.model_copy(update={"cache_dir": str(tmp_path / "reference")}), 8)
+    assert (result["val_accuracy"], result["test_accuracy"]) == (val, test)
+    assert result["config"] == stored.model_dump(mode="json")  # as stored: relative, no machine path
+    assert _untimed(logged) == _lines(0, "trial", [val], [test])
+    assert logged[0] == f"teacher t1: outputs from {files / 't1.npz'} (no features)"  # through the log, not print
+    assert capsys.readouterr().out == ""
+
+
+def test_errors_in_a_stored_config_name_the_study_file(files, tmp_path):
+    spec = _study_file_spec(files, tmp_path / "cache")
+    config = _relative(_variant(spec, {"w_ce": 0.5, "w_kd": 0.5, "teachers": ["t1"]}))
+    runner = evaluation._Runner(spec, lambda message: None)
+    source = re.escape(str(files / "noisy.yaml"))
+    missing = config.model_copy(update={"data": config.data.model_copy(update={"path": "missing.npz"})})
+    with pytest.raises(DataError, match=f"^{source}: data.path: file not found: {re.escape(str(files))}/missing.npz$"):
+        runner.run(missing, "trial", 0)
+    with pytest.raises(ConfigError, match=f"^{source}: augment: shift needs teachers run on every augmented batch, "
+                                          "but teacher 't1' is precomputed outputs"):
+        runner.run(config.model_copy(update={"augment": ["shift"]}), "trial", 0)
