@@ -77,12 +77,14 @@ def _refuse_foreign_database(url: str, source: str) -> None:
         path = Path(url.removeprefix("sqlite:///").partition("?")[0])
         if not path.is_file() or path.stat().st_size == 0:
             return  # new or empty: Optuna makes its tables
-        try:  # read-only, and immutable: a write-ahead-log database would get -wal and -shm files from a reader
-            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)) as db:
-                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.Error as error:
-            raise StorageError(f"{source}: cannot open storage {_shown_url(url)}: not an SQLite database "
-                               f"({str(error)[:80]})") from None
+        try:
+            tables = _sqlite_tables(path, immutable=True)
+        except sqlite3.Error:
+            try:  # an immutable read does not lock: a page another driver is writing can look malformed to it
+                tables = _sqlite_tables(path, immutable=False)
+            except sqlite3.Error as error:
+                raise StorageError(f"{source}: cannot open storage {_shown_url(url)}: not an SQLite database "
+                                   f"({str(error)[:80]})") from None
     else:
         import sqlalchemy
 
@@ -98,6 +100,15 @@ def _refuse_foreign_database(url: str, source: str) -> None:
         listed = ", ".join(sorted(tables)[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
         raise StorageError(f"{source}: {_shown_url(url)} is a database of another program (tables: {listed[:80]}), "
                            "not Optuna's; refused rather than adding Optuna's tables to it")
+
+
+def _sqlite_tables(path: Path, immutable: bool) -> set[str]:
+    """The table names of an SQLite file, read only. `immutable` first: a write-ahead-log database read with
+    locks gets -wal and -shm files from its reader, and a refused file must be left as it was; a database
+    that another driver is writing needs the locking read (an error of the immutable one is confirmed by it)."""
+    uri = f"{path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=60)) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def _shown_url(url: str) -> str:

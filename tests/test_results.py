@@ -45,3 +45,30 @@ def test_no_rerun_means_an_empty_robust_frame():
     study = study_with([(0.85, 1_000)], robust={})
     robust = robust_frame(study, trials_frame(study))
     assert robust.empty and {"trial", "mean", "std", "front_by_mean"} <= set(robust.columns)
+
+
+def test_an_optuna_database_another_driver_is_writing_is_not_taken_for_a_broken_file(tmp_path, monkeypatch):
+    """An immutable read takes no lock, so a page another driver is writing can look malformed to it (seen
+    about once in 20,000 checks during a live search); the locking read decides. A real non-database still fails."""
+    import sqlite3
+
+    from autokd import results
+    from autokd.errors import StorageError
+
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    optuna.create_study(study_name="live", storage=url)
+    results.use_write_ahead_log(url)
+    connect = sqlite3.connect
+
+    def torn_while_immutable(database, *args, **kwargs):
+        if "immutable=1" in str(database):
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", torn_while_immutable)
+    results._refuse_foreign_database(url, "study.yaml: storage")  # an Optuna database: accepted
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 10)
+    with pytest.raises(StorageError, match=r"^study.yaml: storage: cannot open storage .*junk.db': not an SQLite "
+                                           r"database \(file is not a database\)$"):
+        results._refuse_foreign_database(f"sqlite:///{tmp_path / 'junk.db'}", "study.yaml: storage")
+    assert [p.name for p in tmp_path.glob("junk.db*")] == ["junk.db"]  # the refused file got no -wal/-shm beside it
