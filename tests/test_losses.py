@@ -415,9 +415,9 @@ def test_invalid_arguments_name_the_parameter(kwargs, message):
 
 
 def test_from_config_reads_a_train_config_a_distill_section_or_a_dict():
-    section = SimpleNamespace(w_ce=0.1, w_kd=0.9, w_feat=0.5, kind="dkd", temperature=3.0, dkd_alpha=0.5,
+    section = SimpleNamespace(w_ce=0.1, w_kd=0.9, w_feat=0.5, w_at=0.75, kind="dkd", temperature=3.0, dkd_alpha=0.5,
                               dkd_beta=4.0, dist_beta=2.0, dist_gamma=0.25, aggregation="confidence", teachers=["a"])
-    expected = {"w_ce": 0.1, "w_kd": 0.9, "w_feat": 0.5, "kind": "dkd", "temperature": 3.0,
+    expected = {"w_ce": 0.1, "w_kd": 0.9, "w_feat": 0.5, "w_at": 0.75, "kind": "dkd", "temperature": 3.0,
                 "dkd_alpha": 0.5, "dkd_beta": 4.0, "dist_beta": 2.0, "dist_gamma": 0.25, "aggregation": "confidence"}
     for cfg in (SimpleNamespace(distill=section), section, dict(vars(section)), {"distill": dict(vars(section))}):
         loss_fn = DistillationLoss.from_config(cfg, student_feature_dim=8, teacher_feature_dim=16)
@@ -631,3 +631,135 @@ def test_stages_are_matched_by_spatial_size_deepest_of_each_one_position_never()
     assert matched_stages([(8, 8), (4, 4), (2, 2)], [(8, 8), (8, 8), (4, 4), (1, 1)]) == [(0, 1), (1, 2)]
     assert matched_stages([(8, 8), (8, 8)], [(8, 8)]) == [(1, 0)]
     assert matched_stages([(4, 4), (1, 1)], [(8, 8), (1, 1)]) == []
+
+
+def test_unspecified_arguments_take_their_documented_defaults():
+    """Defaults seen through the loss value: temperature 4, dkd_alpha 1, dkd_beta 8, dist_beta 1, dist_gamma 1,
+    w_ce 1 (alone: plain cross-entropy), each equal to the loss with the argument given explicitly."""
+    teachers = _tensor(TEACHER).unsqueeze(0)
+    dkd, _ = DistillationLoss(w_ce=0.0, w_kd=1.0, kind="dkd")(_tensor(STUDENT), torch.tensor(TARGETS), teachers)
+    assert _close(dkd, _hand_dkd(4.0, 1.0, 8.0))
+    explicit = DistillationLoss(w_ce=0.0, w_kd=1.0, kind="dkd", temperature=4.0, dkd_alpha=1.0, dkd_beta=8.0)
+    assert _close(explicit(_tensor(STUDENT), torch.tensor(TARGETS), teachers)[0], dkd)
+    dist, _ = DistillationLoss(w_ce=0.0, w_kd=1.0, kind="dist")(_tensor(DIST_STUDENT), torch.tensor([1, 2, 0]),
+                                                                 _tensor(DIST_TEACHER).unsqueeze(0))
+    assert _close(dist, _hand_dist(DIST_STUDENT, [_softmax(t, 4.0) for t in DIST_TEACHER], 4.0, 1.0, 1.0))
+    kl, _ = DistillationLoss(w_ce=0.0, w_kd=1.0)(_tensor(STUDENT), torch.tensor(TARGETS), teachers)
+    assert _close(kl, sum(_kl(_softmax(t, 4.0), _softmax(s, 4.0)) for s, t in zip(STUDENT, TEACHER)) / 2 * 16)
+    total, parts = DistillationLoss()(_tensor(STUDENT), torch.tensor(TARGETS))
+    assert parts.keys() == {"ce"} and _close(total, _hand_cross_entropy())
+
+
+@pytest.mark.parametrize("name", ["w_ce", "w_kd", "w_feat", "w_at", "dkd_alpha", "dkd_beta", "dist_beta", "dist_gamma"])
+@pytest.mark.parametrize("value", [-1.0, -3, float("inf"), float("nan"), True, "1"])
+def test_every_weight_must_be_a_finite_number_at_least_0(name, value):
+    with pytest.raises(ValueError) as error:
+        DistillationLoss(**{name: value})
+    assert str(error.value) == f"{name} must be a number >= 0 and finite, got {value!r}"
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), True, "4"])
+def test_the_temperature_must_be_a_positive_finite_number(value):
+    with pytest.raises(ValueError) as error:
+        DistillationLoss(temperature=value)
+    assert str(error.value) == f"temperature must be a number > 0, got {value!r}"
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1, 1.0])
+def test_temperatures_up_to_1_are_accepted(temperature):
+    loss_fn = DistillationLoss(w_ce=0.0, w_kd=1.0, temperature=temperature)
+    total, _ = loss_fn(_tensor(STUDENT), torch.tensor(TARGETS), _tensor(TEACHER).unsqueeze(0))
+    per_row = [_kl(_softmax(t, temperature), _softmax(s, temperature)) for s, t in zip(STUDENT, TEACHER)]
+    assert loss_fn.temperature == temperature and _close(total, sum(per_row) / 2 * temperature ** 2)
+
+
+def test_the_sum_of_the_weights_must_be_positive():
+    with pytest.raises(ValueError) as error:
+        DistillationLoss(w_ce=0, w_kd=0.0, w_feat=0.0, w_at=0)
+    assert str(error.value) == "w_ce + w_kd + w_feat + w_at must be > 0, got 0 + 0.0 + 0.0 + 0"
+
+
+@pytest.mark.parametrize("name", ["student_feature_dim", "teacher_feature_dim"])
+@pytest.mark.parametrize("value", [None, 0, -2, 2.0, True, "4"])
+def test_feature_dims_must_be_integers_at_least_1_when_w_feat_is_positive(name, value):
+    dims = {"student_feature_dim": 3, "teacher_feature_dim": 5, name: value}
+    with pytest.raises(ValueError) as error:
+        DistillationLoss(w_feat=0.5, **dims)
+    assert str(error.value) == f"{name} must be an integer >= 1 when w_feat > 0, got {value!r}"
+
+
+def test_feature_dims_of_1_are_accepted():
+    loss_fn = DistillationLoss(w_ce=0.0, w_feat=1.0, student_feature_dim=1, teacher_feature_dim=1)
+    assert (loss_fn.regressor.in_features, loss_fn.regressor.out_features) == (1, 1)
+    with torch.no_grad():
+        loss_fn.regressor.weight.fill_(2.0)
+        loss_fn.regressor.bias.fill_(0.5)
+    features = {"student_features": torch.tensor([[1.0], [-1.0]]), "teacher_features": torch.tensor([[2.0], [0.0]])}
+    total, parts = loss_fn(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), **features)
+    # regressor: 2x + 0.5 -> [2.5, -1.5]; squared errors 0.25 and 2.25, mean 1.25
+    assert parts == {"feat": pytest.approx(1.25)} and total.item() == pytest.approx(1.25)
+
+
+def test_a_missing_input_of_a_weighted_term_is_named_in_full():
+    def message(name):
+        return f"{name} is required when its loss weight is > 0, got None"
+
+    student, targets = torch.zeros(1, 3), torch.zeros(1, dtype=torch.long)
+    cases = [
+        (DistillationLoss(w_kd=1.0), {}, "teacher_logits"),
+        (DistillationLoss(w_feat=1.0, student_feature_dim=2, teacher_feature_dim=2),
+         {"teacher_features": torch.zeros(1, 2)}, "student_features"),
+        (DistillationLoss(w_feat=1.0, student_feature_dim=2, teacher_feature_dim=2),
+         {"student_features": torch.zeros(1, 2)}, "teacher_features"),
+        (DistillationLoss(w_at=1.0), {"teacher_maps": [{(2,): torch.ones(1, 2)}]}, "student_stages"),
+        (DistillationLoss(w_at=1.0), {"student_stages": [torch.ones(1, 1, 2)]}, "teacher_maps"),
+    ]
+    for loss_fn, inputs, missing in cases:
+        with pytest.raises(ValueError) as error:
+            loss_fn(student, targets, **inputs)
+        assert str(error.value) == message(missing)
+
+
+# Labeled rows: rows 0 and 2 carry labels 1 and 0; row 1 is unlabeled and its given target (2) is garbage.
+# The teachers' mean logits of row 1 are [0.75, 1.25, 0.5]: the class DKD uses for it is 1.
+_SEMI_TEACHERS = [DIST_TEACHER, SECOND_TEACHER + [[2.0, -1.0, 0.5]]]
+_SEMI_TARGETS = [1, 2, 0]
+
+
+def _semi_inputs(labeled):
+    teachers = torch.stack([_tensor(rows) for rows in _SEMI_TEACHERS])  # [T=2, B=3, C=3]
+    return _tensor(DIST_STUDENT), torch.tensor(_SEMI_TARGETS), teachers, torch.tensor(labeled)
+
+
+def _hand_semi_dkd():
+    mean_logits = [[(a + b) / 2 for a, b in zip(r1, r2)] for r1, r2 in zip(*_SEMI_TEACHERS)]
+    assert mean_logits[1] == [0.75, 1.25, 0.5]
+    return _hand_dkd(2.0, 1.0, 8.0, DIST_STUDENT, mean_logits, [1, 1, 0])
+
+
+def test_labeled_rows_set_the_cross_entropy_and_unlabeled_rows_take_the_teachers_class():
+    student, targets, teachers, labeled = _semi_inputs([True, False, True])
+    loss_fn = DistillationLoss(w_ce=0.5, w_kd=2.0, kind="dkd", temperature=2.0)
+    total, parts = loss_fn(student, targets, teachers, labeled=labeled)
+    ce = -(math.log(_softmax(DIST_STUDENT[0])[1]) + math.log(_softmax(DIST_STUDENT[2])[0])) / 2  # rows 0 and 2 only
+    kd = _hand_semi_dkd()
+    assert parts == pytest.approx({"ce": ce, "kd": kd}, rel=1e-9)
+    assert _close(total, 0.5 * ce + 2.0 * kd)
+    # every row labeled: the given targets everywhere, as without `labeled`
+    total, parts = loss_fn(student, targets, teachers, labeled=torch.ones(3, dtype=torch.bool))
+    assert parts == pytest.approx(loss_fn(student, targets, teachers)[1], rel=1e-12)
+
+
+def test_with_no_labeled_row_the_cross_entropy_is_0_and_with_w_ce_0_it_is_not_computed():
+    student, targets, teachers, labeled = _semi_inputs([False, False, False])
+    loss_fn = DistillationLoss(w_ce=0.5, w_kd=2.0, kind="dkd", temperature=2.0)
+    total, parts = loss_fn(student, targets, teachers, labeled=labeled)
+    mean_logits = [[1.0, 2.0, -0.5], [0.75, 1.25, 0.5], [0.5, -0.5, 1.25]]  # every row takes its argmax: 1, 1, 2
+    assert mean_logits == [[(a + b) / 2 for a, b in zip(r1, r2)] for r1, r2 in zip(*_SEMI_TEACHERS)]
+    kd = _hand_dkd(2.0, 1.0, 8.0, DIST_STUDENT, mean_logits, [1, 1, 2])
+    assert parts.keys() == {"ce", "kd"} and parts["ce"] == 0.0
+    assert _close(total, 2.0 * kd)
+    student, targets, teachers, labeled = _semi_inputs([True, False, True])
+    total, parts = DistillationLoss(w_ce=0.0, w_kd=2.0, kind="dkd", temperature=2.0)(student, targets, teachers,
+                                                                                    labeled=labeled)
+    assert parts.keys() == {"kd"} and _close(total, 2.0 * _hand_semi_dkd())
