@@ -317,14 +317,12 @@ def _check_values(space: SearchSpace, study: StudySpec) -> None:
         labelled = ([(label, getattr(param, label)) for label in candidates] if candidates else
                     [("choices", c) for c in param.choices] if isinstance(param, CategoricalParam) else
                     [("value", param.value)])
-        section, _, key = name.partition(".")
         for label, value in labelled:
             # checked with every family the parameter meets in its trials, not the study's own alone
-            trial_families = [None] if name == "student.family" else _student_families(param, families, study)
-            for family in trial_families:
-                values = {name: value} if family is None else {name: value, "student.family": family}
+            # (student.family itself: each of its own values, the family key being the parameter)
+            for family in _student_families(param, families, study):
                 try:
-                    space.apply(base, values)
+                    space.apply(base, {name: value, "student.family": family})
                 except ValidationError as error:
                     _, reason = describe_validation_error(error)
                     raise ConfigError(f"{space.source}: params.{name}.{label}: {reason}") from None
