@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autokd.data import Dataset, load_data
+from autokd.data import Dataset, batches, load_data
 from autokd.distill import augment_batch, evaluate, fit, optimizer_and_scheduler, resolve_device
 from autokd.errors import NonFiniteLossError
 from autokd.losses import DistillationLoss
@@ -261,7 +261,8 @@ def test_cached_outputs_that_do_not_cover_the_pool_are_refused_with_both_counts(
     kd = DistillSpec(w_ce=0.5, w_kd=0.5, temperature=2.0)
     for rows in (len(data.y_train), pool - 1, pool + 1):
         with pytest.raises(ValueError, match=rf"^teacher_outputs: cached outputs cover {rows} samples, the training "
-                                             rf"pool \(labeled \+ unlabeled\) has {pool}: compute them with "):
+                                             rf"pool \(labeled \+ unlabeled\) has {pool}: compute them with "
+                                             r"teacher_outputs.teacher_outputs on this data$"):
             fit(_student(data), data, Cached(rows), kd, ScheduleSpec(epochs=1), seed=0, device="cpu")
     result = fit(_student(data), data, Cached(pool), kd, ScheduleSpec(epochs=1), seed=0, device="cpu")
     assert len(result.history) == 1
@@ -539,3 +540,202 @@ def test_the_onecycle_schedule_warms_up_to_the_lr_over_30_percent_then_anneals_f
     expected = {0: 0.004, 1: 0.1 - 0.048 * 1.8090169943749475, 5: 0.1, 12: 0.0500002, 19: 4e-7}
     assert {k: rates[k] for k in expected} == pytest.approx(expected, rel=1e-9)
     assert max(rates[:20]) == rates[5]
+
+
+# ---------------------------------------------------------------------------------------------
+# What each epoch reports, the error's position, augmentation and the schedule's length inside fit
+
+
+def _recording_loss_values(monkeypatch) -> list[float]:
+    """Every training loss DistillationLoss returns, in call order (the original forward, recorded)."""
+    values: list[float] = []
+    original = DistillationLoss.forward
+
+    def recording_forward(self, *args, **kwargs):
+        loss, terms = original(self, *args, **kwargs)
+        values.append(loss.item())
+        return loss, terms
+
+    monkeypatch.setattr(DistillationLoss, "forward", recording_forward)
+    return values
+
+
+@pytest.mark.parametrize("batch_size, batches_per_epoch", [(16, 3), (20, 3), (64, 1)])
+def test_the_train_loss_of_an_epoch_is_the_mean_of_its_batch_losses(monkeypatch, batch_size, batches_per_epoch):
+    """48 rows: 3 batches of 16, 20 + 20 + 8, or a single one; each epoch's train_loss is the plain mean of
+    the losses of its own batches (a single batch: that batch's loss)."""
+    values = _recording_loss_values(monkeypatch)
+    result = fit(_tiny_student(), _tiny_data(), None, CE_ONLY,
+                 ScheduleSpec(epochs=2, batch_size=batch_size, lr=0.01), seed=0, device="cpu")
+    assert len(values) == 2 * batches_per_epoch
+    per_epoch = [values[:batches_per_epoch], values[batches_per_epoch:]]
+    expected = [sum(losses) / len(losses) for losses in per_epoch]
+    assert [epoch.train_loss for epoch in result.history] == pytest.approx(expected, rel=1e-6)
+
+
+def test_epoch_and_run_seconds_are_the_wall_time_they_took():
+    import time
+
+    before = time.perf_counter()
+    result = fit(_tiny_student(), _tiny_data(), None, CE_ONLY, TINY_SCHEDULE, seed=0, device="cpu")
+    wall = time.perf_counter() - before
+    seconds = [epoch.seconds for epoch in result.history]
+    assert all(isinstance(s, float) and 0 < s <= wall for s in seconds)
+    assert sum(seconds) <= result.train_seconds <= wall
+
+
+def test_a_non_finite_loss_names_the_epoch_and_the_step_within_it(monkeypatch):
+    """The 5th loss of a run with 3 batches an epoch is epoch 2's 2nd step; it is NaN here."""
+    original = DistillationLoss.forward
+    calls = []
+
+    def nan_on_the_fifth_call(self, *args, **kwargs):
+        loss, terms = original(self, *args, **kwargs)
+        calls.append(None)
+        return (loss * float("nan") if len(calls) == 5 else loss), terms
+
+    monkeypatch.setattr(DistillationLoss, "forward", nan_on_the_fifth_call)
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite loss \(nan\) at epoch 2, step 2$"):
+        fit(_tiny_student(), _tiny_data(), None, CE_ONLY, TINY_SCHEDULE, seed=0, device="cpu")
+
+
+def _recording_student_inputs(student) -> list[torch.Tensor]:
+    """The inputs of every training forward (fit calls forward_features; evaluation calls forward)."""
+    seen: list[torch.Tensor] = []
+    original = student.forward_features
+
+    def recording(inputs):
+        seen.append(inputs.detach().clone())
+        return original(inputs)
+
+    student.forward_features = recording
+    return seen
+
+
+def test_fit_with_flip_trains_on_the_batches_flipped_by_draws_from_the_seed():
+    """Replayed by hand from a generator seeded like fit's: per epoch a permutation of the 48 rows, then per
+    batch of 16 one uniform per sample, flipped left to right below 0.5."""
+    data, student = _tiny_data(), _tiny_student()
+    seen = _recording_student_inputs(student)
+    fit(student, data, None, CE_ONLY, TINY_SCHEDULE, seed=3, device="cpu", augment=("flip",))
+
+    generator = torch.Generator().manual_seed(3)
+    expected, flips = [], 0
+    for _ in range(2):
+        order = torch.randperm(48, generator=generator)
+        for start in range(0, 48, 16):
+            rows = order[start:start + 16].tolist()
+            draws = torch.rand(16, generator=generator).tolist()
+            flips += sum(draw < 0.5 for draw in draws)
+            expected.append(torch.stack([data.x_train[row].flip(-1) if draw < 0.5 else data.x_train[row]
+                                         for row, draw in zip(rows, draws)]))
+    assert len(seen) == 6
+    for got, want in zip(seen, expected):
+        assert torch.equal(got, want)
+    assert 0 < flips < 96  # some samples flipped, some not: the comparison tells the two apart
+
+
+def test_the_lr_schedule_spans_every_step_of_every_epoch():
+    """48 rows in batches of 20 are 3 steps an epoch (the last one short), 2 epochs 6 steps: the cosine
+    schedule reaches 0 exactly after the run's last step."""
+    import autokd.distill as distill
+
+    made = []
+
+    def recording(parameters, schedule, total_steps):
+        optimizer, lr_scheduler = optimizer_and_scheduler(parameters, schedule, total_steps)
+        made.append(optimizer)
+        return optimizer, lr_scheduler
+
+    schedule = ScheduleSpec(epochs=2, batch_size=20, lr=0.01, lr_schedule="cosine")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(distill, "optimizer_and_scheduler", recording)
+        fit(_tiny_student(), _tiny_data(), None, CE_ONLY, schedule, seed=0, device="cpu")
+    assert made[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_cpu_run_does_not_ask_for_cuda_autocast():
+    """bf16 autocast is for CUDA runs only: on the CPU fit never switches it on (torch warns when it is asked
+    to on a machine without CUDA, and here every warning is an error)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(_tiny_student(), _tiny_data(), None, CE_ONLY, TINY_SCHEDULE, seed=0, device="cpu")
+
+
+def test_the_first_unlabeled_row_is_unlabeled_too():
+    """Pool row 48, the first unlabeled one, has hidden label 1 here (not 0, the stand-in label of inputs
+    from a file): CE must not read it, so both runs are the same."""
+    generator = torch.Generator().manual_seed(0)
+    x_train, y_train = _blobs(48, generator)
+    x_val, y_val = _blobs(16, generator)
+    x_unlabeled, _ = _blobs(4, generator)
+    runs = []
+    for y_unlabeled in (torch.tensor([1, 2, 3, 1]), None):
+        data = Dataset("blobs", x_train, y_train, x_val, y_val, x_val, y_val, num_classes=4, input_shape=(1, 8, 8),
+                       x_unlabeled=x_unlabeled, y_unlabeled=y_unlabeled)
+        runs.append(_run(fit(_tiny_student(), data, _RecordingTeachers(), DistillSpec(w_ce=0.5, w_kd=0.5),
+                             TINY_SCHEDULE, seed=0, device="cpu")))
+    assert runs[0] == runs[1]
+
+
+class _ExtraInFirstStepOnly(torch.nn.Module):
+    """A linear student with a parameter `extra` that only its first training forward uses."""
+
+    feature_dim = 4
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 4)
+        self.extra = torch.nn.Parameter(torch.ones(4))
+        self.extra_before_step: list[torch.Tensor] = []
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+    def forward_features(self, x):
+        self.extra_before_step.append(self.extra.detach().clone())
+        logits = self.forward(x)
+        if len(self.extra_before_step) == 1:
+            logits = logits + self.extra
+        return logits, logits
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_a_parameter_outside_a_steps_loss_is_left_alone_by_that_step(optimizer):
+    """Step 1 moves `extra`; steps 2..6 have no gradient for it, so neither momentum nor weight decay moves it
+    again: it ends where step 1 left it."""
+    student = _ExtraInFirstStepOnly()
+    fit(student, _tiny_data(), None, CE_ONLY, ScheduleSpec(epochs=2, batch_size=16, lr=0.01, optimizer=optimizer,
+                                                            weight_decay=0.1), seed=0, device="cpu")
+    first, after_step_1 = student.extra_before_step[:2]
+    assert not torch.equal(after_step_1, first)
+    assert torch.equal(student.extra.detach(), after_step_1)
+
+
+def test_fit_moves_the_pool_inputs_every_batchs_indices_and_the_augmented_inputs_to_the_device(monkeypatch):
+    """Like the student and the splits (see above), the tensors fit makes along the way go to the resolved
+    device: the pool's inputs (labeled then unlabeled), each batch's indices, each augmented batch."""
+    import autokd.distill as distill
+
+    moved: dict[str, list] = {}
+
+    def spied(name, tensor):
+        to = tensor.to
+
+        def recording_to(device):
+            moved.setdefault(name, []).append(device)
+            return to(device)
+        tensor.to = recording_to  # an instance attribute: this tensor's calls only
+        return tensor
+
+    pool_inputs = Dataset.pool_inputs
+    monkeypatch.setattr(Dataset, "pool_inputs", lambda data: spied("pool", pool_inputs(data)))
+    monkeypatch.setattr(distill, "batches", lambda *args: (spied("indices", i) for i in batches(*args)))
+    monkeypatch.setattr(distill, "augment_batch", lambda *args: spied("augmented", augment_batch(*args)))
+    fit(_tiny_student(), _tiny_data(n_unlabeled=4), _RecordingTeachers(), DistillSpec(w_ce=0.5, w_kd=0.5),
+        TINY_SCHEDULE, seed=0, device="cpu", augment=("flip",))
+    # 52 pool rows in batches of 16: 4 batches an epoch, 2 epochs
+    assert moved == {"pool": [torch.device("cpu")], "indices": [torch.device("cpu")] * 8,
+                     "augmented": [torch.device("cpu")] * 8}
