@@ -86,6 +86,17 @@ def role_config(role: str, base: TrainConfig, teachers: list[str] | None) -> Tra
     return TrainConfig.model_validate(document)
 
 
+def trial_config(space: SearchSpace, base: TrainConfig, attrs: dict[str, Any], params: dict[str, Any],
+                 level2_epochs: int | None = None) -> TrainConfig:
+    """A trial's config: the study's defaults with its role's distillation (a flat trial has no role),
+    then its params; a level-2 trial trains `level2_epochs` epochs when set, whatever its architecture's."""
+    role = attrs.get("role")
+    config = space.apply(base if role is None else role_config(role, base, attrs.get("teachers_allowed")), params)
+    if attrs.get("level") == 2 and level2_epochs is not None:
+        config.schedule.epochs = level2_epochs
+    return config
+
+
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
     """Does this trial take its place in the plan? Interrupted ones are replaced by their re-queued copy,
     infeasible proposals by the next one."""

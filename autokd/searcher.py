@@ -27,7 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from autokd.archs import code_allowed
 from autokd.errors import AutokdError
-from autokd.levels import ALL_SECTIONS, FINISHED, WAIT, Proposal, TwoLevelPlan, role_config, sampled_sections
+from autokd.levels import ALL_SECTIONS, FINISHED, WAIT, Proposal, TwoLevelPlan, sampled_sections, trial_config
 from autokd.paths import relative_paths
 from autokd.results import open_storage, trained_epochs
 from autokd.sizes import arch_size
@@ -109,7 +109,7 @@ class AutokdSearcher(OptunaSearch):
             self.sections = sampled_sections(attrs.get("role"))
             params = self._suggest_from_define_by_run_func(self._space, ot_trial)
             try:
-                config = self._config(attrs, params)
+                config = trial_config(self.space, self.base, attrs, params, self.spec.search.level2_epochs)
                 size = arch_size(config.student, self.input_shape, self.num_classes).as_dict()
             except (AutokdError, ValueError) as error:
                 self._finish(ot_trial, States.FAIL, failure_reason=f"invalid config: {error}", **attrs)
@@ -152,11 +152,6 @@ class AutokdSearcher(OptunaSearch):
             self._ot_study.enqueue_trial(planned.params, user_attrs=planned.attrs)
         return planned
 
-    def _config(self, attrs: dict, params: dict) -> TrainConfig:
-        role = attrs.get("role")
-        if role is None:
-            return self.space.apply(self.base, params)
-        return self.space.apply(role_config(role, self.base, attrs.get("teachers_allowed")), params)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._count_epochs(trial_id, result)

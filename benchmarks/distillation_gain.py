@@ -3,7 +3,7 @@
 Two arms search the same space (MLP students, the KD kinds kl / lskd / dist / dkd, T, the KD
 share with CE-only reachable, teacher subset and aggregation, learning rate) with the teachers of
 studies/fashion_mnist.yaml (the strongest, cnn-wide, and cnn-small), ``params <= 100000``,
-5 epochs per trial:
+5 epochs per trial (``--level2-epochs``: level-2 trials of the two-level arm train that many):
 
 - ``two_level``: autokd's default for such a space (level 1: architectures with CE only; level
   2: per front architecture CE-only and vanilla KD as trials and tuned configs, 3 paired seeds;
@@ -22,6 +22,7 @@ every front point; >= +0.3 pt over CE-only at half of the front points or more.
 
     python benchmarks/distillation_gain.py              # 60 two-level trials (30 % level 1), flat at equal compute
     python benchmarks/distillation_gain.py --trials 30 --level1-share 0.4   # the smaller run (~15 min on 2 cores)
+    python benchmarks/distillation_gain.py --trials 40 --level1-share 0.3 --level2-epochs 15  # level 2 at 15
     python benchmarks/distillation_gain.py --quick      # a smoke run (minutes)
 """
 
@@ -71,7 +72,7 @@ SPACE = {"params": {
 
 
 def study_spec(name: str, mode: str, trials: int, epochs: int, compute: int | None = None,
-               level1_share: float = 0.4) -> StudySpec:
+               level1_share: float = 0.4, level2_epochs: int | None = None) -> StudySpec:
     source = load_study(SOURCE_STUDY)
     return StudySpec.model_validate({
         "name": name,
@@ -87,7 +88,8 @@ def study_spec(name: str, mode: str, trials: int, epochs: int, compute: int | No
         "early_stopping": {"kind": "none"},
         "sampler": {"name": "tpe", "seed": 0},
         "resources": {"cpus_per_trial": 1, "concurrency": 2},
-        "search": {"mode": mode, "architectures": 3, "seeds": 3, "level1_share": level1_share},
+        "search": {"mode": mode, "architectures": 3, "seeds": 3, "level1_share": level1_share,
+                   "level2_epochs": level2_epochs},
         "cache_dir": str(CACHE_DIR),
         "storage": f"sqlite:///{BENCH_FOLDER / (name + '.db')}",
         "source": str(BENCH_FOLDER / f"{name}.yaml"),
@@ -191,16 +193,24 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=60, help="two-level trials (the flat arm: equal compute)")
     parser.add_argument("--level1-share", type=float, default=0.3, help="share of the trials spent on level 1")
     parser.add_argument("--epochs", type=int, default=15, help="production epochs of the test runs")
+    parser.add_argument("--level2-epochs", type=int, default=None,
+                        help="epochs of a level-2 trial (default: the search's 5; production's --epochs: chosen "
+                             "at the length it is trained for)")
     parser.add_argument("--workers", type=int, default=2, help="training processes (1 thread each)")
     parser.add_argument("--front-cap", type=int, default=5, help="most front points evaluated per arm")
     args = parser.parse_args()
     trials, search_epochs, production_epochs = (8, 1, 2) if args.quick else (args.trials, 5, args.epochs)
-    defaults = (args.trials, args.level1_share) == (parser.get_default("trials"), parser.get_default("level1_share"))
-    suffix = "_quick" if args.quick else "" if defaults else f"_{trials}t_l1_{args.level1_share:g}"
+    level2_epochs = args.level2_epochs
+    defaults = (args.trials, args.level1_share, args.level2_epochs) == tuple(
+        parser.get_default(name) for name in ("trials", "level1_share", "level2_epochs"))
+    suffix = "_quick" if args.quick else "" if defaults else f"_{trials}t_l1_{args.level1_share:g}" + (
+        f"_l2e{level2_epochs}" if level2_epochs else "")
 
     arms = {}
-    two_level = study_spec(f"fm_two_level_{trials}t_l1_{args.level1_share:g}{'_quick' if args.quick else ''}",
-                           "two_level", trials, search_epochs, level1_share=args.level1_share)
+    two_level = study_spec(f"fm_two_level_{trials}t_l1_{args.level1_share:g}{'_quick' if args.quick else ''}"
+                           + (f"_l2e{level2_epochs}" if level2_epochs else ""),
+                           "two_level", trials, search_epochs, level1_share=args.level1_share,
+                           level2_epochs=level2_epochs)
     study, figures = run_arm(two_level)
     arms["two_level"] = (two_level, study, figures)
     flat = study_spec(two_level.name.replace("two_level", "flat"), "flat", 10 * trials, search_epochs,
@@ -228,7 +238,8 @@ def main() -> None:
               f"{r['gain_vs_ce_se_pt']:.2f} pt vs CE, {r['gain_vs_vanilla_kd_pt']:+.2f} vs vanilla KD"
               for r in rows if not r["ge_ce_plus_0_3pt"]]
     flat_rows = results["flat"]["front"]
-    note = (f"Fashion-MNIST, MLP students, teachers {list(TEACHERS)}, {search_epochs} epochs per trial; production "
+    note = (f"Fashion-MNIST, MLP students, teachers {list(TEACHERS)}, {search_epochs} epochs per trial"
+            f"{f' (two-level arm: {level2_epochs} per level-2 trial)' if level2_epochs else ''}; production "
             f"{production_epochs} epochs, seeds {list(PRODUCTION_SEEDS)}, test %. Two-level: {len(rows)} front points, "
             f"{sum(r['ge_ce_within_0_1pt'] and r['ge_vanilla_kd'] for r in rows)} >= both baselines, "
             f"{sum(r['ge_ce_plus_0_3pt'] for r in rows)} >= CE + {GAIN_OVER_CE_PT} pt; val HV "
@@ -243,6 +254,7 @@ def main() -> None:
     write_result("distillation_gain" + suffix, {
         "quick": args.quick, "figures": results, "targets": targets, "met": met, "note": note,
         "settings": {"trials_two_level": trials, "level1_share": args.level1_share, "search_epochs": search_epochs,
+                     "level2_epochs": level2_epochs,
                      "production_epochs": production_epochs, "production_seeds": list(PRODUCTION_SEEDS),
                      "teachers": list(TEACHERS), "constraint": f"params <= {MAX_PARAMS}", "space": SPACE["params"],
                      "workers": args.workers, "threads_per_run": 1, "front_cap": args.front_cap}})

@@ -91,7 +91,7 @@ def test_a_two_level_search_stores_its_baselines_as_trials_and_resumes_without_r
     from autokd.results import architecture_choices, front_frame, trials_frame
     from autokd.search import search
 
-    settings = {"mode": "two_level", "level1_share": 0.4, "architectures": 2, "seeds": 2}
+    settings = {"mode": "two_level", "level1_share": 0.4, "architectures": 2, "seeds": 2, "level2_epochs": 3}
     spec = load_study(tiny_study(tmp_path, trials=10, epochs=2, search=settings))
     result = search(spec, progress=False, log=lambda message: None)
     trials = result.study.get_trials()
@@ -109,9 +109,12 @@ def test_a_two_level_search_stores_its_baselines_as_trials_and_resumes_without_r
         roles = [t.user_attrs["role"] for t in level2 if t.user_attrs["arch"] == arch]
         assert (roles.count(CE), roles.count(VANILLA_KD), roles.count(TUNED)) == (1, 1, 1), roles
         for trial in (t for t in level2 if t.user_attrs["arch"] == arch):
-            # Same architecture and schedule as the level-1 trial, same paired seeds, per-seed values stored.
+            # Same architecture and schedule as the level-1 trial (level2_epochs long), same paired seeds,
+            # per-seed values stored.
             assert trial.user_attrs["config"]["student"] == by_number[arch].user_attrs["config"]["student"]
-            assert trial.user_attrs["config"]["schedule"] == by_number[arch].user_attrs["config"]["schedule"]
+            assert trial.user_attrs["config"]["schedule"] == {**by_number[arch].user_attrs["config"]["schedule"],
+                                                              "epochs": 3}
+            assert trial.user_attrs["epochs_trained"] == 2 * 3
             assert trial.user_attrs["seeds"] == paired_seeds(spec)
             assert len(trial.user_attrs["val_accuracy_seeds"]) == 2
             assert trial.values[0] == pytest.approx(sum(trial.user_attrs["val_accuracy_seeds"]) / 2)
@@ -140,3 +143,23 @@ def test_a_two_level_search_stores_its_baselines_as_trials_and_resumes_without_r
     assert [t.user_attrs["role"] for t in after[10:]] == [TUNED, TUNED]
     signatures = [json.dumps(t.user_attrs["config"], sort_keys=True) for t in after]
     assert len(set(signatures)) == len(signatures), "a config was trained twice"
+
+
+def test_level2_trials_train_level2_epochs_and_level1_keeps_the_architectures(tmp_path):
+    from autokd.levels import trial_config
+
+    varied_epochs = {"params": {**TINY_SPACE["params"], "schedule.epochs": {"type": "int", "low": 1, "high": 3}}}
+    spec = load_study(tiny_study(tmp_path, epochs=2, search={"mode": "two_level", "level2_epochs": 7},
+                                 search_space=varied_epochs))
+    space, base = load_space(spec), spec.train_config()
+    architecture = {"student.width": 12, "schedule.epochs": 3}
+    level1 = trial_config(space, base, {"level": 1, "role": ARCHITECTURE}, architecture, 7)
+    assert (level1.schedule.epochs, level1.student["width"], level1.distill.w_kd) == (3, 12, 0.0)
+    for role in (CE, VANILLA_KD, TUNED):  # even when the architecture fixed its own epochs
+        config = trial_config(space, base, {"level": 2, "role": role, "teachers_allowed": ["t-mlp"]}, architecture, 7)
+        assert (config.schedule.epochs, config.student["width"]) == (7, 12), role
+    assert trial_config(space, base, {"level": 2, "role": CE}, architecture, None).schedule.epochs == 3
+    assert trial_config(space, base, {}, {"student.width": 12}, 7).schedule.epochs == 2  # a flat trial
+    for bad in (0, -1, 2.5, "many"):
+        with pytest.raises(Exception, match="level2_epochs"):
+            load_study(tiny_study(tmp_path, name="bad", search={"mode": "two_level", "level2_epochs": bad}))
