@@ -33,7 +33,7 @@ from autokd.results import open_storage, trained_epochs
 from autokd.sizes import arch_size
 from autokd.space import SearchSpace
 from autokd.spec import INT8_ACCURACY_METRIC, StudySpec, TrainConfig, derived_seed
-from autokd.study_store import DRIVER, HEARTBEAT_EVERY_S, beat, make_sampler, report_intermediate
+from autokd.study_store import DRIVER, HEARTBEAT_EVERY_S, beat, make_sampler, record_running
 
 # Stop after this many infeasible proposals in a row: the space and the constraints disagree.
 MAX_INFEASIBLE_IN_A_ROW = 200
@@ -119,8 +119,7 @@ class AutokdSearcher(OptunaSearch):
             # `driver` tells apart the trials of several drivers adding to one shared study. The stored config's
             # paths are relative to the study file; the worker gets them absolute.
             stored = relative_paths(config, self.spec.folder).model_dump()
-            for key, value in {**attrs, "config": stored, "seed": config.seed, "driver": DRIVER, **size}.items():
-                ot_trial.set_user_attr(key, value)
+            record_running(self._ot_study, ot_trial, {**attrs, "config": stored, "seed": config.seed, **size})
             limits = self.spec.size_limits()
             broken = broken_constraints(size, limits)
             for metric, limit in limits.items():
@@ -198,14 +197,11 @@ class AutokdSearcher(OptunaSearch):
         # The curve as intermediate values (curves in optuna-dashboard), for completed trials only: TPE
         # scores a PRUNED trial by its last intermediate value through `study.direction`, which a
         # multi-objective study refuses (Optuna 5.1) - stopped trials keep theirs in val_accuracy_curve.
-        if state == States.COMPLETE:
-            for step, value in enumerate(attrs.get("val_accuracy_curve") or [], start=1):
-                report_intermediate(self._ot_study, ot_trial, step, value)
-        # train_seconds last, right before the state: a driver killed while it records a trial leaves it
-        # RUNNING (re-queued on resume) and, almost always, without the mark of a trained trial.
-        for key, value in sorted(attrs.items(), key=lambda item: item[0] == "train_seconds"):
-            if value is not None:
-                ot_trial.set_user_attr(key, value)
+        # One transaction, then the state: a driver killed while it records a trial leaves it RUNNING
+        # (re-queued on resume), with all of its results or none.
+        curve = (attrs.get("val_accuracy_curve") or []) if state == States.COMPLETE else []
+        record_running(self._ot_study, ot_trial, {key: value for key, value in attrs.items() if value is not None},
+                       curve)
         self._ot_study.tell(ot_trial, values, state=state)
         if ot_trial is self._asking:
             self._asking = None

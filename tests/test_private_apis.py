@@ -13,14 +13,23 @@ import optuna
 
 
 def test_optuna_storage_access_used_by_study_store():
-    from autokd.study_store import report_intermediate, storage_of, trial_id_of
+    from optuna.storages._rdb.models import TrialUserAttributeModel
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    from autokd.study_store import record_running, storage_of, trial_id_of
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     trial = study.ask()
     assert isinstance(storage_of(study), optuna.storages.BaseStorage)
     assert trial_id_of(trial) == trial_id_of(study.get_trials()[0])
-    report_intermediate(study, trial, 1, 0.5)  # Trial.report refuses multi-objective studies
+    record_running(study, trial, {}, [0.5])  # Trial.report refuses multi-objective studies
     assert study.get_trials()[0].intermediate_values == {1: 0.5}
+    # record_running's one transaction on a SQL storage, and the trial's own copy of its attrs.
+    assert isinstance(trial._cached_frozen_trial.user_attrs, dict)
+    assert callable(_create_scoped_session) and TrialUserAttributeModel.__tablename__ == "trial_user_attributes"
+    for name in ("_set_trial_attr_without_commit", "_set_trial_intermediate_value_without_commit"):
+        assert list(inspect.signature(getattr(optuna.storages.RDBStorage, name)).parameters)[:3] == \
+            ["self", "session", "model_cls" if "attr" in name else "trial_id"], name
     storage_of(study).set_trial_state_values(trial_id_of(trial), optuna.trial.TrialState.FAIL)
     assert study.get_trials()[0].state == optuna.trial.TrialState.FAIL
 

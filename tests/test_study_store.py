@@ -75,3 +75,29 @@ def test_a_trial_left_unmarked_by_a_driver_killed_inside_ask_is_recovered_at_onc
     states = {t.number: t.state for t in study.get_trials()}
     assert states[unmarked.number] == optuna.trial.TrialState.FAIL
     assert [t.params for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))] == [unmarked.params]
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "journal", "memory"])
+def test_record_running_writes_attrs_and_curve_at_once_and_all_or_nothing_in_sql(tmp_path, storage):
+    from autokd.results import open_storage
+    from autokd.study_store import record_running
+
+    url = {"sqlite": f"sqlite:///{tmp_path / 's.db'}", "journal": str(tmp_path / "s.log"), "memory": None}[storage]
+    study = optuna.create_study(storage=open_storage(url) if url else None, directions=["maximize", "minimize"])
+    trial = study.ask()
+    trial.set_user_attr("driver", "me")
+    record_running(study, trial, {"config": {"student": {"width": 8}}, "seed": 3, "params": 1234}, [0.5, 0.75])
+    stored = study.get_trials()[0]
+    assert stored.user_attrs == {"driver": "me", "config": {"student": {"width": 8}}, "seed": 3, "params": 1234}
+    assert trial.user_attrs == stored.user_attrs  # the trial's own copy, as Trial.set_user_attr keeps it
+    assert stored.intermediate_values == {1: 0.5, 2: 0.75}
+    record_running(study, trial, {"seed": 4}, [])  # overwrites, like set_user_attr
+    assert study.get_trials()[0].user_attrs["seed"] == 4
+    if storage == "sqlite":  # one transaction: a value that cannot be stored leaves the others unwritten too
+        with pytest.raises(TypeError):
+            record_running(study, trial, {"train_seconds": 1.5, "bad": object()}, [0.9])
+        stored = study.get_trials()[0]
+        assert "train_seconds" not in stored.user_attrs and stored.intermediate_values == {1: 0.5, 2: 0.75}
+    study.tell(trial, [0.9, 1234])
+    with pytest.raises(RuntimeError):  # a finished trial is refused, as by Optuna's own calls
+        record_running(study, trial, {"late": 1})
