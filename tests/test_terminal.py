@@ -51,6 +51,11 @@ class Terminal:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: a new session whose controlling terminal is the pty
             try:
+                # As a shell starts a foreground job: Ctrl-C's signal neither ignored nor blocked, whatever
+                # the test process inherited or its threads did (both survive exec, and Python installs no
+                # KeyboardInterrupt for an ignored SIGINT).
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, set())
                 os.chdir(cwd)
                 os.execve(sys.executable, [*AUTOKD, *args], env)
             finally:
@@ -164,7 +169,7 @@ def interrupted(tmp_path_factory):
         session.close()
     trials = load_tiny(folder).get_trials()
     assert sum(t.state == States.COMPLETE for t in trials) < BUDGET, \
-        "Ctrl-C came after the last trial: the test exercises nothing"
+        f"Ctrl-C came after the last trial: the test exercises nothing (exit {code}):\n{session.text[-3000:]}"
     return {"folder": folder, "code": code, "text": session.text, "trials": trials}
 
 
