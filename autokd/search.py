@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -191,7 +192,7 @@ def _run_tuner(spec, space, data, outputs, storage_url, optuna_study, plan, addr
     from autokd.progress import SearchProgress
     from autokd.ray_cluster import init_ray
     from autokd.scheduler import make_scheduler
-    from autokd.searcher import AutokdSearcher, DriverHeartbeat
+    from autokd.searcher import CTRL_C, AutokdSearcher, DriverHeartbeat, ReraiseCtrlC
     from autokd.trial import run_trial
 
     init_ray(address or spec.ray_address, spec)
@@ -213,17 +214,28 @@ def _run_tuner(spec, space, data, outputs, storage_url, optuna_study, plan, addr
         run_config=tune.RunConfig(name=spec.name, storage_path=str(Path(spec.cache_dir).resolve() / "ray"),
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=0),
                                   checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-                                  callbacks=[bar, DriverHeartbeat(searcher)]),
+                                  callbacks=[bar, DriverHeartbeat(searcher), ReraiseCtrlC()]),
     )
+
+    def ctrl_c(signum, frame) -> None:
+        CTRL_C.set()  # raised again at the controller's next step should a finalizer swallow this one
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal's condition
+    previous_handler = signal.signal(signal.SIGINT, ctrl_c) if in_main_thread else None
     try:
         tuner.fit()
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, _exit_at_once)  # a second Ctrl-C does not wait for the clean-up
+        previous_handler = None
         bar.close()
         searcher.claim_asked_trial()
         recover_interrupted(optuna_study, own_only=True)
         raise SearchInterrupted(counts(optuna_study)["done"], spec.budget.trials, spec.source) from None
     finally:
+        CTRL_C.clear()
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
         bar.close()
         # A trial still open here was cut by the time limit: fail it now rather than leave it RUNNING.
         recover_interrupted(optuna_study, own_only=True)

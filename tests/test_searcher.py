@@ -103,3 +103,20 @@ def test_the_driver_heartbeat_beats_on_every_loop_of_tune_and_is_pickled_without
     restored = pickle.loads(pickle.dumps(heartbeat))  # Tune pickles its callbacks; a lambda could not be
     restored.on_step_begin(2, [])
     assert restored.searcher is None and len(calls) == 2
+
+
+def test_a_ctrl_c_a_finalizer_swallowed_is_raised_again_at_the_next_controller_step():
+    import pickle
+
+    import pytest
+
+    from autokd.searcher import CTRL_C, ReraiseCtrlC
+
+    callback = pickle.loads(pickle.dumps(ReraiseCtrlC()))  # Tune pickles its callbacks with the experiment
+    callback.on_step_begin(0, [])  # no Ctrl-C: nothing happens
+    CTRL_C.set()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            callback.on_step_begin(1, [])
+    finally:
+        CTRL_C.clear()
