@@ -152,7 +152,6 @@ class AutokdSearcher(OptunaSearch):
             self._ot_study.enqueue_trial(planned.params, user_attrs=planned.attrs)
         return planned
 
-
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._count_epochs(trial_id, result)
         if "val_accuracy" in result and "val_accuracy_seeds" not in result:
