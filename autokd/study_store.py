@@ -158,9 +158,11 @@ def recover_interrupted(study: optuna.Study, own_only: bool = False) -> int:
     for trial in orphans:
         storage.set_trial_user_attr(trial_id_of(trial), "failure_reason", INTERRUPTED)
         storage.set_trial_state_values(trial_id_of(trial), optuna.trial.TrialState.FAIL)
-        # The re-run keeps the role and seeds of what it replaces (a baseline stays a baseline).
+        # The re-run keeps the role and seeds of what it replaces (a baseline stays a baseline), and all the
+        # parameters it was given: one cut while being asked has suggested only some of them so far.
         kept = {k: v for k, v in trial.user_attrs.items() if k in REQUEUED_ATTRS}
-        study.enqueue_trial(trial.params, user_attrs={**kept, "retry_of": trial.number})
+        study.enqueue_trial({**trial.system_attrs.get("fixed_params", {}), **trial.params},
+                            user_attrs={**kept, "retry_of": trial.number})
     return len(orphans)
 
 

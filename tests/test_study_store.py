@@ -77,6 +77,28 @@ def test_a_trial_left_unmarked_by_a_driver_killed_inside_ask_is_recovered_at_onc
     assert [t.params for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))] == [unmarked.params]
 
 
+def test_a_trial_cut_while_being_asked_is_requeued_with_all_it_was_given_and_what_it_drew():
+    """Ctrl-C can land between two suggestions of `ask`: the retry of an enqueued trial (a baseline)
+    gets all its fixed parameters back, not only those suggested so far, and keeps what was drawn."""
+    from autokd.study_store import recover_interrupted
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    beat(study)
+    study.enqueue_trial({"a": 0.25, "b": 3}, user_attrs={"role": "ce_only"})
+    fixed = study.ask()
+    fixed.suggest_float("a", 0.0, 1.0)  # cut before "b"
+    drawn = study.ask()
+    drawn_a = drawn.suggest_float("a", 0.0, 1.0)  # a sampler's trial, cut before "b"
+    for trial in (fixed, drawn):
+        trial.set_user_attr("driver", DRIVER)
+    assert recover_interrupted(study, own_only=True) == 2
+    retries = sorted(study.get_trials(states=(optuna.trial.TrialState.WAITING,)),
+                     key=lambda t: t.user_attrs["retry_of"])
+    assert [t.system_attrs["fixed_params"] for t in retries] == [{"a": 0.25, "b": 3}, {"a": drawn_a}]
+    assert [t.user_attrs for t in retries] == [{"role": "ce_only", "retry_of": fixed.number},
+                                               {"retry_of": drawn.number}]
+
+
 @pytest.mark.parametrize("storage", ["sqlite", "journal", "memory"])
 def test_record_running_writes_attrs_and_curve_at_once_and_all_or_nothing_in_sql(tmp_path, storage):
     from autokd.results import open_storage
