@@ -7,7 +7,8 @@ distillation bought: per distinct student architecture the same student is also 
 cross-entropy only and with vanilla KD, at the same schedule and seed.
 
 A level-2 trial of a two-level study (trial attrs `seeds`, `arch`, `role`) is evaluated on its
-paired seeds instead: the trial's config, its architecture's CE-only and vanilla-KD baselines
+paired seeds instead (on its confirmation's fresh seeds when it has one, `levels`): the trial's
+config, its architecture's CE-only and vanilla-KD baselines
 (the level-2 baseline trials' configs; vanilla KD learns from the trial's `teachers_allowed`),
 each on every seed. Test accuracy is then the mean over the seeds, and the gains are paired
 (`pairing.paired_gain`, per seed) with their standard error. A trial that is itself a baseline
@@ -67,12 +68,12 @@ def evaluate_front(study: optuna.Study, spec: StudySpec, trial_numbers: Sequence
         print(evaluate_front(study, spec, front["trial"].tolist())[["trial", "test_accuracy", "gain_vs_ce"]])
     """
     runner = _Runner(spec, log)
-    siblings = _level2_baselines(study)
+    siblings, confirmations = _level2_baselines(study), _confirmations(study)
     baselines_by_arch: dict[str, tuple[int, dict[str, float]]] = {}
     rows = []
     for trial in _complete_trials(study, trial_numbers):
         if _paired(trial):
-            rows.append(_evaluate_paired(runner, trial, siblings, baselines, log))
+            rows.append(_evaluate_paired(runner, trial, siblings, baselines, log, confirmations.get(trial.number)))
             continue
         config = TrainConfig.model_validate(trial.user_attrs["config"])
         result = runner.run(config, "trial", trial.number)
@@ -118,20 +119,29 @@ def _level2_baselines(study: optuna.Study) -> dict[tuple[int, str], optuna.trial
     return found
 
 
+def _confirmations(study: optuna.Study) -> dict[int, optuna.trial.FrozenTrial]:
+    """{level-2 trial: its COMPLETE confirmation on fresh seeds (`levels`, role "confirm")}."""
+    return {int(t.user_attrs["confirms"]): t
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("role") == pairing.CONFIRM and t.user_attrs.get("seeds")}
+
+
 def _evaluate_paired(runner: _Runner, trial: optuna.trial.FrozenTrial,
                      siblings: dict[tuple[int, str], optuna.trial.FrozenTrial], baselines: bool,
-                     log: Callable[[str], None]) -> dict:
-    """The trial, its CE-only and its vanilla-KD baseline on each of the trial's paired seeds."""
+                     log: Callable[[str], None], confirmation: optuna.trial.FrozenTrial | None = None) -> dict:
+    """The trial, its CE-only and its vanilla-KD baseline on each of the trial's paired seeds; on the fresh
+    seeds of its confirmation when it has one: the seeds that chose it would flatter it on test too."""
     attrs = trial.user_attrs
-    seeds = [int(seed) for seed in attrs["seeds"]]
+    measured = confirmation if confirmation is not None else trial
+    seeds = [int(seed) for seed in measured.user_attrs["seeds"]]
     config = TrainConfig.model_validate(attrs["config"])
     role, arch = attrs.get("role"), attrs.get("arch")
     # A baseline trial runs under its baseline's kind, so that baseline is never trained a second time.
     kind = role if role in (pairing.CE, pairing.VANILLA_KD) else "trial"
     runs = _on_seeds(runner, config, kind, trial.number, seeds)
     retrained = sum(run["val_accuracy"] for run in runs) / len(runs)  # as the trial averaged its seeds
-    recorded = trial.values[0]
-    _warn_if_drifted(trial.number, retrained, recorded, log)
+    recorded = measured.values[0]
+    _warn_if_drifted(measured.number, retrained, recorded, log)
     tests = [run["test_accuracy"] for run in runs]
     row = {"trial": trial.number, "val_accuracy": recorded, "val_accuracy_retrained": retrained,
            "test_accuracy": sum(tests) / len(tests), "test_seeds": len(seeds)}

@@ -10,6 +10,10 @@
                far, every architecture's together (`gain_guided_distillation`): the study's own
                sampler would rank them by (accuracy, size), which the architecture decides, not
                the distillation
+    confirm  (`search.confirm`) the last trials: each architecture's distilled choice and its
+             CE-only retrained on fresh seeds, once the tuned configs are done; their paired gain
+             is unbiased (fresh seeds chose nothing) and decides and labels the front point
+             (`pairing.confirm`). Two trials per architecture are kept for them from the start
 
 The plan is read from the storage every time (`next_proposal(study)`), so a resumed study
 continues where it stopped: its trials say which level, role and architecture they are.
@@ -25,9 +29,9 @@ from typing import Any
 import numpy as np
 import optuna
 
-from autokd.pairing import CE, TUNED, VANILLA_KD
+from autokd.pairing import CE, CONFIRM, CONFIRM_CE, TUNED, VANILLA_KD
 from autokd.pareto import pareto_front_mask, useful_mask
-from autokd.results import INTERRUPTED
+from autokd.results import INTERRUPTED, architecture_choices
 from autokd.sizes import arch_size
 from autokd.space import SUBSET_SEPARATOR, SearchSpace, TeacherSubsetParam
 from autokd.spec import StudySpec, TrainConfig, derived_seed
@@ -39,6 +43,7 @@ ARCHITECTURES_ATTR = "level2.architectures"  # study attr: the level-1 trial num
 STRATIFY_CANDIDATES = 48
 # Paired seeds sit far from the level-1 trials' seeds (base seed + trial number).
 PAIRED_SEED_STRIDE = 100_003
+CONFIRM_SEED_STRIDE = 200_009  # and the confirmation's from both
 CE_ONLY = {"w_ce": 1.0, "w_kd": 0.0, "w_feat": 0.0, "w_at": 0.0}
 VANILLA = {"kind": "kl", "temperature": 4.0, "w_kd": 0.9, "w_ce": 0.1, "w_feat": 0.0, "w_at": 0.0,
            "aggregation": "mean_logits"}
@@ -54,8 +59,17 @@ class Proposal:
 
 
 def sampled_sections(role: str | None) -> tuple[str, ...]:
-    """Architectures and baselines sample no distillation parameter; tuned (and flat) trials all."""
+    """Architectures and baselines sample no distillation parameter; tuned (and flat) trials all.
+    `role` is the one whose config the trial trains (`config_role`)."""
     return ARCH_SECTIONS if role in (ARCHITECTURE, CE, VANILLA_KD) else ALL_SECTIONS
+
+
+def config_role(attrs: dict[str, Any]) -> str | None:
+    """The role whose distillation a trial trains: a confirmation trains what it confirms, or CE-only."""
+    role = attrs.get("role")
+    if role == CONFIRM_CE:
+        return CE
+    return attrs.get("confirms_role") if role == CONFIRM else role
 
 
 WAIT = "wait"  # level 1 still running: level 2 cannot be planned yet
@@ -70,6 +84,10 @@ def is_two_level(spec: StudySpec, space: SearchSpace) -> bool:
 
 def paired_seeds(spec: StudySpec) -> list[int]:
     return [derived_seed(spec.seed, PAIRED_SEED_STRIDE * (k + 1)) for k in range(spec.search.seeds)]
+
+
+def confirm_seeds(spec: StudySpec) -> list[int]:
+    return [derived_seed(spec.seed, CONFIRM_SEED_STRIDE * (k + 1)) for k in range(spec.search.seeds)]
 
 
 def level1_trials(spec: StudySpec) -> int:
@@ -90,7 +108,7 @@ def trial_config(space: SearchSpace, base: TrainConfig, attrs: dict[str, Any], p
                  level2_epochs: int | None = None) -> TrainConfig:
     """A trial's config: the study's defaults with its role's distillation (a flat trial has no role),
     then its params; a level-2 trial trains `level2_epochs` epochs when set, whatever its architecture's."""
-    role = attrs.get("role")
+    role = config_role(attrs)
     config = space.apply(base if role is None else role_config(role, base, attrs.get("teachers_allowed")), params)
     if attrs.get("level") == 2 and level2_epochs is not None:
         config.schedule.epochs = level2_epochs
@@ -133,6 +151,8 @@ class TwoLevelPlan:
             for role in (CE, VANILLA_KD) if self.spec.teachers else (CE,):
                 if not any(t.user_attrs.get("arch") == number and t.user_attrs.get("role") == role for t in level2):
                     return self._level2_proposal(by_number[number], role, able)
+        if len(trials) >= self.spec.budget.trials - self._confirmation_trials(len(chosen)):
+            return self._confirmation(study, level2, by_number, chosen)
         tuned = {number: sum(1 for t in level2 if t.user_attrs.get("arch") == number
                              and t.user_attrs.get("role") == TUNED) for number in chosen}
         number = min(chosen, key=lambda n: (tuned[n], chosen.index(n)))
@@ -188,7 +208,8 @@ class TwoLevelPlan:
         return chosen
 
     def _level2_architecture_count(self) -> int:
-        per_architecture = 3 if self.spec.teachers else 2  # baselines plus at least one tuned config
+        # baselines plus at least one tuned config, and its confirmation
+        per_architecture = (3 if self.spec.teachers else 2) + self._confirmation_trials(1)
         room = self.spec.budget.trials - level1_trials(self.spec)
         return max(1, min(self.spec.search.architectures, room // per_architecture))
 
@@ -215,6 +236,39 @@ class TwoLevelPlan:
             if joined in self.space.subsets(subset):
                 fixed["distill.teachers"] = joined
         return Proposal(attrs, fixed)
+
+
+    # -- confirmation --------------------------------------------------------------------------
+
+    def _confirmation_trials(self, architectures: int) -> int:
+        return 2 * architectures if self.spec.search.confirm and self.spec.teachers else 0
+
+    def _confirmation(self, study: optuna.Study, level2: list[optuna.trial.FrozenTrial],
+                      by_number: dict[int, optuna.trial.FrozenTrial], chosen: list[int]) -> Proposal | str:
+        """Each architecture's distilled choice, then its CE-only, on fresh seeds; once every other level-2
+        trial is done (the choice is final). An architecture whose choice is CE-only needs none."""
+        if any(not t.state.is_finished() for t in level2 if t.user_attrs.get("role") not in (CONFIRM, CONFIRM_CE)):
+            return WAIT
+        choices = architecture_choices(study)
+        asked = {(t.user_attrs.get("confirms"), t.user_attrs.get("role")) for t in level2}
+        level2_by_number = {t.number: t for t in level2}
+        for number in chosen:
+            choice = choices.get(number)
+            if choice is None or choice.role == CE:
+                continue
+            for role in (CONFIRM, CONFIRM_CE):
+                if (choice.trial, role) not in asked:
+                    return self._confirm_proposal(by_number[number], level2_by_number[choice.trial], role)
+        return FINISHED
+
+    def _confirm_proposal(self, architecture: optuna.trial.FrozenTrial, confirmed: optuna.trial.FrozenTrial,
+                          role: str) -> Proposal:
+        attrs = {"level": 2, "role": role, "arch": architecture.number, "seeds": confirm_seeds(self.spec),
+                 "teachers_allowed": confirmed.user_attrs.get("teachers_allowed"), "confirms": confirmed.number}
+        if role == CONFIRM_CE:
+            return Proposal(attrs, {name: value for name, value in architecture.params.items()
+                                    if name.partition(".")[0] in ARCH_SECTIONS})
+        return Proposal({**attrs, "confirms_role": confirmed.user_attrs["role"]}, dict(confirmed.params))
 
 
 def gain_guided_distillation(space: SearchSpace, level2: list[optuna.trial.FrozenTrial], seed: int) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from autokd.config_files import load_study
 from autokd.errors import StorageError
-from autokd.pairing import Candidate, Choice, choose
+from autokd.pairing import CE, CONFIRM, CONFIRM_CE, Candidate, Choice, choose, confirm
 from autokd.pareto import first_dominators, pareto_ranks
 from autokd.paths import resolve_paths
 from autokd.spec import StudySpec
@@ -27,6 +27,7 @@ SCHEMA_RACE_RETRIES = 5
 INTERRUPTED = "interrupted: the search stopped before this trial finished (re-queued)"
 TRIAL_ATTRS = ("seed", "params", "bytes_fp32", "bytes_fp16", "macs", "train_seconds", "epochs_trained",
                "node", "node_id", "device", "driver", "failure_reason", "pruned_reason", "level", "role", "arch",
+               "confirms",
                # an int8 study's objectives are (val_accuracy_int8, bytes_int8); its fp32 accuracy is an attr
                "val_accuracy", "val_accuracy_int8", "bytes_int8")
 # Columns of a two-level study's front choice (see `architecture_choices`).
@@ -224,19 +225,31 @@ def architecture_choices(study: optuna.Study) -> dict[int, Choice]:
     """Two-level studies: {level-1 architecture trial: its front choice among CE-only, vanilla KD and tuned}.
 
     Empty for a flat study, or before any level-2 baseline has finished. The margin is the
-    study's `search.margin_se` (paired gains over CE-only on the shared seeds, `pairing.choose`).
+    study's `search.margin_se` (paired gains over CE-only on the shared seeds, `pairing.choose`);
+    a choice confirmed on fresh seeds shows that gain, or gives the place back to CE-only (`pairing.confirm`).
     """
     if study.user_attrs.get("search_mode") != "two_level":
         return {}
     margin = float(((study.user_attrs.get("study_spec") or {}).get("search") or {}).get("margin_se", 2.0))
     candidates: dict[int, list[Candidate]] = {}
+    confirmations: dict[tuple[int, str], tuple[float, ...]] = {}  # (confirmed trial, role): val per fresh seed
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         attrs = trial.user_attrs
-        if attrs.get("level") == 2 and attrs.get("val_accuracy_seeds"):
+        if attrs.get("level") != 2 or not attrs.get("val_accuracy_seeds"):
+            continue
+        if attrs.get("role") in (CONFIRM, CONFIRM_CE):
+            confirmations[(int(attrs["confirms"]), attrs["role"])] = tuple(attrs["val_accuracy_seeds"])
+        else:
             candidates.setdefault(int(attrs["arch"]), []).append(
                 Candidate(trial.number, attrs["role"], tuple(attrs["val_accuracy_seeds"])))
-    choices = {arch: choose(found, margin) for arch, found in candidates.items()}
-    return {arch: choice for arch, choice in choices.items() if choice is not None}
+    choices = {}
+    for arch, found in candidates.items():
+        choice = choose(found, margin)
+        if choice is not None:
+            baseline = next(c for c in found if c.role == CE)
+            choices[arch] = confirm(choice, baseline, confirmations.get((choice.trial, CONFIRM)),
+                                    confirmations.get((choice.trial, CONFIRM_CE)))
+    return choices
 
 
 def pareto_rank_column(frame: pd.DataFrame, objectives: list[str], directions,

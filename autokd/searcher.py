@@ -28,7 +28,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from autokd.archs import code_allowed
 from autokd.errors import AutokdError
-from autokd.levels import ALL_SECTIONS, FINISHED, WAIT, Proposal, TwoLevelPlan, sampled_sections, trial_config
+from autokd.levels import (ALL_SECTIONS, FINISHED, WAIT, Proposal, TwoLevelPlan, config_role, sampled_sections,
+                           trial_config)
 from autokd.paths import relative_paths
 from autokd.results import open_storage, trained_epochs
 from autokd.sizes import arch_size
@@ -107,7 +108,7 @@ class AutokdSearcher(OptunaSearch):
             attrs = ot_trial.user_attrs or planned.attrs  # an enqueued trial brings its own (a re-queued one too)
             # Ours at once: another driver starting now must not take it for an orphan (study_store).
             ot_trial.set_user_attr("driver", DRIVER)
-            self.sections = sampled_sections(attrs.get("role"))
+            self.sections = sampled_sections(config_role(attrs))
             params = self._suggest_from_define_by_run_func(self._space, ot_trial)
             try:
                 config = trial_config(self.space, self.base, attrs, params, self.spec.search.level2_epochs)

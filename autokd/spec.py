@@ -352,7 +352,7 @@ class SearchModeSpec(_Strict):
     architectures gets its CE-only and vanilla-KD baselines and tuned distillation configs,
     all trained on the same `seeds` (for `level2_epochs` epochs when set). A tuned (or vanilla) config
     takes its architecture's front place only when its paired mean gain over CE-only exceeds
-    `margin_se` standard errors.
+    `margin_se` standard errors, and (`confirm`) stays positive on fresh seeds.
     """
 
     mode: Literal["auto", "two_level", "flat"] = "auto"  # auto: two levels when the space varies both
@@ -366,6 +366,10 @@ class SearchModeSpec(_Strict):
     level2_epochs: int | None = Field(None, gt=0)
     # Teachers less accurate (val) than the best CE-only student of level 1 are left out of level 2.
     weak_teachers: Literal["drop", "keep"] = "drop"
+    # The last 2 trials per architecture retrain its distilled choice and CE-only on fresh seeds: the gain
+    # that chose it is the best of many on the same seeds (winner's curse); the fresh one is unbiased,
+    # and the choice keeps its place only when that gain is positive (`pairing.confirm`).
+    confirm: bool = True
     # A level-2 trial trains its seeds as one batched model when its student can pack (`packing`):
     # the same runs bit for bit on CPU, 1.4-2x faster for small MLPs (benchmarks/packing.py).
     pack_seeds: bool = True

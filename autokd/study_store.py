@@ -179,7 +179,7 @@ def _being_asked(trial: optuna.trial.FrozenTrial, beats: dict[str, float]) -> bo
 
 
 # Attributes an enqueued trial carries into its run (see `searcher`): what it is, not what happened.
-REQUEUED_ATTRS = ("level", "role", "arch", "seeds", "teachers_allowed")
+REQUEUED_ATTRS = ("level", "role", "arch", "seeds", "teachers_allowed", "confirms", "confirms_role")
 
 
 def storage_file(storage_url: str) -> Path | None:

@@ -72,7 +72,7 @@ SPACE = {"params": {
 
 
 def study_spec(name: str, mode: str, trials: int, epochs: int, compute: int | None = None,
-               level1_share: float = 0.4, level2_epochs: int | None = None) -> StudySpec:
+               level1_share: float = 0.4, level2_epochs: int | None = None, confirm: bool = True) -> StudySpec:
     source = load_study(SOURCE_STUDY)
     return StudySpec.model_validate({
         "name": name,
@@ -89,7 +89,7 @@ def study_spec(name: str, mode: str, trials: int, epochs: int, compute: int | No
         "sampler": {"name": "tpe", "seed": 0},
         "resources": {"cpus_per_trial": 1, "concurrency": 2},
         "search": {"mode": mode, "architectures": 3, "seeds": 3, "level1_share": level1_share,
-                   "level2_epochs": level2_epochs},
+                   "level2_epochs": level2_epochs, "confirm": confirm},
         "cache_dir": str(CACHE_DIR),
         "storage": f"sqlite:///{BENCH_FOLDER / (name + '.db')}",
         "source": str(BENCH_FOLDER / f"{name}.yaml"),
@@ -196,6 +196,8 @@ def main() -> None:
     parser.add_argument("--level2-epochs", type=int, default=None,
                         help="epochs of a level-2 trial (default: the search's 5; production's --epochs: chosen "
                              "at the length it is trained for)")
+    parser.add_argument("--no-confirm", action="store_true",
+                        help="no confirmation of the choices on fresh seeds (search.confirm: false)")
     parser.add_argument("--workers", type=int, default=2, help="training processes (1 thread each)")
     parser.add_argument("--front-cap", type=int, default=5, help="most front points evaluated per arm")
     args = parser.parse_args()
@@ -203,17 +205,20 @@ def main() -> None:
     level2_epochs = args.level2_epochs
     defaults = (args.trials, args.level1_share, args.level2_epochs) == tuple(
         parser.get_default(name) for name in ("trials", "level1_share", "level2_epochs"))
-    suffix = "_quick" if args.quick else "" if defaults else f"_{trials}t_l1_{args.level1_share:g}" + (
-        f"_l2e{level2_epochs}" if level2_epochs else "")
+    confirm = not args.no_confirm
+    # Runs before confirmation existed were unconfirmed: their names (and results) stay theirs.
+    suffix = "_quick" if args.quick else "" if defaults and not confirm else f"_{trials}t_l1_{args.level1_share:g}" + (
+        f"_l2e{level2_epochs}" if level2_epochs else "") + ("_confirm" if confirm else "")
 
     arms = {}
-    two_level = study_spec(f"fm_two_level_{trials}t_l1_{args.level1_share:g}{'_quick' if args.quick else ''}"
-                           + (f"_l2e{level2_epochs}" if level2_epochs else ""),
-                           "two_level", trials, search_epochs, level1_share=args.level1_share,
-                           level2_epochs=level2_epochs)
+    unconfirmed = (f"fm_two_level_{trials}t_l1_{args.level1_share:g}{'_quick' if args.quick else ''}"
+                   + (f"_l2e{level2_epochs}" if level2_epochs else ""))
+    two_level = study_spec(unconfirmed + ("_confirm" if confirm else ""), "two_level", trials, search_epochs,
+                           level1_share=args.level1_share, level2_epochs=level2_epochs, confirm=confirm)
     study, figures = run_arm(two_level)
     arms["two_level"] = (two_level, study, figures)
-    flat = study_spec(two_level.name.replace("two_level", "flat"), "flat", 10 * trials, search_epochs,
+    # The flat arm has nothing to confirm: the same study either way (resumed to the two-level arm's compute).
+    flat = study_spec(unconfirmed.replace("two_level", "flat"), "flat", 10 * trials, search_epochs,
                       compute=figures["epochs_trained"])
     arms["flat"] = (flat, *run_arm(flat))
 
@@ -254,7 +259,7 @@ def main() -> None:
     write_result("distillation_gain" + suffix, {
         "quick": args.quick, "figures": results, "targets": targets, "met": met, "note": note,
         "settings": {"trials_two_level": trials, "level1_share": args.level1_share, "search_epochs": search_epochs,
-                     "level2_epochs": level2_epochs,
+                     "level2_epochs": level2_epochs, "confirm": confirm,
                      "production_epochs": production_epochs, "production_seeds": list(PRODUCTION_SEEDS),
                      "teachers": list(TEACHERS), "constraint": f"params <= {MAX_PARAMS}", "space": SPACE["params"],
                      "workers": args.workers, "threads_per_run": 1, "front_cap": args.front_cap}})

@@ -674,3 +674,27 @@ def test_errors_in_a_stored_config_name_the_study_file(files, tmp_path):
     with pytest.raises(ConfigError, match=f"^{source}: augment: shift needs teachers run on every augmented batch, "
                                           "but teacher 't1' is precomputed outputs"):
         runner.run(config.model_copy(update={"augment": ["shift"]}), "trial", 0)
+
+
+def test_a_confirmed_level2_trial_is_measured_on_its_confirmations_fresh_seeds(files, tmp_path):
+    """The seeds that chose a config flatter it on test too: a trial confirmed on fresh seeds (`levels`)
+    is measured there, it and its CE-only baseline, and its val is the confirmation's."""
+    spec = _noisy_spec(files, tmp_path / "cache", teachers=False)
+    seeds, fresh = [21, 22], [31, 32]
+    ce, tuned = _variant(spec, CE, lr=0.08, seed=21), _variant(spec, CE, lr=0.03, seed=21)
+    (val, _), ((fresh_val, fresh_test), (_, fresh_ce_test)) = _on(tuned, seeds), (_on(tuned, fresh), _on(ce, fresh))
+    assert fresh_test != _on(tuned, seeds)[1]
+    study = optuna.create_study(directions=spec.directions)
+    study.add_trial(_level2("ce", 0, ce, 0.5, seeds=seeds))
+    study.add_trial(_level2("tuned", 0, tuned, _mean(val), seeds=seeds))
+    confirmation = _level2("confirm", 0, tuned.model_copy(update={"seed": fresh[0]}), _mean(fresh_val), seeds=fresh)
+    confirmation.user_attrs.update(confirms=1, confirms_role="tuned")
+    study.add_trial(confirmation)
+    logged = []
+    frame = evaluate_front(study, spec, [1], log=logged.append)
+    gain, se = _paired_by_hand(fresh_test, fresh_ce_test)
+    _assert_row(frame.iloc[0], {
+        "trial": 1, "val_accuracy": _mean(fresh_val), "val_accuracy_retrained": _mean(fresh_val),
+        "test_accuracy": _mean(fresh_test), "test_seeds": 2, "baseline_trial": 0,
+        "ce_test_accuracy": _mean(fresh_ce_test), "gain_vs_ce": round(gain, 6), "gain_vs_ce_se": round(se, 6)})
+    assert _untimed(logged) == [*_lines(1, "trial", fresh_val, fresh_test), *_lines(0, "ce", *_on(ce, fresh))]

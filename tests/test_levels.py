@@ -8,9 +8,9 @@ import optuna
 import pytest
 
 from autokd.config_files import load_study
-from autokd.levels import (ARCHITECTURE, ARCHITECTURES_ATTR, choose_architectures, gain_guided_distillation,
-                           is_two_level, paired_seeds)
-from autokd.pairing import CE, TUNED, VANILLA_KD
+from autokd.levels import (ARCHITECTURE, ARCHITECTURES_ATTR, FINISHED, WAIT, TwoLevelPlan, choose_architectures,
+                           confirm_seeds, gain_guided_distillation, is_two_level, paired_seeds)
+from autokd.pairing import CE, CONFIRM, CONFIRM_CE, TUNED, VANILLA_KD, Choice
 from autokd.space import load_space
 from conftest import TINY_SPACE, tiny_study
 
@@ -76,6 +76,91 @@ def test_tuned_distillation_follows_the_paired_gain_over_ce_of_every_architectur
     assert 3 <= sum(t < 2.0 for t in first) <= 12
 
 
+ARCH_DISTRIBUTIONS = {"student.family": optuna.distributions.CategoricalDistribution(["mlp", "cnn"]),
+                      "student.width": optuna.distributions.IntDistribution(4, 64, log=True)}
+TEMPERATURE = {"distill.temperature": optuna.distributions.FloatDistribution(1.0, 8.0, log=True)}
+
+
+def _add(study: optuna.Study, attrs: dict, params: dict, seeds: list[float] | None = None, state=States.COMPLETE):
+    values = [sum(seeds) / len(seeds) if seeds else 0.8, 100.0] if state == States.COMPLETE else None
+    study.add_trial(optuna.trial.create_trial(
+        state=state, values=values, params=params,
+        distributions={k: {**ARCH_DISTRIBUTIONS, **TEMPERATURE}[k] for k in params},
+        user_attrs={**attrs, **({"val_accuracy_seeds": seeds} if seeds else {})}))
+    return study.get_trials(deepcopy=False)[-1]
+
+
+def _level2_done(study: optuna.Study, tuned_seeds: dict[int, list[float]]) -> dict[int, optuna.trial.FrozenTrial]:
+    """Level 1 (two architectures), both chosen, their baselines and one tuned config each; {arch: tuned}."""
+    tuned = {}
+    for width in (8, 32):
+        arch = _add(study, {"level": 1, "role": ARCHITECTURE}, {"student.family": "mlp", "student.width": width})
+        level2 = {"level": 2, "arch": arch.number, "teachers_allowed": ["t-cnn"]}
+        fixed = {"student.family": "mlp", "student.width": width}
+        _add(study, {**level2, "role": CE}, fixed, [0.80, 0.82])
+        _add(study, {**level2, "role": VANILLA_KD}, fixed, [0.70, 0.72])
+        tuned[arch.number] = _add(study, {**level2, "role": TUNED}, {**fixed, "distill.temperature": 1.5},
+                                  tuned_seeds[width])
+    study.set_user_attr(ARCHITECTURES_ATTR, sorted(tuned))
+    return tuned
+
+
+def test_the_last_trials_confirm_each_distilled_choice_and_ce_only_on_fresh_seeds(tmp_path):
+    from autokd.results import architecture_choices
+
+    spec = load_study(tiny_study(tmp_path, trials=12, search={"mode": "two_level", "seeds": 2}))
+    plan = TwoLevelPlan(spec, load_space(spec), spec.train_config(), (8, 8), 10)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("search_mode", "two_level")
+    # Width 8: +2 pt on both seeds (a clear gain); width 32: no gain, CE-only keeps its place.
+    tuned = _level2_done(study, {8: [0.82, 0.84], 32: [0.80, 0.82]})
+    small, large = sorted(tuned)
+    assert len(study.trials) == 8  # 12 - 2 x 2 kept for the confirmations: no more tuning
+    proposal = plan.next_proposal(study)
+    assert proposal.attrs == {"level": 2, "role": CONFIRM, "arch": small, "seeds": confirm_seeds(spec),
+                              "teachers_allowed": ["t-cnn"], "confirms": tuned[small].number,
+                              "confirms_role": TUNED}
+    assert proposal.params == tuned[small].params  # the very config, on seeds that chose nothing
+    assert not set(confirm_seeds(spec)) & set(paired_seeds(spec))
+    _add(study, proposal.attrs, proposal.params, state=States.RUNNING)
+    proposal = plan.next_proposal(study)
+    assert (proposal.attrs["role"], proposal.attrs["confirms"], "confirms_role" in proposal.attrs) == \
+        (CONFIRM_CE, tuned[small].number, False)
+    assert proposal.params == {"student.family": "mlp", "student.width": 8}
+    _add(study, proposal.attrs, proposal.params, state=States.RUNNING)
+    assert plan.next_proposal(study) == FINISHED  # the large architecture's choice is CE-only: nothing
+    waiting = optuna.create_study(directions=["maximize", "minimize"])
+    tuned = _level2_done(waiting, {8: [0.82, 0.84], 32: [0.80, 0.82]})
+    _add(waiting, {"level": 2, "arch": small, "role": TUNED}, {"student.family": "mlp"}, state=States.RUNNING)
+    assert plan.next_proposal(waiting) == WAIT  # the choice may change until every tuned config is done
+
+    for fresh_confirm, fresh_ce, kept in (([0.851, 0.862], [0.85, 0.86], True), ([0.85, 0.86], [0.85, 0.86], False)):
+        finished = optuna.create_study(directions=["maximize", "minimize"])
+        finished.set_user_attr("search_mode", "two_level")
+        tuned = _level2_done(finished, {8: [0.82, 0.84], 32: [0.80, 0.82]})
+        confirming = {"level": 2, "arch": small, "seeds": confirm_seeds(spec), "confirms": tuned[small].number}
+        _add(finished, {**confirming, "role": CONFIRM, "confirms_role": TUNED}, tuned[small].params, fresh_confirm)
+        _add(finished, {**confirming, "role": CONFIRM_CE}, {"student.family": "mlp", "student.width": 8}, fresh_ce)
+        assert plan.next_proposal(finished) == FINISHED
+        choices = architecture_choices(finished)
+        assert choices[large].role == CE
+        if kept:
+            gain = pytest.approx(0.0015)  # +0.001, +0.002
+            assert (choices[small].trial, choices[small].gain_vs_ce) == (tuned[small].number, gain)
+            assert choices[small].reason.endswith("(confirmed on 2 fresh seeds)")
+        else:
+            assert choices[small].role == CE and choices[small].reason.startswith("distillation did not hold")
+
+
+def test_without_confirmation_the_tuning_goes_on_to_the_last_trial(tmp_path):
+    spec = load_study(tiny_study(tmp_path, trials=12, search={"mode": "two_level", "seeds": 2, "confirm": False}))
+    plan = TwoLevelPlan(spec, load_space(spec), spec.train_config(), (8, 8), 10)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("search_mode", "two_level")
+    _level2_done(study, {8: [0.82, 0.84], 32: [0.80, 0.82]})
+    assert plan.next_proposal(study).attrs["role"] == TUNED
+
+
 def test_two_levels_are_the_default_when_the_space_varies_student_and_distillation(tmp_path):
     spec = load_study(tiny_study(tmp_path, search={"mode": "auto"}))
     assert is_two_level(spec, load_space(spec))
@@ -87,11 +172,13 @@ def test_two_levels_are_the_default_when_the_space_varies_student_and_distillati
 
 
 @pytest.mark.slow
-def test_a_two_level_search_stores_its_baselines_as_trials_and_resumes_without_retraining(tmp_path):
+def test_a_two_level_search_stores_its_baselines_as_trials_resumes_without_retraining_and_confirms(tmp_path,
+                                                                                                  monkeypatch):
     from autokd.results import architecture_choices, front_frame, trials_frame
     from autokd.search import search
 
-    settings = {"mode": "two_level", "level1_share": 0.4, "architectures": 2, "seeds": 2, "level2_epochs": 3}
+    settings = {"mode": "two_level", "level1_share": 0.4, "architectures": 2, "seeds": 2, "level2_epochs": 3,
+                "confirm": False}
     spec = load_study(tiny_study(tmp_path, trials=10, epochs=2, search=settings))
     result = search(spec, progress=False, log=lambda message: None)
     trials = result.study.get_trials()
@@ -143,6 +230,34 @@ def test_a_two_level_search_stores_its_baselines_as_trials_and_resumes_without_r
     assert [t.user_attrs["role"] for t in after[10:]] == [TUNED, TUNED]
     signatures = [json.dumps(t.user_attrs["config"], sort_keys=True) for t in after]
     assert len(set(signatures)) == len(signatures), "a config was trained twice"
+
+    # Confirmation turned on with 4 more trials: the budget is spent, so each distilled choice and its
+    # CE-only are retrained on fresh seeds at once (an architecture whose choice is CE-only needs none).
+    # Tuned configs of this tiny study rarely beat CE-only (2 seeds, 3 epochs): each architecture's first
+    # tuned config is made its choice, so that there is something to confirm (`choose` is tested by hand).
+    def first_tuned(candidates, margin_se):
+        tuned = next(c for c in candidates if c.role == TUNED)
+        return Choice(tuned.trial, TUNED, sum(tuned.accuracies) / len(tuned.accuracies), 0.01, 0.0, "chosen")
+
+    monkeypatch.setattr("autokd.results.choose", first_tuned)
+    spec.budget.trials, spec.search.confirm = 16, True
+    before = architecture_choices(resumed.study)
+    confirmed = search(spec, resume=True, accept_changes=True, progress=False, log=lambda message: None)
+    final = confirmed.study.get_trials()
+    distilled = {arch: choice for arch, choice in before.items() if choice.role != CE}
+    assert distilled, "no distilled choice to confirm: the test exercises nothing"
+    assert len(final) == 12 + 2 * len(distilled) and all(t.state == States.COMPLETE for t in final)
+    for arch, choice in distilled.items():
+        pair = {t.user_attrs["role"]: t for t in final[12:] if t.user_attrs["confirms"] == choice.trial}
+        assert set(pair) == {CONFIRM, CONFIRM_CE} and all(t.user_attrs["arch"] == arch for t in pair.values())
+        assert all(t.user_attrs["seeds"] == confirm_seeds(spec) for t in pair.values())
+        chosen_trial = next(t for t in after if t.number == choice.trial)
+        same = {k: v for k, v in chosen_trial.user_attrs["config"].items() if k != "seed"}
+        assert {k: v for k, v in pair[CONFIRM].user_attrs["config"].items() if k != "seed"} == same
+        assert pair[CONFIRM_CE].user_attrs["config"]["distill"]["w_kd"] == 0
+        gain = sum(pair[CONFIRM].user_attrs["val_accuracy_seeds"]) - sum(pair[CONFIRM_CE].user_attrs[
+            "val_accuracy_seeds"])
+        assert architecture_choices(confirmed.study)[arch].role == (choice.role if gain > 0 else CE)
 
 
 def test_level2_trials_train_level2_epochs_and_level1_keeps_the_architectures(tmp_path):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from autokd.pairing import CE, TUNED, VANILLA_KD, Candidate, beats, choose, paired_gain
+from autokd.pairing import CE, TUNED, VANILLA_KD, Candidate, Choice, beats, choose, confirm, paired_gain
 
 
 def test_paired_gain_is_the_mean_and_standard_error_of_per_seed_differences():
@@ -67,3 +67,30 @@ def test_a_distilled_choice_is_never_below_vanilla_kd():
 
 def test_no_choice_before_the_ce_baseline_finished():
     assert choose([Candidate(3, TUNED, (0.9, 0.9))], margin_se=2.0) is None
+
+
+CHOSEN = Choice(3, TUNED, 0.82, 0.01, 0.0, "distillation gains +1.00 ± 0.00 pt over CE-only (3 paired seeds)")
+BASELINE = Candidate(1, CE, (0.80, 0.82, 0.81))
+
+
+def test_a_choice_confirmed_on_fresh_seeds_keeps_its_place_and_shows_the_fresh_gain():
+    # fresh seeds: differences 0.004, 0.001, 0.004 -> mean 0.003, sample std 0.0017321, SE 0.001
+    choice = confirm(CHOSEN, BASELINE, (0.904, 0.911, 0.924), (0.900, 0.910, 0.920))
+    assert (choice.trial, choice.role, choice.mean) == (3, TUNED, 0.82)  # the point the search found
+    assert choice.gain_vs_ce == pytest.approx(0.003) and choice.gain_se == pytest.approx(0.001)
+    assert choice.reason == "distillation gains +0.30 ± 0.10 pt over CE-only (confirmed on 3 fresh seeds)"
+
+
+def test_a_choice_that_does_not_hold_on_fresh_seeds_gives_the_place_back_to_ce_only():
+    for fresh in ((0.90, 0.91, 0.92), (0.899, 0.909, 0.921)):  # no gain; a loss of 0.0003 (1 up, 2 down)
+        choice = confirm(CHOSEN, BASELINE, fresh, (0.900, 0.910, 0.920))
+        assert (choice.trial, choice.role, choice.gain_vs_ce) == (1, CE, 0.0)
+        assert choice.mean == pytest.approx(0.81)
+        assert choice.reason.startswith("distillation did not hold on 3 fresh seeds (")
+
+
+def test_without_both_confirmation_runs_the_choice_stands():
+    assert confirm(CHOSEN, BASELINE, None, (0.9, 0.9, 0.9)) is CHOSEN
+    assert confirm(CHOSEN, BASELINE, (0.9, 0.9, 0.9), None) is CHOSEN
+    ce_choice = Choice(1, CE, 0.81, 0.0, 0.0, "distillation did not help at this size")
+    assert confirm(ce_choice, BASELINE, (0.99, 0.99, 0.99), (0.5, 0.5, 0.5)) is ce_choice
