@@ -136,7 +136,7 @@ def _best_distilled(study: optuna.Study) -> dict[int, dict[str, Any]]:
     for trial in sorted(complete, key=lambda t: (-t.values[0], t.number)):
         arch, role = trial.user_attrs.get("arch"), trial.user_attrs.get("role")
         baseline = baselines.get(arch)
-        if role == CE or baseline is None or arch in best:
+        if role not in (VANILLA_KD, TUNED) or baseline is None or arch in best:  # confirmations: other seeds
             continue
         seeds, baseline_seeds = trial.user_attrs["val_accuracy_seeds"], baseline.user_attrs["val_accuracy_seeds"]
         if len(seeds) != len(baseline_seeds):

@@ -453,3 +453,16 @@ def test_the_teacher_table_shows_the_flag_and_the_student_it_compares_with(tmp_p
     assert "<td>strong</td>" in table and table.count("<td>yes</td>") == 1
     assert json.loads((folder / "summary.json").read_text())["best_ce_only_student"] == {"trial": 3,
                                                                                          "val_accuracy": 0.88}
+
+
+def test_what_a_ce_only_place_turned_down_is_a_distilled_config_never_a_confirmation():
+    """A confirmation's CE-only runs on other seeds (`levels`): however accurate, it is no distilled try, and
+    pairing it with the baseline's seeds would mean nothing."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for role, seeds in (("ce", [0.80, 0.82]), ("tuned", [0.81, 0.82]), ("confirm_ce", [0.95, 0.95]),
+                        ("confirm", [0.94, 0.96])):
+        study.add_trial(optuna.trial.create_trial(values=[sum(seeds) / 2, 100], user_attrs={
+            "level": 2, "role": role, "arch": 0, "val_accuracy_seeds": seeds}))
+    best = report_summary._best_distilled(study)
+    assert list(best) == [0] and best[0]["trial"] == 1
+    assert (best[0]["gain_pt"], best[0]["se_pt"]) == (pytest.approx(0.5), pytest.approx(0.5))  # +1, 0 pt

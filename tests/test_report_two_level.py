@@ -26,7 +26,9 @@ from autokd.results import architecture_choices
 from autokd.spec import StudySpec
 from conftest import run_cli, tiny_study
 
-SETTINGS = {"mode": "two_level", "level1_share": 0.4, "architectures": 2, "seeds": 2}
+# Without confirmation, so that 10 trials tune two architectures (a confirmed point is measured on its
+# fresh seeds: tests/test_evaluation_fast.py; the confirmation trials: tests/test_levels.py).
+SETTINGS = {"mode": "two_level", "level1_share": 0.4, "architectures": 2, "seeds": 2, "confirm": False}
 LABELS = {CE: "CE-only", VANILLA_KD: "vanilla KD", TUNED: "tuned KD"}
 
 
