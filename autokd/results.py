@@ -42,8 +42,6 @@ def open_storage(url: str, source: str = "--storage", *, fast_commits: bool = Fa
 
     A database that holds tables but none of Optuna's belongs to another program: it is refused
     before Optuna would add its own tables to it. An empty or new database is fine."""
-    import sqlalchemy.exc
-
     if "://" in url:
         _refuse_foreign_database(url, source)
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
@@ -55,17 +53,28 @@ def open_storage(url: str, source: str = "--storage", *, fast_commits: bool = Fa
             if fast_commits and url.startswith("sqlite"):
                 _synchronous_normal(storage)
             return storage
-        except sqlalchemy.exc.IntegrityError:
-            # Two drivers creating the schema of a new database at once: one loses the race on
-            # PostgreSQL's catalog; a moment later the schema is there and opening it succeeds.
-            if attempt == SCHEMA_RACE_RETRIES:
+        except Exception as error:  # SQLAlchemy raises many kinds for a bad URL or unreachable server
+            if _lost_schema_race(error):
+                # Two processes creating the schema of a new database at once (two drivers, a driver and a
+                # reader): one loses the race; a moment later the schema is there and opening it succeeds.
+                if attempt < SCHEMA_RACE_RETRIES:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
                 raise StorageError(f"{source}: cannot open storage {_shown_url(url)}: schema creation kept conflicting "
                                    "with another process") from None
-            time.sleep(0.5 * (attempt + 1))
-        except Exception as error:  # SQLAlchemy raises many kinds for a bad URL or unreachable server
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise StorageError(f"{source}: cannot open storage {_shown_url(url)}: {message[:160]}") from None
     raise AssertionError("unreachable")
+
+
+def _lost_schema_race(error) -> bool:
+    """Did creating Optuna's tables collide with another process creating them? Every database says it its
+    own way: a duplicate key (PostgreSQL's catalog, SQLite's alembic_version row), or a table that already
+    exists (SQLite's OperationalError, PostgreSQL's DuplicateTable, MySQL's 1050)."""
+    import sqlalchemy.exc
+
+    return isinstance(error, sqlalchemy.exc.IntegrityError) or (
+        isinstance(error, sqlalchemy.exc.DBAPIError) and "already exists" in str(error).lower())
 
 
 # Tables every Optuna RDB storage has (any version); a database with other tables and none of these is not ours.
