@@ -312,6 +312,10 @@ def _print_front(front, objectives: list[str]) -> None:
             columns = columns[:-1]
         short = True
     console.print(table)
+    if "front_reason" in front.columns:  # a two-level front: why each point stands (confirmed, or CE-only and why)
+        for trial, reason in zip(front["trial"], front["front_reason"]):
+            if isinstance(reason, str):
+                typer.echo(f"trial {int(trial)}: {reason}")
 
 
 def _front_table(front, columns: list[str], short: bool):

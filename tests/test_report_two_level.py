@@ -172,7 +172,7 @@ def test_the_teacher_table_flags_teachers_weaker_than_the_best_ce_only_student(t
 
 
 @pytest.mark.slow
-def test_show_prints_the_val_gain_of_every_front_point(two_level):
+def test_show_prints_the_val_gain_and_the_reason_of_every_front_point(two_level):
     study_file, _, study, _ = two_level
     shown = run_cli("show", study_file, env={"COLUMNS": "200"}, check=True).stdout
     assert "val_gain_pt" in shown and "choice" in shown, shown
@@ -182,6 +182,7 @@ def test_show_prints_the_val_gain_of_every_front_point(two_level):
     for number, choice in choices.items():
         assert f"{100 * choice.gain_vs_ce:+.2f}±{100 * choice.gain_se:.2f}" in lines[number], lines[number]
         assert LABELS[choice.role] in lines[number]
+        assert f"trial {number}: {choice.reason}" in shown.splitlines()  # why it stands there
 
 
 # ---------------------------------------------------------------------------------------------
