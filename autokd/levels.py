@@ -224,8 +224,7 @@ class TwoLevelPlan:
         return able or names
 
     def _level2_proposal(self, architecture: optuna.trial.FrozenTrial, role: str, able: list[str]) -> Proposal:
-        fixed = {name: value for name, value in architecture.params.items()
-                 if name.partition(".")[0] in ARCH_SECTIONS}
+        fixed = architecture_params(architecture)
         attrs = {"level": 2, "role": role, "arch": architecture.number, "seeds": paired_seeds(self.spec),
                  "teachers_allowed": able}
         if role != TUNED:
@@ -236,7 +235,6 @@ class TwoLevelPlan:
             if joined in self.space.subsets(subset):
                 fixed["distill.teachers"] = joined
         return Proposal(attrs, fixed)
-
 
     # -- confirmation --------------------------------------------------------------------------
 
@@ -266,9 +264,13 @@ class TwoLevelPlan:
         attrs = {"level": 2, "role": role, "arch": architecture.number, "seeds": confirm_seeds(self.spec),
                  "teachers_allowed": confirmed.user_attrs.get("teachers_allowed"), "confirms": confirmed.number}
         if role == CONFIRM_CE:
-            return Proposal(attrs, {name: value for name, value in architecture.params.items()
-                                    if name.partition(".")[0] in ARCH_SECTIONS})
+            return Proposal(attrs, architecture_params(architecture))
         return Proposal({**attrs, "confirms_role": confirmed.user_attrs["role"]}, dict(confirmed.params))
+
+
+def architecture_params(architecture: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A level-1 trial's student and schedule params: what a level-2 trial of its architecture fixes."""
+    return {name: value for name, value in architecture.params.items() if name.partition(".")[0] in ARCH_SECTIONS}
 
 
 def gain_guided_distillation(space: SearchSpace, level2: list[optuna.trial.FrozenTrial], seed: int) -> dict[str, Any]:
