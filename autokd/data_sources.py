@@ -10,13 +10,13 @@ with a file is one `DataError` line naming the ``data.*`` key and the file.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter1d
 
 from autokd.errors import DataError
 from autokd.spec import cut
@@ -25,6 +25,8 @@ __all__ = ["FASHION_MNIST_DIR", "MNIST1D_SEED", "RAW_INPUTS", "READERS", "Source
            "read_unlabeled_file"]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+# Embedded in scikit-learn (no download); found without importing sklearn.
+DIGITS_FILE = Path(importlib.util.find_spec("sklearn").submodule_search_locations[0]) / "datasets/data/digits.csv.gz"
 FASHION_MNIST_FILES = {  # role -> (IDX base name, magic number)
     "x_train": ("train-images-idx3-ubyte", 2051),
     "y_train": ("train-labels-idx1-ubyte", 2049),
@@ -59,10 +61,15 @@ class SourceArrays:
 
 
 def _read_digits(spec: Any, source: str) -> SourceArrays:
-    from sklearn.datasets import load_digits  # embedded in scikit-learn: no download
+    """scikit-learn's digits, read from the file it ships as `load_digits` reads it: importing sklearn takes
+    1.3 s, longer than a tiny search's training (tests/test_data_sources.py checks both give the same arrays)."""
+    table = np.loadtxt(DIGITS_FILE, delimiter=",") if DIGITS_FILE.is_file() else None
+    if table is None:  # another layout of scikit-learn: its own loader
+        from sklearn.datasets import load_digits
 
-    digits = load_digits()
-    return SourceArrays(x=digits.data.reshape(-1, 1, 8, 8), y=digits.target, num_classes=10)
+        digits = load_digits()
+        return SourceArrays(x=digits.data.reshape(-1, 1, 8, 8), y=digits.target, num_classes=10)
+    return SourceArrays(x=table[:, :-1].reshape(-1, 1, 8, 8), y=table[:, -1].astype(int), num_classes=10)
 
 
 # --- Fashion-MNIST ------------------------------------------------------------------------
@@ -167,6 +174,8 @@ def make_mnist1d(n: int, seed: int, length: int = 40) -> tuple[np.ndarray, np.nd
 
     shifted = (np.arange(canvas) - rng.integers(0, 48, n)[:, None]) % canvas
     x, on_digit = np.take_along_axis(x, shifted, 1), np.take_along_axis(on_digit, shifted, 1)
+
+    from scipy.ndimage import gaussian_filter1d  # MNIST-1D only: scipy costs every other dataset 0.25 s
 
     background = gaussian_filter1d(0.25 * rng.standard_normal((n, canvas)), sigma=2, axis=1)
     x = np.where(on_digit, x, background) + 0.02 * rng.standard_normal((n, canvas))

@@ -30,15 +30,12 @@ import pandas as pd
 
 from autokd.archs import check_code_allowed
 from autokd.config_files import load_study
-from autokd.data import load_data
 from autokd.paths import relative_paths, resolve_paths
 from autokd.results import checkpoint, counts, front_frame, trained_epochs, trials_frame, use_write_ahead_log
 from autokd.space import load_space
 from autokd.spec import StudySpec
 from autokd.study_store import (beat, check_outputs, check_resumable, clear_beat, existing_study,
                                 open_or_create_study, recover_interrupted)
-from autokd.teacher_outputs import teacher_outputs
-from autokd.teachers import check_teachers, prepare_teachers
 
 
 @dataclass
@@ -72,8 +69,6 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     A resume whose study file changed the space, data, teachers or training defaults is refused
     unless `accept_changes` (the stored trials were sampled and trained from the old ones).
     """
-    from autokd.levels import is_two_level
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Everything the user gave is checked before the storage is touched: bad input writes nothing.
     # Every path absolute from here on (a study file's relative to its folder, a StudySpec's to its source's).
@@ -82,6 +77,12 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     check_code_allowed(spec.student, "student", spec.source)  # running the user's code is opt-in
     storage_url = storage or spec.storage_url()
     check_outputs(spec, storage_url, storage_flag=storage is not None)
+    # torch loads from here on, not before: a bad study file or space is refused in half a second
+    from autokd.data import load_data
+    from autokd.levels import is_two_level
+    from autokd.teacher_outputs import teacher_outputs
+    from autokd.teachers import check_teachers, prepare_teachers
+
     data = load_data(spec.data, spec.source)
     check_teachers(spec.teachers, data, source=spec.source)
     _check_student(spec, space, data)

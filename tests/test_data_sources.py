@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from autokd.data import Dataset, batches, load_data
-from autokd.data_sources import FASHION_MNIST_DIR, make_mnist1d
+from autokd.data_sources import DIGITS_FILE, FASHION_MNIST_DIR, READERS, make_mnist1d
 from autokd.errors import DataError
 from conftest import class_counts, data_spec as spec
 
@@ -19,6 +19,24 @@ from conftest import class_counts, data_spec as spec
 @pytest.fixture(scope="module")
 def mnist1d() -> Dataset:
     return load_data(spec("mnist1d"))
+
+
+# --- digits -------------------------------------------------------------------------------
+
+
+def test_digits_read_from_sklearns_file_are_what_load_digits_gives(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    assert DIGITS_FILE.is_file()  # else every digits study pays sklearn's import (the fallback below)
+    expected = load_digits()
+    read = READERS["digits"](None, "study.yaml")
+    assert read.x.shape == (1797, 1, 8, 8) and read.num_classes == 10
+    assert np.array_equal(read.x.reshape(1797, 64), expected.data) and read.x.dtype == expected.data.dtype
+    assert np.array_equal(read.y, expected.target) and read.y.dtype == expected.target.dtype
+
+    monkeypatch.setattr("autokd.data_sources.DIGITS_FILE", Path("/nonexistent/digits.csv.gz"))
+    fallback = READERS["digits"](None, "study.yaml")
+    assert np.array_equal(fallback.x, read.x) and np.array_equal(fallback.y, read.y)
 
 
 # --- Fashion-MNIST ------------------------------------------------------------------------

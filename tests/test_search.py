@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import optuna
 import pytest
 
-from conftest import run_cli, tiny_study, with_faults
+from conftest import VALID_STUDY, run_cli, tiny_study, with_faults, write_config
 
 States = optuna.trial.TrialState
 
@@ -146,6 +149,16 @@ def test_the_public_search_is_the_function_even_after_its_module_is_imported():
     import autokd
 
     assert callable(autokd.search) and callable(autokd.train)
+
+
+def test_a_bad_space_is_refused_before_torch_loads(tmp_path):
+    """The study file and the space are checked before torch, Ray and the data load: under a second, not four."""
+    study = write_config(tmp_path, {**VALID_STUDY, "search_space": {"params": {
+        "distill.temperature": {"type": "float", "low": 4, "high": 1}}}})
+    probe = ("import sys\nfrom autokd.search import search\ntry:\n    search(sys.argv[1])\n"
+             "except Exception as error:\n    print(type(error).__name__, 'torch' in sys.modules)\n")
+    completed = subprocess.run([sys.executable, "-c", probe, str(study)], capture_output=True, text=True, timeout=120)
+    assert completed.stdout.split() == ["ConfigError", "False"], completed.stdout + completed.stderr[-2000:]
 
 
 @pytest.mark.slow
