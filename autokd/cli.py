@@ -53,6 +53,9 @@ def search(study: Path = typer.Argument(..., help="Study YAML file."),
     spec = _with_overrides(load_study(study), {"--trials": ("budget", "trials", trials),
                                                "--concurrency": ("resources", "concurrency", concurrency),
                                                "--timeout": ("budget", "time_limit_s", timeout)})
+    from autokd.space import load_space
+
+    load_space(spec)  # a bad space is one line before pandas, torch and Ray load (search() checks it again)
     from autokd.results import counts  # torch, Ray and Optuna load only once the flags are known to be good
     from autokd.search import SearchInterrupted
     from autokd.search import search as run_search

@@ -9,8 +9,9 @@ run of each arm warms the file cache first. Arms:
     autokd.search    python -c "import autokd.search"     (what the first call of autokd.search pays)
     missing file     autokd search <missing>.yaml         (the CLI as a user types it; target < 1 s)
     bad key          autokd search <digits.yaml + an unknown key>                  (target < 1 s)
+    bad space        autokd search <digits.yaml, a space with low > high>          (target < 1 s)
 
-The two bad-config arms must exit 2 with `error: ...` naming the problem, or the script stops:
+The bad-config arms must exit 2 with `error: ...` naming the problem, or the script stops:
 an arm that failed for another reason would time the wrong thing. The modules that a bare
 `import autokd` loads among torch, Optuna, Ray, pandas, matplotlib, scipy and numpy are listed.
 
@@ -47,6 +48,10 @@ def arms(folder: Path) -> dict[str, tuple[list[str], str | None]]:
     """Arm name -> (command, text its stderr must contain; None: must exit 0)."""
     bad_key = folder / "bad_key.yaml"
     bad_key.write_text((REPO / "studies" / "digits.yaml").read_text() + "\nnot_a_key: 1\n")
+    bad_space = folder / "bad_space.yaml"  # checked in `search.search`, after the study file, before torch
+    (folder / "space.yaml").write_text("params:\n  distill.temperature: {type: float, low: 4, high: 1}\n")
+    bad_space.write_text((REPO / "studies" / "digits.yaml").read_text().replace(
+        "search_space: ../search_spaces/kd_full.yaml", "search_space: space.yaml"))
     missing = folder / "missing.yaml"
     return {
         "torch": ([sys.executable, "-c", "import torch"], None),
@@ -54,6 +59,7 @@ def arms(folder: Path) -> dict[str, tuple[list[str], str | None]]:
         "autokd_search_module": ([sys.executable, "-c", "import autokd.search"], None),
         "missing_file": ([*cli(), "search", str(missing)], "file not found"),
         "bad_key": ([*cli(), "search", str(bad_key)], "not_a_key"),
+        "bad_space": ([*cli(), "search", str(bad_space)], "low must be <= high"),
     }
 
 
@@ -103,19 +109,22 @@ def main() -> None:
         "autokd_search_module_s": median["autokd_search_module"],
         "bad_config_missing_file_s": median["missing_file"],
         "bad_config_bad_key_s": median["bad_key"],
+        "bad_config_bad_space_s": median["bad_space"],
         "heavy_modules_after_import_autokd": heavy,
         "runs_s": {name: [round(s, 3) for s in values] for name, values in seconds.items()},
     }
     targets = {"autokd_minus_torch_s": f"<= {MAX_OVER_TORCH_S}", "bad_config_missing_file_s": f"< {MAX_BAD_CONFIG_S}",
-               "bad_config_bad_key_s": f"< {MAX_BAD_CONFIG_S}"}
+               "bad_config_bad_key_s": f"< {MAX_BAD_CONFIG_S}", "bad_config_bad_space_s": f"< {MAX_BAD_CONFIG_S}"}
     met = {"autokd_minus_torch_s": figures["autokd_minus_torch_s"] <= MAX_OVER_TORCH_S,
            "bad_config_missing_file_s": figures["bad_config_missing_file_s"] < MAX_BAD_CONFIG_S,
-           "bad_config_bad_key_s": figures["bad_config_bad_key_s"] < MAX_BAD_CONFIG_S}
+           "bad_config_bad_key_s": figures["bad_config_bad_key_s"] < MAX_BAD_CONFIG_S,
+           "bad_config_bad_space_s": figures["bad_config_bad_space_s"] < MAX_BAD_CONFIG_S}
     note = (f"Median of {runs} fresh interpreters per arm, interleaved. `import autokd` {figures['autokd_s']} s vs "
             f"`import torch` {figures['torch_s']} s: difference {figures['autokd_minus_torch_s']:+.3f} s, ratio "
             f"{figures['autokd_over_torch']} (heavy modules loaded: {', '.join(heavy) or 'none'}). "
             f"`autokd search` answers a missing file in {figures['bad_config_missing_file_s']} s and an unknown key "
-            f"in {figures['bad_config_bad_key_s']} s (target < {MAX_BAD_CONFIG_S} s).")
+            f"in {figures['bad_config_bad_key_s']} s and a bad search space in {figures['bad_config_bad_space_s']} s "
+            f"(target < {MAX_BAD_CONFIG_S} s).")
     for key, target in targets.items():
         print(f"{key}: {figures[key]} (target {target}: {'met' if met[key] else 'MISSED'})")
     print(f"autokd_over_torch: {figures['autokd_over_torch']}; heavy modules after `import autokd`: {heavy or 'none'}")
