@@ -63,13 +63,14 @@ class SourceArrays:
 def _read_digits(spec: Any, source: str) -> SourceArrays:
     """scikit-learn's digits, read from the file it ships as `load_digits` reads it: importing sklearn takes
     1.3 s, longer than a tiny search's training (tests/test_data_sources.py checks both give the same arrays)."""
-    table = np.loadtxt(DIGITS_FILE, delimiter=",") if DIGITS_FILE.is_file() else None
-    if table is None:  # another layout of scikit-learn: its own loader
+    if DIGITS_FILE.is_file():
+        table = np.loadtxt(DIGITS_FILE, delimiter=",")
+        x, y = table[:, :-1], table[:, -1].astype(int)
+    else:  # another layout of scikit-learn: its own loader
         from sklearn.datasets import load_digits
 
-        digits = load_digits()
-        return SourceArrays(x=digits.data.reshape(-1, 1, 8, 8), y=digits.target, num_classes=10)
-    return SourceArrays(x=table[:, :-1].reshape(-1, 1, 8, 8), y=table[:, -1].astype(int), num_classes=10)
+        x, y = load_digits(return_X_y=True)
+    return SourceArrays(x=x.reshape(-1, 1, 8, 8), y=y, num_classes=10)
 
 
 # --- Fashion-MNIST ------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def arms(folder: Path) -> dict[str, tuple[list[str], str | None]]:
     """Arm name -> (command, text its stderr must contain; None: must exit 0)."""
     bad_key = folder / "bad_key.yaml"
     bad_key.write_text((REPO / "studies" / "digits.yaml").read_text() + "\nnot_a_key: 1\n")
-    bad_space = folder / "bad_space.yaml"  # checked in `search.search`, after the study file, before torch
+    bad_space = folder / "bad_space.yaml"  # checked by the CLI right after the study file, before torch
     (folder / "space.yaml").write_text("params:\n  distill.temperature: {type: float, low: 4, high: 1}\n")
     bad_space.write_text((REPO / "studies" / "digits.yaml").read_text().replace(
         "search_space: ../search_spaces/kd_full.yaml", "search_space: space.yaml"))
