@@ -3,7 +3,7 @@
     study.yaml -> spec, space, data, teachers checked (nothing written yet)
                -> Ray started (a private local instance unless an address is given)
                -> Optuna study opened or created; teachers trained once, outputs cached
-               -> Tuner(AutokdSearcher [+ TwoLevelPlan], reuse_actors=True) -> trial.run_trial
+               -> Tuner(AutokdSearcher [+ TwoLevelPlan], reuse_actors=True) -> trial.run_stored_trial
                -> Optuna storage (COMPLETE / FAIL with reason / PRUNED: infeasible or stopped early)
 
 The jobs around it live in their own modules: `study_store` (storage, sampler, heartbeats,
@@ -188,13 +188,14 @@ def _work_left(spec: StudySpec, study: optuna.Study | None) -> bool:
 
 
 def _run_tuner(spec, space, data, outputs, storage_url, optuna_study, plan, address, progress) -> None:
+    import ray
     from ray import tune
 
     from autokd.progress import SearchProgress
     from autokd.ray_cluster import init_ray
     from autokd.scheduler import make_scheduler
     from autokd.searcher import CTRL_C, AutokdSearcher, DriverHeartbeat, ReraiseCtrlC
-    from autokd.trial import run_trial
+    from autokd.trial import run_stored_trial
 
     init_ray(address or spec.ray_address, spec)
     remaining = spec.budget.trials - counts(optuna_study)["done"]
@@ -205,7 +206,9 @@ def _run_tuner(spec, space, data, outputs, storage_url, optuna_study, plan, addr
                               len(optuna_study.get_trials(deepcopy=False)), plan)
     resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial,
                  **spec.resources.custom}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, outputs=outputs), resources)
+    # References inside a tuple: Tune passes them through unresolved, and each worker fetches the arrays once.
+    study_refs = (ray.put(data), ray.put(outputs))
+    trainable = tune.with_resources(tune.with_parameters(run_stored_trial, study_refs=study_refs), resources)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, reuse_actors=True,

@@ -23,6 +23,7 @@ SECTIONS = [
     ("orchestration_profile", "Where the search driver's time goes per trial: a cProfile on short trials",
      "issue 17.1"),
     ("trial_cost", "Trial cost vs a bare PyTorch loop; cached vs online teachers", "issue 6.2"),
+    ("study_fetch", "What a trial pays to receive the study's data from Ray's object store", "issue 17.1"),
     ("packing", "Packed trials: 8 configs of one MLP student as one batched model vs one by one", "issue 17.2"),
     ("search_quality", "Search quality: hypervolume of TPE vs random vs NSGA-II, and of the two-level search",
      "issue 6.3, issue 12"),

@@ -71,3 +71,30 @@ def test_a_failing_trial_reports_its_reason_and_the_curve_so_far(monkeypatch, ce
     assert len(sent) == 1
     assert sent[0]["failure_reason"] == "OSError: disk full"
     assert len(sent[0]["val_accuracy_curve"]) == sent[0]["epochs_trained"] == 2
+
+
+def test_a_worker_fetches_the_study_arrays_once_not_per_trial(monkeypatch, ce_trial):
+    """run_stored_trial: the object store is read once per worker process and study, not once per trial."""
+    from autokd import trial as trial_module
+
+    class Ref:  # stands in for ray.ObjectRef: an id and what ray.get returns for it
+        def __init__(self, object_id, value):
+            self.object_id, self.value = object_id, value
+
+        def hex(self):
+            return self.object_id
+
+    fetched, ran = [], []
+    monkeypatch.setattr(ray, "get", lambda refs: fetched.append([r.object_id for r in refs]) or [r.value for r in refs])
+    monkeypatch.setattr(trial_module, "run_trial", lambda trial, data, outputs: ran.append((data, outputs)))
+    monkeypatch.setattr(trial_module, "_fetched", {})
+    trial, data = ce_trial
+    study_refs = (Ref("data-1", data), Ref("outputs-1", None))
+    trial_module.run_stored_trial(trial, study_refs)
+    trial_module.run_stored_trial(trial, study_refs)
+    assert fetched == [["data-1", "outputs-1"]]
+    assert len(ran) == 2 and all(d is data and o is None for d, o in ran)  # the same objects, not copies
+
+    trial_module.run_stored_trial(trial, (Ref("data-2", data), Ref("outputs-2", None)))  # the next study
+    assert fetched[-1] == ["data-2", "outputs-2"]
+    assert list(trial_module._fetched) == [("data-2", "outputs-2")]  # the old study's arrays are let go
