@@ -23,6 +23,7 @@ every front point; >= +0.3 pt over CE-only at half of the front points or more.
     python benchmarks/distillation_gain.py              # 60 two-level trials (30 % level 1), flat at equal compute
     python benchmarks/distillation_gain.py --trials 30 --level1-share 0.4   # the smaller run (~15 min on 2 cores)
     python benchmarks/distillation_gain.py --trials 40 --level1-share 0.3 --level2-epochs 15  # level 2 at 15
+    python benchmarks/distillation_gain.py --level2-epochs 30 --epochs 30   # the patient schedule (~40 min)
     python benchmarks/distillation_gain.py --quick      # a smoke run (minutes)
 """
 
@@ -208,7 +209,8 @@ def main() -> None:
     confirm = not args.no_confirm
     # Runs before confirmation existed were unconfirmed: their names (and results) stay theirs.
     suffix = "_quick" if args.quick else "" if defaults and not confirm else f"_{trials}t_l1_{args.level1_share:g}" + (
-        f"_l2e{level2_epochs}" if level2_epochs else "") + ("_confirm" if confirm else "")
+        f"_l2e{level2_epochs}" if level2_epochs else "") + ("_confirm" if confirm else "") + (
+        f"_e{production_epochs}" if production_epochs != parser.get_default("epochs") and not args.quick else "")
 
     arms = {}
     unconfirmed = (f"fm_two_level_{trials}t_l1_{args.level1_share:g}{'_quick' if args.quick else ''}"
@@ -218,7 +220,9 @@ def main() -> None:
     study, figures = run_arm(two_level)
     arms["two_level"] = (two_level, study, figures)
     # The flat arm has nothing to confirm: the same study either way (resumed to the two-level arm's compute).
-    flat = study_spec(unconfirmed.replace("two_level", "flat"), "flat", 10 * trials, search_epochs,
+    # Enough trials that the compute, not the trial count, ends the flat arm.
+    flat = study_spec(unconfirmed.replace("two_level", "flat"), "flat",
+                      max(10 * trials, figures["epochs_trained"] // search_epochs + 1), search_epochs,
                       compute=figures["epochs_trained"])
     arms["flat"] = (flat, *run_arm(flat))
 
