@@ -39,6 +39,8 @@ SECTIONS = [
      "(40 trials, 30 % level 1, level-2 trials of 15 epochs)", "issue 12"),
     ("distillation_gain_60t_l1_0.3_l2e15_confirm", "Distillation gain with the choices confirmed on fresh seeds "
      "(search.confirm; 60 trials, 30 % level 1, level-2 trials of 15 epochs)", "issue 12"),
+    ("schedule_length", "Distillation's gain over CE-only at 15 and 30 epochs: fixed KD configs, paired seeds (val)",
+     "issue 12"),
     ("unlabeled_gain", "Unlabeled data on Fashion-MNIST: KD through the unlabeled pool vs CE on the labeled part",
      "issue 15.3"),
     ("attention_transfer", "Attention transfer on/off for CNN students at equal epochs, paired seeds", "issue 15.4"),
