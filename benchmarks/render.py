@@ -39,6 +39,8 @@ SECTIONS = [
      "(40 trials, 30 % level 1, level-2 trials of 15 epochs)", "issue 12"),
     ("distillation_gain_60t_l1_0.3_l2e15_confirm", "Distillation gain with the choices confirmed on fresh seeds "
      "(search.confirm; 60 trials, 30 % level 1, level-2 trials of 15 epochs)", "issue 12"),
+    ("distillation_gain_60t_l1_0.3_l2e30_confirm_e30", "Distillation gain with the patient schedule: level 2 and "
+     "production at 30 epochs (60 trials, 30 % level 1, confirmed on fresh seeds)", "issue 12"),
     ("schedule_length", "Distillation's gain over CE-only at 15 and 30 epochs: fixed KD configs, paired seeds (val)",
      "issue 12"),
     ("unlabeled_gain", "Unlabeled data on Fashion-MNIST: KD through the unlabeled pool vs CE on the labeled part",
