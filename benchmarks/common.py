@@ -7,10 +7,14 @@ library versions and date; `benchmarks/render.py` turns those files into BENCHMA
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 import os
 import platform
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,9 +22,15 @@ RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
 
+def installed_version(module: str) -> str:
+    """A library's version, or "not installed" (a lent GPU machine has torch but neither Ray nor Optuna)."""
+    try:
+        return importlib.import_module(module).__version__
+    except ImportError:
+        return "not installed"
+
+
 def machine() -> dict:
-    import optuna
-    import ray
     import torch
 
     cpu = "unknown"
@@ -29,8 +39,8 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available()
-            else None, "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-            "optuna": optuna.__version__, "platform": platform.platform(), "date": dt.datetime.now().isoformat(
+            else None, "python": platform.python_version(), "torch": torch.__version__, "ray": installed_version("ray"),
+            "optuna": installed_version("optuna"), "platform": platform.platform(), "date": dt.datetime.now().isoformat(
                 timespec="seconds")}
 
 
@@ -49,3 +59,28 @@ def write_result(name: str, figures: dict) -> Path:
     temporary.replace(path)
     print(f"wrote {path}")
     return path
+
+
+class UtilisationSampler:
+    """`nvidia-smi` GPU utilisation (%) sampled in a background thread: (seconds since start, value)."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s, self.samples = interval_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        while not self._stop.wait(self.interval_s):
+            output = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                    capture_output=True, text=True, check=False).stdout.split()
+            if output:
+                self.samples.append((time.perf_counter() - started, float(output[0])))
+
+    def __enter__(self) -> UtilisationSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -35,14 +35,12 @@ import datetime as dt
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from common import REPO, write_result  # noqa: E402  (common puts the repo on sys.path)
+from common import REPO, UtilisationSampler, write_result  # noqa: E402  (common puts the repo on sys.path)
 
 import optuna  # noqa: E402
 import torch  # noqa: E402
@@ -103,31 +101,6 @@ def start_ray(on_gpu: bool, logical_cpus: int) -> None:
         ray.init(num_cpus=max(os.cpu_count() or 1, logical_cpus), resources={FAKE_GPU: 1}, **kwargs)
 
 
-class UtilisationSampler:
-    """`nvidia-smi` GPU utilisation (%) sampled in a background thread: (seconds since start, value)."""
-
-    def __init__(self, interval_s: float = SAMPLE_INTERVAL_S):
-        self.interval_s, self.samples = interval_s, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        started = time.perf_counter()
-        while not self._stop.wait(self.interval_s):
-            output = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                                    capture_output=True, text=True, check=False).stdout.split()
-            if output:
-                self.samples.append((time.perf_counter() - started, float(output[0])))
-
-    def __enter__(self) -> UtilisationSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def run_intervals(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[dt.datetime, dt.datetime]]:
     """When each trial trained: completion time minus the training time its worker measured.
     (Optuna's datetime_start is when the driver proposed the trial, possibly long before it could run.)"""
@@ -158,7 +131,7 @@ def run_level(spec: StudySpec, k: int, on_gpu: bool) -> dict:
 
     started = time.perf_counter()
     if on_gpu:
-        with UtilisationSampler() as sampler:
+        with UtilisationSampler(SAMPLE_INTERVAL_S) as sampler:
             result = search(spec, progress=False, log=quiet)
     else:
         result = search(spec, progress=False, log=quiet)

@@ -15,11 +15,22 @@ Teacher logits are a fixed random tensor (cached outputs of one "teacher"): the 
 depend on their values. ``ratio`` = separate / packed, medians of the repeats, on this thread's CPU time
 (one torch thread: the epoch's cost, whatever else runs on the shared cores); ``ratio_wall`` on wall time.
 The arms alternate and swap order every repeat. ``same_weights``: the packed students' final weights equal
-the separate runs' bit for bit (``max_abs_diff`` otherwise). GPU arm: the same on CUDA when present (wall
-time, synchronised), else reported as not measured.
+the separate runs' bit for bit (``max_abs_diff`` otherwise); ``max_val_accuracy_gap_pt``: the largest gap in
+val accuracy between a packed student and its separate run.
 
-    python benchmarks/packing.py              # Fashion-MNIST, all 54,000 training samples, 3 repeats
-    python benchmarks/packing.py --quick      # 6,000 samples, 1 repeat
+GPU arm (CUDA present, or ``--devices cuda``): the same packs on the GPU under bf16 autocast (wall time,
+synchronised; the same training, not the same bits), plus ``level2_8x8``: the 8 level-2 configs on 8 seeds
+each, 64 students in one pack (a level-2 architecture's whole paired workload). Each arm's GPU utilisation
+(`nvidia-smi`, sampled every 0.2 s over its timed repeats) and config-epochs per hour (one config trained
+for one epoch = 1) are reported. It writes ``packing_gpu.json``; the CPU arm writes ``packing.json``.
+On the GPU the weights are not the same bits (cuBLAS's batched and single products round differently in
+bf16), and ``max_val_accuracy_gap_pt`` there is dominated by the KD configs: they fit a random teacher (val
+accuracy 10-35 % after one epoch), where last-bit differences grow into other runs. The packed loop's casts
+match `distill.fit`'s (tests/test_packing.py emulates bf16 autocast on the CPU: the same bits).
+
+    python benchmarks/packing.py                  # Fashion-MNIST, all 54,000 training samples, 3 repeats
+    python benchmarks/packing.py --quick          # 6,000 samples, 1 repeat
+    python benchmarks/packing.py --devices cuda   # the GPU arm alone (on a lent GPU machine)
 """
 
 from __future__ import annotations
@@ -28,14 +39,16 @@ import argparse
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-from common import write_result  # noqa: E402  (common puts the repo on sys.path)
+from common import UtilisationSampler, write_result  # noqa: E402  (common puts the repo on sys.path)
 
 import torch  # noqa: E402
 
 from autokd.data import Dataset, load_data  # noqa: E402
+from autokd.distill import evaluate  # noqa: E402
 from autokd.data_sources import FASHION_MNIST_DIR  # noqa: E402
 from autokd.packing import fit_packed  # noqa: E402
 from autokd.runner import run_config  # noqa: E402
@@ -44,6 +57,8 @@ from autokd.teacher_outputs import CachedTeacherOutputs  # noqa: E402
 
 WIDTHS = (16, 64, 256)
 PACK = 8
+GPU_SEEDS = 8  # level2_8x8: every level-2 config on this many seeds
+UTILISATION_INTERVAL_S = 0.2
 WARM_UP_SAMPLES = 1024
 SEED = 0
 TEACHER = {"name": "t", "arch": {"family": "mlp", "depth": 1, "width": 256}}
@@ -84,7 +99,10 @@ def config(width: int, distill: dict, schedule: dict, device: str) -> TrainConfi
 def packs(width: int, device: str) -> dict[str, tuple[list[TrainConfig], list[int]]]:
     level2 = [config(width, distill, schedule, device) for distill, schedule in LEVEL2_DISTILL]
     seeds = [config(width, LEVEL2_DISTILL[1][0], {}, device)] * PACK
-    return {"one_seed": (level2, [SEED] * PACK), "eight_seeds": (seeds, [SEED + k for k in range(PACK)])}
+    chosen = {"one_seed": (level2, [SEED] * PACK), "eight_seeds": (seeds, [SEED + k for k in range(PACK)])}
+    if device == "cuda":  # a GPU has room for far more than 8 tiny students at once
+        chosen["level2_8x8"] = (level2 * GPU_SEEDS, [SEED + k for k in range(GPU_SEEDS) for _ in level2])
+    return chosen
 
 
 def clocks() -> tuple[float, float]:
@@ -125,21 +143,32 @@ def measure(configs, seeds, data, outputs, device: str, repeats: int) -> dict:
     for arm in arms.values():  # untimed warm-up on a few batches: first calls pay for lazy initialisation
         arm(configs, seeds, warm_data, warm_outputs, device)
     names = list(arms)
+    utilisation: dict[str, list[float]] = {name: [] for name in arms}
     for repeat in range(repeats):
         for name in names[repeat % 2:] + names[:repeat % 2]:
-            started, students[name] = arms[name](configs, seeds, data, outputs, device)
-            wall, cpu = clocks()
+            with UtilisationSampler(UTILISATION_INTERVAL_S) if device == "cuda" else nullcontext() as sampler:
+                started, students[name] = arms[name](configs, seeds, data, outputs, device)
+                wall, cpu = clocks()
             times[name].append((wall - started[0], cpu - started[1]))
+            if sampler is not None:
+                utilisation[name] += [value for _, value in sampler.samples]
     wall = {name: statistics.median(w for w, _ in runs) for name, runs in times.items()}
     cpu = {name: statistics.median(c for _, c in runs) for name, runs in times.items()}
     diff = max_abs_diff(students["separate"], students["packed"])
+    accuracy_gap = max(abs(evaluate(a, data.x_val, data.y_val) - evaluate(b, data.x_val, data.y_val))
+                       for a, b in zip(students["separate"], students["packed"]))
     samples = len(data.y_train) * len(configs)  # one epoch of every config
     row = {"separate_wall_s": round(wall["separate"], 3), "packed_wall_s": round(wall["packed"], 3),
            "ratio_wall": round(wall["separate"] / wall["packed"], 2),
            "packed_samples_per_s": round(samples / wall["packed"]),
            "separate_samples_per_s": round(samples / wall["separate"]),
            "same_weights": diff == 0.0, "max_abs_diff": diff,
+           "max_val_accuracy_gap_pt": round(100 * accuracy_gap, 2),
            "all_wall_s": {name: [round(w, 3) for w, _ in runs] for name, runs in times.items()}}
+    if device == "cuda":
+        row.update({f"{name}_config_epochs_per_hour": round(len(configs) * 3600 / wall[name]) for name in arms})
+        row.update({f"{name}_gpu_utilisation_pct": round(statistics.fmean(values), 1) if values else None
+                    for name, values in utilisation.items()})
     if device == "cpu":
         row = {"separate_cpu_s": round(cpu["separate"], 3), "packed_cpu_s": round(cpu["packed"], 3),
                "ratio": round(cpu["separate"] / cpu["packed"], 2), **row}
@@ -157,40 +186,78 @@ def arm(device: str, data, outputs, repeats: int) -> dict:
     return rows
 
 
+def settings(data: Dataset, repeats: int) -> dict:
+    return {"data": data.name, "train_samples": len(data.y_train), "epochs": 1, "batch_size": 128, "pack": PACK,
+            "widths": list(WIDTHS), "repeats": repeats, "torch_threads": 1,
+            "level2_configs": [{"distill": d, "schedule": s} for d, s in LEVEL2_DISTILL]}
+
+
+def workload_note(data: Dataset, repeats: int) -> str:
+    return (f"{data.name}, MLP {data.x_train[0].numel()}-H-10, {len(data.y_train)} training samples, 1 epoch, "
+            f"medians of {repeats} repeat(s)")
+
+
+def write_cpu(rows: dict, data: Dataset, repeats: int, quick: bool) -> None:
+    figures = {"ratios": {key: row["ratio"] for key, row in rows.items()},
+               "ratios_wall": {key: row["ratio_wall"] for key, row in rows.items()},
+               "same_weights": all(row["same_weights"] for row in rows.values())}
+    note = (f"{workload_note(data, repeats)}, pack of {PACK}, 1 torch thread. Packed over separate, CPU time: "
+            + ", ".join(f"H={w} {rows[f'H{w}/one_seed']['ratio']}x" for w in WIDTHS)
+            + " (8 level-2 configs on one seed); "
+            + ", ".join(f"H={w} {rows[f'H{w}/eight_seeds']['ratio']}x" for w in WIDTHS)
+            + " (one config on 8 seeds). Final weights equal the separate runs' bit for bit: "
+            + ("yes" if figures["same_weights"] else "NO") + ". GPU: packing_gpu.json.")
+    print(note)
+    write_result("packing", {"quick": quick, "figures": figures, "note": note, "settings": settings(data, repeats),
+                             "cpu": rows})
+
+
+def write_gpu(rows: dict, data: Dataset, repeats: int, quick: bool) -> None:
+    def per_key(field: str) -> dict:
+        return {key: row[field] for key, row in rows.items()}
+
+    figures = {"ratios_wall": per_key("ratio_wall"),
+               "gpu_utilisation_pct_packed": per_key("packed_gpu_utilisation_pct"),
+               "gpu_utilisation_pct_separate": per_key("separate_gpu_utilisation_pct"),
+               "config_epochs_per_hour_packed": per_key("packed_config_epochs_per_hour"),
+               "config_epochs_per_hour_separate": per_key("separate_config_epochs_per_hour"),
+               "max_abs_weight_diff": max(row["max_abs_diff"] for row in rows.values()),
+               "max_val_accuracy_gap_pt": max(row["max_val_accuracy_gap_pt"] for row in rows.values())}
+    note = (f"{workload_note(data, repeats)}, bf16 autocast on {torch.cuda.get_device_name(0)}. Packed over "
+            "separate, wall time: "
+            + "; ".join(f"H={w} " + ", ".join(f"{pack} {rows[f'H{w}/{pack}']['ratio_wall']}x"
+                                              for pack in ("one_seed", "eight_seeds", "level2_8x8"))
+                        for w in WIDTHS)
+            + " (level2_8x8: 64 students, the 8 level-2 configs on 8 seeds). GPU utilisation packed / separate: "
+            + ", ".join(f"H={w} {rows[f'H{w}/level2_8x8']['packed_gpu_utilisation_pct']} / "
+                        f"{rows[f'H{w}/level2_8x8']['separate_gpu_utilisation_pct']} %" for w in WIDTHS)
+            + " (level2_8x8). Largest val accuracy gap between a packed student and its separate run: "
+            + f"{figures['max_val_accuracy_gap_pt']} pt.")
+    print(note)
+    write_result("packing_gpu", {"quick": quick, "figures": figures, "note": note,
+                                 "settings": {**settings(data, repeats), "gpu_seeds": GPU_SEEDS,
+                                              "utilisation_interval_s": UTILISATION_INTERVAL_S},
+                                 "gpu": rows})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6,000 training samples, 1 repeat")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--train-samples", type=int, default=None)
+    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=None,
+                        help="arms to run (default: cpu, and cuda when a CUDA device is present)")
     args = parser.parse_args()
+    devices = args.devices or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    if "cuda" in devices and not torch.cuda.is_available():
+        parser.error("--devices cuda: no CUDA device on this machine")
     repeats = args.repeats or (1 if args.quick else 3)
     train_samples = args.train_samples or (6000 if args.quick else None)
     torch.set_num_threads(1)
     data, outputs = workload(train_samples)
-    cpu_rows = arm("cpu", data, outputs, repeats)
-    gpu_rows = arm("cuda", data, outputs, repeats) if torch.cuda.is_available() else None
-
-    figures = {"ratios": {key: row["ratio"] for key, row in cpu_rows.items()},
-               "ratios_wall": {key: row["ratio_wall"] for key, row in cpu_rows.items()},
-               "same_weights": all(row["same_weights"] for row in cpu_rows.values()),
-               "gpu_ratios_wall": ({key: row["ratio_wall"] for key, row in gpu_rows.items()} if gpu_rows
-                                   else "not measured: no CUDA device on this machine")}
-    one_seed = [cpu_rows[f"H{w}/one_seed"]["ratio"] for w in WIDTHS]
-    note = (f"{data.name}, MLP {data.x_train[0].numel()}-H-10, {len(data.y_train)} training samples, 1 epoch, "
-            f"pack of {PACK}, 1 torch thread, medians of {repeats} repeat(s). Packed over separate, CPU time: "
-            + ", ".join(f"H={w} {r}x" for w, r in zip(WIDTHS, one_seed)) + " (8 level-2 configs on one seed); "
-            + ", ".join(f"H={w} {cpu_rows[f'H{w}/eight_seeds']['ratio']}x" for w in WIDTHS)
-            + " (one config on 8 seeds). Final weights equal the separate runs' bit for bit: "
-            + ("yes" if figures["same_weights"] else "NO") + ". GPU: "
-            + ("see gpu_ratios_wall" if gpu_rows else "not measured (no CUDA device on this machine)") + ".")
-    print(note)
-    write_result("packing", {"quick": args.quick, "figures": figures, "note": note,
-                             "settings": {"data": data.name, "train_samples": len(data.y_train), "epochs": 1,
-                                          "batch_size": 128, "pack": PACK, "widths": list(WIDTHS),
-                                          "repeats": repeats, "torch_threads": 1,
-                                          "level2_configs": [{"distill": d, "schedule": s}
-                                                             for d, s in LEVEL2_DISTILL]},
-                             "cpu": cpu_rows, "gpu": gpu_rows})
+    writers = {"cpu": write_cpu, "cuda": write_gpu}
+    for device in devices:
+        writers[device](arm(device, data, outputs, repeats), data, repeats, args.quick)
 
 
 if __name__ == "__main__":

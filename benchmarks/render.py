@@ -25,6 +25,8 @@ SECTIONS = [
     ("trial_cost", "Trial cost vs a bare PyTorch loop; cached vs online teachers", "issue 6.2"),
     ("study_fetch", "What a trial pays to receive the study's data from Ray's object store", "issue 17.1"),
     ("packing", "Packed trials: 8 configs of one MLP student as one batched model vs one by one", "issue 17.2"),
+    ("packing_gpu", "Packed trials on a GPU: 8 and 64 configs of one MLP student as one batched model vs one by one",
+     "issue 17.2"),
     ("search_quality", "Search quality: hypervolume of TPE vs random vs NSGA-II, and of the two-level search",
      "issue 6.3, issue 12"),
     ("search_quality_fashion_mnist", "Search quality on Fashion-MNIST alone (a run of that dataset only)",

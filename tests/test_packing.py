@@ -80,6 +80,21 @@ def test_a_pack_of_mixed_configs_on_one_seed_equals_their_separate_runs(digits, 
     assert_same_runs(fit_packed(configs, digits, outputs, seeds), separate_runs(configs, seeds, digits, outputs))
 
 
+def test_under_bf16_autocast_a_pack_equals_its_separate_runs(digits, outputs, monkeypatch):
+    """The CUDA path's arithmetic (bf16 autocast around the forward, losses in float32), emulated on the CPU:
+    both loops open `torch.autocast` for "cuda" only, so it is pointed at the CPU here. Equal runs say the
+    packed loop casts where `distill.fit` casts; on a GPU the kernels differ (`benchmarks/packing.py`)."""
+    configs = [config(**dict(d)) for d in MIXED]
+    seeds = [3] * len(configs)
+    float32_student, _ = separate_runs(configs[:1], seeds, digits, outputs)[0]
+    cpu_autocast = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda device_type, dtype, enabled: cpu_autocast("cpu", dtype=dtype))
+    packed, separate = fit_packed(configs, digits, outputs, seeds), separate_runs(configs, seeds, digits, outputs)
+    assert_same_runs(packed, separate)
+    bf16_weights, float32_weights = (m.state_dict() for m in (separate[0][0], float32_student))
+    assert any(not torch.equal(bf16_weights[name], float32_weights[name]) for name in bf16_weights)  # it did cast
+
+
 def test_a_pack_of_several_seeds_gives_each_config_its_own_batch_order(digits, outputs):
     """Paired design: a tuned config and its CE-only baseline on the same two seeds, four students in one pack."""
     tuned, baseline = config(**MIXED[1]), config(**MIXED[0])
