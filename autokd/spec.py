@@ -371,7 +371,7 @@ class SearchModeSpec(_Strict):
     # and the choice keeps its place only when that gain is positive (`pairing.confirm`).
     confirm: bool = True
     # A level-2 trial trains its seeds as one batched model when its student can pack (`packing`):
-    # the same runs bit for bit on CPU, 1.4-2x faster for small MLPs (benchmarks/packing.py).
+    # the same runs (bit for bit on Intel CPUs), 1.6-2.6x faster for small MLPs (benchmarks/packing.py).
     pack_seeds: bool = True
 
 

@@ -96,7 +96,7 @@ def run_trial(trial: dict, data, outputs) -> None:
                 tune.report({**last, **int8_accuracy([student]), "train_seconds": time.perf_counter() - started})
         else:
             students = []
-            if int8:  # one run per seed, the same runs as packed ones (bit for bit on CPU), to keep the students
+            if int8:  # one run per seed, the same runs as packed ones (`packing`), to keep the students
                 students, fitted = zip(*(runner.run_config(config, data, outputs, seed=seed, threads=threads,
                                                            device=device) for seed in seeds))
             else:
