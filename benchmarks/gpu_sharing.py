@@ -24,6 +24,10 @@ autokd's environment (`ray_cluster.RAY_ENVIRONMENT`), and every level reuses it
   concurrency 4: half a device per trial must still cap it at 2 at once. The GPU row is null,
   with a note saying it was not measured.
 
+The other way to fill a GPU with small students, packing K of them into one batched model (issue 17.2),
+is measured by `benchmarks/packing.py`'s GPU arm (config-epochs per hour and utilisation, one student
+vs 8 and 64 packed); it needs torch alone, no Ray or Optuna.
+
     python benchmarks/gpu_sharing.py            # k = 1, 2, 4, 8 (~5 min on 2 CPU cores)
     python benchmarks/gpu_sharing.py --quick    # k = 1, 2 on digits, short trials (a smoke run)
 """

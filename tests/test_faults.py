@@ -22,6 +22,7 @@ from typing import Callable
 import optuna
 import pytest
 
+from autokd.config_files import load_study
 from autokd.results import INTERRUPTED
 from conftest import AUTOKD, load_tiny, run_cli, tiny_study, trials_or_empty, with_faults
 
@@ -111,6 +112,40 @@ def test_sigkill_at_five_moments_then_resume_loses_nothing_and_trains_nothing_tw
     assert len(complete) == BUDGET, f"the budget of {BUDGET} was not completed: {len(complete)}"
     assert finished_before_kills, "no trial finished before the kills: the test exercised nothing"
     assert (tmp_path / "reports" / "tiny" / "index.html").is_file()  # the drivers ran in the study's folder
+
+
+def test_sigkill_in_the_middle_of_level_2_then_resume_loses_nothing_and_trains_nothing_twice(tmp_path):
+    """A two-level search killed while a level-2 trial trains (its paired seeds packed into one batched
+    model: MLP students) and another has finished: the resume keeps what finished, trains it not again,
+    re-runs the cut trial from its start and completes the budget with every baseline once."""
+    from autokd.levels import CE, VANILLA_KD
+
+    settings = {"mode": "two_level", "level1_share": 0.5, "architectures": 2, "seeds": 2, "level2_epochs": 6,
+                "confirm": False}
+    study_file = tiny_study(tmp_path, trials=8, epochs=2, search=settings)
+    assert load_study(study_file).search.pack_seeds  # on by default: the cut trial was a packed one
+
+    def mid_level2(_driver: Driver) -> bool:
+        level2 = [t for t in trials_or_empty(tmp_path) if t.user_attrs.get("level") == 2]
+        return any(t.state == States.COMPLETE for t in level2) and any(t.state == States.RUNNING for t in level2)
+
+    Driver(study_file, "--no-report").kill_when(mid_level2)
+    finished_before = {t.number: tuple(t.values) for t in trials_or_empty(tmp_path) if t.state == States.COMPLETE}
+    final = Driver(study_file, "--resume", "--no-report")
+    assert final.wait() == 0, "".join(final.lines[-40:])
+    trials = load_tiny(tmp_path).get_trials()
+    complete = [t for t in trials if t.state == States.COMPLETE]
+    assert {n: v for n, v in ((t.number, tuple(t.values)) for t in complete) if n in finished_before} == \
+        finished_before  # nothing lost
+    trained = [json.dumps(t.user_attrs["config"], sort_keys=True) for t in complete]
+    assert len(trained) == len(set(trained)), "a config was trained twice"
+    cut = [t for t in trials if t.state == States.FAIL]
+    assert cut and {(t.user_attrs.get("failure_reason"), t.user_attrs.get("level")) for t in cut} == \
+        {(INTERRUPTED, 2)}  # the one or two level-2 trials running at the kill
+    assert len(complete) == 8 and not [t for t in trials if t.state in (States.RUNNING, States.WAITING)]
+    for arch in {t.user_attrs["arch"] for t in complete if t.user_attrs.get("level") == 2}:
+        roles = [t.user_attrs["role"] for t in complete if t.user_attrs.get("arch") == arch]
+        assert (roles.count(CE), roles.count(VANILLA_KD)) == (1, 1), roles
 
 
 def test_a_worker_process_dying_mid_trial_fails_that_trial_with_a_reason(tmp_path):
