@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -143,6 +146,41 @@ def study_file(tmp_path):
     return tiny_study(tmp_path)
 
 
+@pytest.fixture(scope="session")
+def ray_head():
+    """One Ray head for the session: the environment that points `autokd search` at it (`--address`'s
+    RAY_ADDRESS). A CLI search that starts its own Ray pays ~7 s to start and stop it; the searches
+    whose test is not about that (how Ray starts or dies, Ctrl-C, kills, custom resources, GPU
+    visibility, faults injected into the workers' environment, paths seen from a worker's folder)
+    share this one. It is started as a user starts a cluster (`ray start --head`, in its own temp dir,
+    with the environment `ray_cluster.init_ray` gives a Ray it starts itself), and its whole process
+    group is killed after the session."""
+    from autokd.ray_cluster import RAY_ENVIRONMENT
+
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths are limited
+    env = {**os.environ, **RAY_ENVIRONMENT, "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port=0",
+                             f"--num-cpus={max(2, os.cpu_count() or 1)}", "--include-dashboard=false",
+                             "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    address_file = Path(temp_dir) / "ray_current_cluster"
+    try:
+        for _ in range(1200):  # up to 120 s on a busy machine
+            if address_file.is_file() and address_file.read_text().strip():
+                break
+            if head.poll() is not None:
+                raise RuntimeError(f"`ray start --head` exited {head.returncode}")
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("`ray start --head` wrote no address in 120 s")
+        yield {"RAY_ADDRESS": address_file.read_text().strip(), "RAY_AUTH_MODE": "disabled"}
+    finally:  # nothing of it is needed after the session: SIGKILL ends every process of its group at once
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # A real PostgreSQL server for the storage tests (Debian's `postgresql`, installed by .ci/run)
 
@@ -165,8 +203,6 @@ def _as_postgres(*command: str) -> None:
 def postgres_server():
     """A throw-away PostgreSQL cluster on a free loopback port; yields its base URL."""
     import glob
-    import shutil
-    import tempfile
 
     initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not initdb:

@@ -227,7 +227,7 @@ def test_a_space_with_w_at_only_for_cnn_students_is_accepted():
 
 
 @pytest.mark.slow
-def test_a_tiny_search_with_w_at_in_the_space(tmp_path):
+def test_a_tiny_search_with_w_at_in_the_space(tmp_path, ray_head):
     study = _write(tmp_path / "at.yaml", {
         "name": "at", "data": DATA, "cache_dir": str(tmp_path / "cache"),
         "teachers": [{"name": "cnn", "arch": CNN_TEACHER, "schedule": {"epochs": 2, "batch_size": 64}}],
@@ -236,7 +236,7 @@ def test_a_tiny_search_with_w_at_in_the_space(tmp_path):
                                     "distill.w_kd": {"type": "float", "low": 0.0, "high": 1.0}}},
         "budget": {"trials": 4}, "search": {"mode": "flat"}, "resources": {"concurrency": 1},
         "sampler": {"name": "random", "seed": 1}})
-    run_cli("search", study, "--no-progress", "--no-report", check=True, timeout=600)
+    run_cli("search", study, "--no-progress", "--no-report", env=ray_head, check=True, timeout=600)
     trials = load_tiny(tmp_path, "at").get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     w_at = [t.user_attrs["config"]["distill"].get("w_at", 0.0) for t in trials]

@@ -49,11 +49,11 @@ DELETE = object()
 
 
 @pytest.fixture(scope="module")
-def made_study(tmp_path_factory):
+def made_study(tmp_path_factory, ray_head):
     """A real finished study (2 trials) in SQLite, and its YAML document."""
     folder = tmp_path_factory.mktemp("badinput-study")
     path = tiny_study(folder, name=NAME, trials=2, epochs=1)
-    run_cli("search", path, "--no-report", "--no-progress", check=True)
+    run_cli("search", path, "--no-report", "--no-progress", env=ray_head, check=True)
     return yaml.safe_load(path.read_text()), folder / f"{NAME}.db"
 
 

@@ -9,10 +9,9 @@ benchmark imports, which nothing else would notice until the next benchmark run.
 from __future__ import annotations
 
 import importlib
-import os
+import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -49,21 +48,38 @@ def parses_arguments(name: str) -> bool:
     return '__name__ == "__main__"' not in source or "ArgumentParser" in source
 
 
-def help_run(name: str) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--help"], cwd=REPO,
-                              capture_output=True, text=True, timeout=HELP_TIMEOUT_S)
-    except subprocess.TimeoutExpired as error:
-        return subprocess.CompletedProcess(error.cmd, -1, "", f"no answer within {HELP_TIMEOUT_S} s")
+# Runs in a child Python: each script as `python benchmarks/x.py --help` would run it (as __main__, its
+# folder first on sys.path), one after another, so torch is imported once, not once a script.
+HELP_RUNNER = """
+import contextlib, io, json, runpy, sys, traceback
+sys.path.insert(0, sys.argv[1])
+answers = {}
+for path in sys.argv[2:]:
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    sys.argv = [path, "--help"]
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            runpy.run_path(path, run_name="__main__")
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    answers[path] = [code, stdout.getvalue(), stderr.getvalue()]
+print(json.dumps(answers))
+"""
 
 
 @pytest.fixture(scope="module")
 def help_runs() -> dict[str, subprocess.CompletedProcess]:
-    """`python benchmarks/x.py --help` for every script that parses its arguments, a few at a time
-    (each imports torch: seconds apiece)."""
-    names = [name for name in NAMES if parses_arguments(name)]
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        return dict(zip(names, pool.map(help_run, names)))
+    """`python benchmarks/x.py --help` for every script that parses its arguments."""
+    paths = [str(BENCHMARKS / f"{name}.py") for name in NAMES if parses_arguments(name)]
+    completed = subprocess.run([sys.executable, "-c", HELP_RUNNER, str(BENCHMARKS), *paths], cwd=REPO,
+                               capture_output=True, text=True, timeout=HELP_TIMEOUT_S)
+    assert completed.returncode == 0, f"the --help runner failed:\n{completed.stderr[-4000:]}"
+    answers = json.loads(completed.stdout.splitlines()[-1])
+    return {Path(path).stem: subprocess.CompletedProcess([path, "--help"], *answer)
+            for path, answer in answers.items()}
 
 
 @pytest.mark.parametrize("name", NAMES)

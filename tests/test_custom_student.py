@@ -273,13 +273,13 @@ def test_train_and_build_student_rebuild_the_same_student(allowed, tmp_path, mod
 
 
 @pytest.mark.slow
-def test_search_export_and_train_through_the_cli(tmp_path):
+def test_search_export_and_train_through_the_cli(tmp_path, ray_head):
     """The shipped example as a user runs it: a tiny search in Ray's workers, export, production training."""
     study = shipped_study(tmp_path, trials=3)
     document = yaml.safe_load(study.read_text())
     study.write_text(yaml.safe_dump({**document, "robust": {"top_k": 1, "seeds": 2}}, sort_keys=False))
-    searched = run_cli("search", study, "--no-progress", "--no-report", "--allow-code", env=without_opt_in(),
-                       check=True)
+    searched = run_cli("search", study, "--no-progress", "--no-report", "--allow-code",
+                       env={**without_opt_in(), **ray_head}, check=True)
     assert "3 complete" in searched.stdout, searched.stdout
     robust = [value for key, value in load_study_attrs(tmp_path).items() if key.startswith("robust.")]
     assert len(robust) == 1 and len(robust[0]["val_accuracies"]) == 2  # a Ray task re-ran it on another seed

@@ -216,14 +216,15 @@ def test_augment_needs_an_online_teacher(zoo, digits, tmp_path):
         torch.testing.assert_close(fresh, stored)
 
 
-def test_a_search_with_outside_teachers_completes_and_reports_exports_and_trains(zoo, digits, tmp_path):
+def test_a_search_with_outside_teachers_completes_and_reports_exports_and_trains(zoo, digits, tmp_path,
+                                                                                   ray_head):
     """A TorchScript and a logits-file teacher through a tiny flat search (the CLI as a user types it),
     then the report (test evaluations), export and production training of a trial."""
     _script(zoo[0].model, tmp_path / "teacher.pt")
     _outputs_file(zoo, digits, tmp_path / "outputs.npz")
     study = tiny_study(tmp_path, trials=2, epochs=1, teachers=[{"name": "ts", "torchscript": "teacher.pt"},
                                                                {"name": "offline", "logits": "outputs.npz"}])
-    searched = run_cli("search", study, "--no-report", "--no-progress", check=True)
+    searched = run_cli("search", study, "--no-report", "--no-progress", env=ray_head, check=True)
     assert "teacher ts: TorchScript from" in searched.stdout and "teachers once" not in searched.stdout
 
     summary = json.loads((build_report(study, out=tmp_path / "report", baselines=False, log=lambda line: None)

@@ -40,9 +40,10 @@ def _wait_for_complete(url: str, count: int, timeout: float = 240) -> None:
     raise AssertionError(f"fewer than {count} complete trials after {timeout} s")
 
 
-def test_search_writes_the_study_to_postgres_and_show_reads_it_by_name(tmp_path, postgres_url):
+def test_search_writes_the_study_to_postgres_and_show_reads_it_by_name(tmp_path, postgres_url, ray_head):
     study_file = tiny_study(tmp_path, trials=4, epochs=2)
-    run_cli("search", study_file, "--storage", postgres_url, "--no-report", "--no-progress", check=True)
+    run_cli("search", study_file, "--storage", postgres_url, "--no-report", "--no-progress", env=ray_head,
+            check=True)
 
     trials = _trials(postgres_url)
     assert sum(t.state == States.COMPLETE for t in trials) == 4

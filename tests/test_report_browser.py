@@ -88,13 +88,13 @@ def check_knee(found: dict, dom: str, folder: Path, study: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def digits_report(tmp_path_factory):
+def digits_report(tmp_path_factory, ray_head):
     """A small real digits study, searched and reported the way a user does it (baselines off)."""
     from autokd.report import build_report
 
     folder = tmp_path_factory.mktemp("browser")
     study = tiny_study(folder, trials=6, constraints=["params <= 5000"])
-    run_cli("search", study, "--no-report", "--no-progress", check=True, timeout=600)
+    run_cli("search", study, "--no-report", "--no-progress", env=ray_head, check=True, timeout=600)
     return build_report(str(study), out=folder / "report", baselines=False, log=lambda m: None), study
 
 

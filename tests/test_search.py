@@ -18,8 +18,8 @@ def load(path, name="tiny"):
 
 
 @pytest.mark.slow
-def test_search_writes_a_real_optuna_study(study_file):
-    completed = run_cli("search", study_file, "--no-report", check=True)
+def test_search_writes_a_real_optuna_study(study_file, ray_head):
+    completed = run_cli("search", study_file, "--no-report", env=ray_head, check=True)
     assert "Pareto front" in completed.stdout
 
     study = load(study_file)
@@ -41,7 +41,7 @@ def test_search_writes_a_real_optuna_study(study_file):
 
 
 @pytest.mark.slow
-def test_the_readme_optuna_dashboard_recipe_shows_metric_names_and_curves(study_file):
+def test_the_readme_optuna_dashboard_recipe_shows_metric_names_and_curves(study_file, ray_head):
     """`optuna-dashboard sqlite:///studies/x.db` (README): its API serves what autokd wrote."""
     import io
     import json
@@ -49,7 +49,7 @@ def test_the_readme_optuna_dashboard_recipe_shows_metric_names_and_curves(study_
 
     from optuna_dashboard import wsgi
 
-    run_cli("search", study_file, "--no-report", "--no-progress", "--trials", "2", check=True)
+    run_cli("search", study_file, "--no-report", "--no-progress", "--trials", "2", env=ray_head, check=True)
     app = wsgi(f"sqlite:///{study_file.parent / 'tiny.db'}")
 
     def get(path: str) -> dict:
@@ -70,9 +70,9 @@ def test_the_readme_optuna_dashboard_recipe_shows_metric_names_and_curves(study_
 
 
 @pytest.mark.slow
-def test_infeasible_configs_are_never_trained(tmp_path):
+def test_infeasible_configs_are_never_trained(tmp_path, ray_head):
     study_file = tiny_study(tmp_path, trials=4, constraints=["params <= 900"])
-    run_cli("search", study_file, "--no-report", check=True)
+    run_cli("search", study_file, "--no-report", env=ray_head, check=True)
     trials = load(study_file).get_trials()
     infeasible = [t for t in trials if t.state == States.PRUNED]
     assert infeasible, "the space has students far above 900 params; some proposals must be infeasible"
@@ -83,8 +83,8 @@ def test_infeasible_configs_are_never_trained(tmp_path):
 
 
 @pytest.mark.slow
-def test_existing_study_needs_resume_and_nothing_is_written(study_file):
-    run_cli("search", study_file, "--no-report", check=True)
+def test_existing_study_needs_resume_and_nothing_is_written(study_file, ray_head):
+    run_cli("search", study_file, "--no-report", env=ray_head, check=True)
     storage = study_file.parent / "tiny.db"
     before = storage.read_bytes()
     again = run_cli("search", study_file, "--no-report")
@@ -162,7 +162,7 @@ def test_a_bad_space_is_refused_before_torch_loads(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_compute_budget_stops_new_trials_and_resume_adds_none(tmp_path):
+def test_a_compute_budget_stops_new_trials_and_resume_adds_none(tmp_path, ray_head):
     """budget.epochs: no trial starts once that many epochs were trained; running ones finish.
 
     The epochs of early-stopped trials count too (Tune does not pass a scheduler's stopping
@@ -174,7 +174,7 @@ def test_a_compute_budget_stops_new_trials_and_resume_adds_none(tmp_path):
     study_file = tiny_study(tmp_path, trials=60, epochs=epochs, budget={"trials": 60, "epochs": budget},
                             resources={"concurrency": concurrency},
                             early_stopping={"kind": "pareto", "grace_epochs": 1, "eta": 2})
-    run_cli("search", study_file, "--no-report", "--no-progress", check=True, timeout=600)
+    run_cli("search", study_file, "--no-report", "--no-progress", env=ray_head, check=True, timeout=600)
     study = load(study_file)
     trained = [t for t in study.get_trials() if t.state in (States.COMPLETE, States.FAIL)
                or t.user_attrs.get("epochs_trained")]
@@ -186,12 +186,13 @@ def test_a_compute_budget_stops_new_trials_and_resume_adds_none(tmp_path):
     assert any(t.state == States.COMPLETE for t in trained)
     assert sum(len(t.user_attrs["val_accuracy_curve"]) for t in trained) == spent
 
-    run_cli("search", study_file, "--resume", "--no-report", "--no-progress", check=True, timeout=600)
+    run_cli("search", study_file, "--resume", "--no-report", "--no-progress", env=ray_head, check=True,
+            timeout=600)
     assert len(load(study_file).get_trials()) == len(study.get_trials())
 
 
 @pytest.mark.slow
-def test_robust_front_reruns_the_top_front_configs_and_the_report_ranks_them(tmp_path):
+def test_robust_front_reruns_the_top_front_configs_and_the_report_ranks_them(tmp_path, ray_head):
     import json
 
     import pandas as pd
@@ -199,7 +200,7 @@ def test_robust_front_reruns_the_top_front_configs_and_the_report_ranks_them(tmp
     from autokd.report import build_report
 
     study_file = tiny_study(tmp_path, trials=6, robust={"top_k": 2, "seeds": 2})
-    run_cli("search", study_file, "--no-report", "--no-progress", check=True, timeout=600)
+    run_cli("search", study_file, "--no-report", "--no-progress", env=ray_head, check=True, timeout=600)
     study = load(study_file)
     reruns = {int(k.removeprefix("robust.")): v for k, v in study.user_attrs.items() if k.startswith("robust.")}
     complete = {t.number: t for t in study.get_trials() if t.state == States.COMPLETE}
@@ -210,7 +211,8 @@ def test_robust_front_reruns_the_top_front_configs_and_the_report_ranks_them(tmp
         assert rerun["val_accuracies"][0] == trial.values[0]      # the search's own run is the first seed
         assert rerun["mean"] == pytest.approx(sum(rerun["val_accuracies"]) / 2)
 
-    run_cli("search", study_file, "--resume", "--no-report", "--no-progress", check=True, timeout=600)
+    run_cli("search", study_file, "--resume", "--no-report", "--no-progress", env=ray_head, check=True,
+            timeout=600)
     assert {k: v for k, v in load(study_file).user_attrs.items() if k.startswith("robust.")} == \
         {f"robust.{n}": v for n, v in reruns.items()}              # resume re-runs nothing
 

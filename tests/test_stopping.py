@@ -296,13 +296,13 @@ def test_the_front_is_chosen_by_final_accuracy():
 
 
 @pytest.mark.slow
-def test_search_with_pareto_stopping_prunes_trials_and_keeps_them_off_the_front(tmp_path):
+def test_search_with_pareto_stopping_prunes_trials_and_keeps_them_off_the_front(tmp_path, ray_head):
     from autokd.results import front_frame, trials_frame
 
     epochs = 8
     study_file = tiny_study(tmp_path, name="stop", trials=10, epochs=epochs,
                             early_stopping={"kind": "pareto", "grace_epochs": 1, "eta": 2})
-    run_cli("search", study_file, "--no-report", "--no-progress", check=True, timeout=600)
+    run_cli("search", study_file, "--no-report", "--no-progress", env=ray_head, check=True, timeout=600)
 
     study = optuna.load_study(study_name="stop", storage=f"sqlite:///{tmp_path / 'stop.db'}")
     trials = study.get_trials()

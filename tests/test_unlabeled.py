@@ -240,7 +240,7 @@ def test_an_unlabeled_file_trains_through_the_cli(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_search_with_unlabeled_data_runs_end_to_end_through_the_cli(tmp_path):
+def test_a_search_with_unlabeled_data_runs_end_to_end_through_the_cli(tmp_path, ray_head):
     document = {
         "name": "unlabeled", "data": {"name": "digits", "val_fraction": 0.15, "unlabeled": {"keep_labels": 200}},
         "teachers": [{**TEACHERS[0], "schedule": {"epochs": 3}}],
@@ -252,7 +252,7 @@ def test_a_search_with_unlabeled_data_runs_end_to_end_through_the_cli(tmp_path):
         "budget": {"trials": 3}, "cache_dir": str(tmp_path / "cache"), "resources": {"concurrency": 1}}
     study_file = tmp_path / "unlabeled.yaml"
     study_file.write_text(yaml.safe_dump(document, sort_keys=False))
-    run_cli("search", study_file, "--no-progress", "--no-report", check=True, timeout=600)
+    run_cli("search", study_file, "--no-progress", "--no-report", env=ray_head, check=True, timeout=600)
     trials = load_tiny(tmp_path, "unlabeled").get_trials()
     assert sum(t.state.name == "COMPLETE" for t in trials) == 3
     run_cli("report", study_file, "--out", tmp_path / "report", check=True, timeout=600)  # test runs, baselines
