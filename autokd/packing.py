@@ -31,10 +31,11 @@ On CPU every config's weights and validation accuracies equal its separate run's
 each Linear is one ``baddbmm``, which multiplies config by config with the BLAS call ``F.linear``
 makes. On the Intel Xeon CPUs measured first that is bit for bit; on an AMD EPYC (AVX-512) the
 batched and single products round differently in the last bits, and training grows that as it grows
-any rounding: ~1e-7 in the weights after two epochs on digits, 0.03 (0.08 pt of val accuracy) after
-one Fashion-MNIST epoch fitting a random teacher at 256 hidden units (benchmarks/packing.py). The
-reported ``train_loss`` is reduced over the pack in another order (its gradients are not). On CUDA
-(bf16 autocast, other kernels) the runs are the same training, not the same bits.
+any rounding: ~1e-7 in the weights after two epochs on digits, 0.12 (0.15 pt of val accuracy) after
+one Fashion-MNIST epoch at 256 hidden units (benchmarks/packing.py). The reported ``train_loss`` is
+reduced over the pack in another order (its gradients are not). On CUDA (bf16 autocast, other kernels)
+the runs are the same training, not the same bits: +0.01 to +0.04 pt of val accuracy on average over
+64 students after an epoch on an H200 (benchmarks/packing.py's GPU arm).
 A pack shares the student architecture (family ``mlp``), ``schedule.epochs`` and
 ``schedule.batch_size`` (`pack_key`). Not packable:
 ``cnn`` and ``resnet`` students, ``w_feat > 0`` (a per-config regressor), ``augment``,
