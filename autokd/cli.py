@@ -171,9 +171,8 @@ def report(study: str = typer.Argument(..., help="Study YAML file, or the study'
                                           help="Train CE-only and vanilla-KD baselines for front students."),
            allow_code: bool = ALLOW_CODE) -> None:
     """Write the Pareto report: HTML, plots, CSV and JSON."""
-    from autokd.report import build_report
-
-    _allow_code(allow_code, study, storage)  # the report retrains front students on test
+    _allow_code(allow_code, study, storage)  # the report retrains front students on test; an unknown study is refused
+    from autokd.report import build_report  # torch and matplotlib: once the study is known
 
     folder = build_report(study, storage=storage, out=out, baselines=baselines)
     typer.echo(f"report: {folder / 'index.html'}")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -34,14 +34,14 @@ import yaml
 
 from autokd.atomic import write_text
 from autokd.config_files import load_train_config, read_yaml, train_config_from_dict
-from autokd.data import Dataset, load_data
 from autokd.errors import AutokdError
 from autokd.pareto import knee_index, select_index
 from autokd.paths import relative_path, relative_paths, resolve_paths
 from autokd.results import architecture_choices, log_sizes, study_and_spec
 from autokd.spec import DataSpec, StudySpec, TrainConfig
-from autokd.teacher_files import file_digest
-from autokd.teachers import teacher_key
+
+if TYPE_CHECKING:
+    from autokd.data import Dataset
 
 RULE_FLAGS = "--trial, --max-params/--max-bytes, --min-accuracy, --knee"
 DATASET_KEYS = {"data_dir": "fashion-mnist", "path": "file", "mnist1d_samples": "mnist1d"}  # key -> the one reader
@@ -192,6 +192,8 @@ def exported_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: 
     uses_teachers = stored.distill.uses_teachers
     teachers = stored.selected_teachers() if uses_teachers else []
     data_spec = _dataset_data(stored.data)
+    from autokd.data import load_data  # torch: once a trial is chosen (a bad choice is refused in a second)
+
     data = load_data(data_spec, where)
     keys = _teacher_keys(teachers, data, where)  # from the absolute files, before they become relative
     folder = Path(folder)
@@ -249,6 +251,9 @@ def _teacher_keys(teachers: list, data: Dataset, where: str) -> dict[str, str]:
     if missing:
         raise AutokdError(f"export: {where}: teacher {missing[0].file_key} not found: {missing[0].file} (open the "
                           "study by its YAML file so that relative teacher paths resolve)")
+    from autokd.teacher_files import file_digest
+    from autokd.teachers import teacher_key
+
     fingerprint = data.fingerprint()
     return {t.name: teacher_key(t, fingerprint, file_digest(Path(t.file)) if t.file else None) for t in teachers}
 

@@ -43,7 +43,7 @@ def open_storage(url: str, source: str = "--storage", *, fast_commits: bool = Fa
     A database that holds tables but none of Optuna's belongs to another program: it is refused
     before Optuna would add its own tables to it. An empty or new database is fine."""
     if "://" in url:
-        _refuse_foreign_database(url, source)
+        holds_optuna_tables(url, source)  # refuses another program's database
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
         try:
             if url.endswith((".log", ".journal")) and "://" not in url:
@@ -81,12 +81,15 @@ def _lost_schema_race(error) -> bool:
 OPTUNA_TABLES = frozenset({"alembic_version", "studies", "trials", "version_info"})
 
 
-def _refuse_foreign_database(url: str, source: str) -> None:
-    """Raise StorageError when `url` is an existing database with tables but none of Optuna's. Reads only."""
+def holds_optuna_tables(url: str, source: str) -> bool:
+    """Does the database at `url` hold Optuna's tables? Reads only: opening a new database with Optuna
+    creates its tables, and a check must write nothing. A database with tables but none of Optuna's
+    belongs to another program: a one-line StorageError, before Optuna would add its own tables to it.
+    True when the database cannot be read here (a server down, a bad URL): opening it says why."""
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///").partition("?")[0])
         if not path.is_file() or path.stat().st_size == 0:
-            return  # new or empty: Optuna makes its tables
+            return False  # new or empty: Optuna makes its tables
         try:
             tables = _sqlite_tables(path, immutable=True)
         except sqlite3.Error:
@@ -105,11 +108,12 @@ def _refuse_foreign_database(url: str, source: str) -> None:
             finally:
                 engine.dispose()
         except Exception:  # unreachable, bad URL, no driver: Optuna's own attempt says so in its words
-            return
+            return True
     if tables and not tables & OPTUNA_TABLES:
         listed = ", ".join(sorted(tables)[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
         raise StorageError(f"{source}: {_shown_url(url)} is a database of another program (tables: {listed[:80]}), "
                            "not Optuna's; refused rather than adding Optuna's tables to it")
+    return bool(tables & OPTUNA_TABLES)
 
 
 def _sqlite_tables(path: Path, immutable: bool) -> set[str]:

@@ -34,7 +34,7 @@ from autokd.paths import relative_paths, resolve_paths
 from autokd.results import checkpoint, counts, front_frame, trained_epochs, trials_frame, use_write_ahead_log
 from autokd.space import load_space
 from autokd.spec import StudySpec
-from autokd.study_store import (beat, check_outputs, check_resumable, clear_beat, existing_study,
+from autokd.study_store import (beat, check_outputs, check_resumable, check_unchanged, clear_beat, existing_study,
                                 open_or_create_study, recover_interrupted)
 
 
@@ -77,7 +77,11 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     check_code_allowed(spec.student, "student", spec.source)  # running the user's code is opt-in
     storage_url = storage or spec.storage_url()
     check_outputs(spec, storage_url, storage_flag=storage is not None)
-    # torch loads from here on, not before: a bad study file or space is refused in half a second
+    stored = existing_study(spec, storage_url)  # reads only: Optuna's tables are made once every check passed
+    if stored is not None:
+        check_resumable(spec, stored, storage_url, resume)
+    # torch loads from here on, not before: a bad study file, space, storage or a missing --resume is
+    # refused in a second
     from autokd.data import load_data
     from autokd.levels import is_two_level
     from autokd.teacher_outputs import teacher_outputs
@@ -88,9 +92,8 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     _check_student(spec, space, data)
     attention = _check_attention(spec, space, data)
     signature = {name: param.model_dump() for name, param in space.params.items()}
-    stored = existing_study(spec, storage_url)
     if stored is not None:
-        changes = check_resumable(spec, stored, storage_url, resume, signature, accept_changes)
+        changes = check_unchanged(spec, stored, signature, accept_changes)
         if changes:
             log(f"resume: --accept-changes: {', '.join(changes)} differ from the stored study")
     if _work_left(spec, stored):

@@ -26,7 +26,7 @@ from optuna.storages._rdb.storage import _create_scoped_session
 
 from autokd.errors import StorageError
 from autokd.paths import absolute_path, is_path_key, relative_paths
-from autokd.results import INTERRUPTED, open_storage
+from autokd.results import INTERRUPTED, holds_optuna_tables, open_storage
 from autokd.spec import StudySpec, cut, derived_seed
 
 DRIVER = f"{socket.gethostname()}:{os.getpid()}"
@@ -206,11 +206,15 @@ def check_outputs(spec: StudySpec, storage_url: str, storage_flag: bool = False)
 
 
 def existing_study(spec: StudySpec, storage_url: str) -> optuna.Study | None:
-    """The study if the storage already holds it; creates neither the storage file nor the study."""
+    """The study if the storage already holds it. Writes nothing: neither the storage file, nor Optuna's
+    tables in a new database (opening one with Optuna makes them), nor the study."""
     path = storage_file(storage_url)
     if path is not None and not path.is_file():
         return None
-    storage = open_storage(storage_url, f"{spec.source}: storage" if storage_url == spec.storage_url() else "--storage")
+    source = f"{spec.source}: storage" if storage_url == spec.storage_url() else "--storage"
+    if "://" in storage_url and not holds_optuna_tables(storage_url, source):
+        return None
+    storage = open_storage(storage_url, source)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     return optuna.load_study(study_name=spec.name, storage=storage) if spec.name in names else None
 
@@ -221,16 +225,10 @@ def existing_study(spec: StudySpec, storage_url: str) -> optuna.Study | None:
 RESUME_COMPARED = ("data", "teachers", "student", "distill", "schedule", "seed", "augment", "search")
 
 
-def check_resumable(spec: StudySpec, study: optuna.Study, storage_url: str, resume: bool,
-                    space_signature: dict, accept_changes: bool = False) -> list[str]:
-    """Refuse to mix runs that would not be comparable; raises a one-line StorageError.
-
-    A study with trials resumed from a file whose space, data, teachers or training defaults
-    differ from the stored ones is refused, naming the changed keys; with `accept_changes`
-    it goes on, and the changed keys are returned. Objectives can never change: the stored
-    trials' values measure the old ones."""
-    trials = study.get_trials(deepcopy=False)
-    if not resume and trials:
+def check_resumable(spec: StudySpec, study: optuna.Study, storage_url: str, resume: bool) -> None:
+    """Refuse to add to a stored study without --resume, or with other objectives; a one-line StorageError.
+    Reads nothing but the storage: checked before the data loads (`check_unchanged` needs it checked first)."""
+    if not resume and study.get_trials(deepcopy=False):
         raise StorageError(f"{spec.source}: name: study {spec.name!r} already has trials in {storage_url}; "
                            "use --resume to continue it (or give the study another name)")
     directions = [d.name.lower() for d in study.directions]
@@ -238,7 +236,17 @@ def check_resumable(spec: StudySpec, study: optuna.Study, storage_url: str, resu
         raise StorageError(f"{spec.source}: objectives: study {spec.name!r} was run with "
                            f"{cut(str(study.user_attrs.get('objectives') or directions), 60)}, the file asks for "
                            f"{cut(str(spec.objectives), 60)}; its trials' values cannot change meaning")
-    changes = resume_changes(spec, study, space_signature) if trials else []
+
+
+def check_unchanged(spec: StudySpec, study: optuna.Study, space_signature: dict,
+                    accept_changes: bool = False) -> list[str]:
+    """Refuse to mix runs that would not be comparable; raises a one-line StorageError.
+
+    A study with trials resumed from a file whose space, data, teachers or training defaults
+    differ from the stored ones is refused, naming the changed keys; with `accept_changes`
+    it goes on, and the changed keys are returned. Checked after the data and teachers: a
+    broken data section is named as such, not as a change."""
+    changes = resume_changes(spec, study, space_signature) if study.get_trials(deepcopy=False) else []
     if changes and not accept_changes:
         shown = ", ".join(cut(key, 50) for key in changes[:3]) + (f" (+{len(changes) - 3} more)"
                                                                    if len(changes) > 3 else "")
@@ -313,7 +321,8 @@ def open_or_create_study(spec: StudySpec, storage_url: str, resume: bool, space_
     """The study in storage, created when new; refuses to mix runs that would not be comparable."""
     study = existing_study(spec, storage_url)
     if study is not None:
-        check_resumable(spec, study, storage_url, resume, space_signature)
+        check_resumable(spec, study, storage_url, resume)
+        check_unchanged(spec, study, space_signature)
         return study
     storage = open_storage(storage_url)
     try:

@@ -41,7 +41,7 @@ def _wait_for_complete(url: str, count: int, timeout: float = 240) -> None:
 
 
 def test_search_writes_the_study_to_postgres_and_show_reads_it_by_name(tmp_path, postgres_url, ray_head):
-    study_file = tiny_study(tmp_path, trials=4, epochs=2)
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=4, epochs=2)
     run_cli("search", study_file, "--storage", postgres_url, "--no-report", "--no-progress", env=ray_head,
             check=True)
 
@@ -52,13 +52,30 @@ def test_search_writes_the_study_to_postgres_and_show_reads_it_by_name(tmp_path,
     assert "Pareto front" in shown.stdout
 
 
+def test_looking_for_a_study_in_a_new_database_makes_no_tables(tmp_path, postgres_url):
+    """The resume checks run before the data loads: finding no study must not leave Optuna's tables behind
+    (a search refused later, for its data, wrote nothing)."""
+    import sqlalchemy
+
+    from autokd.config_files import load_study
+    from autokd.study_store import existing_study
+
+    assert existing_study(load_study(tiny_study(tmp_path)), postgres_url) is None
+    engine = sqlalchemy.create_engine(postgres_url)
+    try:
+        assert sqlalchemy.inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+
+
 def test_two_drivers_add_to_one_study_at_the_same_time(tmp_path, postgres_url):
     budget = 4
     files = []
     for seed in (0, 1):
         folder = tmp_path / f"driver{seed}"
         folder.mkdir()
-        files.append(tiny_study(folder, trials=budget, epochs=2, sampler={"name": "tpe", "seed": seed}))
+        files.append(tiny_study(folder, cached_teachers=True, trials=budget, epochs=2,
+                                sampler={"name": "tpe", "seed": seed}))
     drivers = [_start_search(path, postgres_url) for path in files]
     outputs = [driver.communicate(timeout=400)[0] for driver in drivers]
     for output in outputs:
@@ -80,7 +97,7 @@ def test_two_drivers_add_to_one_study_at_the_same_time(tmp_path, postgres_url):
 
 def test_report_reads_the_study_while_a_search_writes_it(tmp_path, postgres_url):
     # A budget far beyond what runs during the test: the search is still writing when the report reads.
-    study_file = tiny_study(tmp_path, trials=500, epochs=8)
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=500, epochs=8)
     driver = _start_search(study_file, postgres_url)
     try:
         _wait_for_complete(postgres_url, 2)

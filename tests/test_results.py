@@ -66,11 +66,11 @@ def test_an_optuna_database_another_driver_is_writing_is_not_taken_for_a_broken_
         return connect(database, *args, **kwargs)
 
     monkeypatch.setattr(sqlite3, "connect", torn_while_immutable)
-    results._refuse_foreign_database(url, "study.yaml: storage")  # an Optuna database: accepted
+    assert results.holds_optuna_tables(url, "study.yaml: storage")  # an Optuna database: accepted
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 10)
     with pytest.raises(StorageError, match=r"^study.yaml: storage: cannot open storage .*junk.db': not an SQLite "
                                            r"database \(file is not a database\)$"):
-        results._refuse_foreign_database(f"sqlite:///{tmp_path / 'junk.db'}", "study.yaml: storage")
+        results.holds_optuna_tables(f"sqlite:///{tmp_path / 'junk.db'}", "study.yaml: storage")
     assert [p.name for p in tmp_path.glob("junk.db*")] == ["junk.db"]  # the refused file got no -wal/-shm beside it
 
 

@@ -71,7 +71,7 @@ def test_the_readme_optuna_dashboard_recipe_shows_metric_names_and_curves(study_
 
 @pytest.mark.slow
 def test_infeasible_configs_are_never_trained(tmp_path, ray_head):
-    study_file = tiny_study(tmp_path, trials=4, constraints=["params <= 900"])
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=4, constraints=["params <= 900"])
     run_cli("search", study_file, "--no-report", env=ray_head, check=True)
     trials = load(study_file).get_trials()
     infeasible = [t for t in trials if t.state == States.PRUNED]
@@ -92,6 +92,16 @@ def test_existing_study_needs_resume_and_nothing_is_written(study_file, ray_head
     assert again.stderr.strip().count("\n") == 0, again.stderr
     assert "--resume" in again.stderr and "Traceback" not in again.stderr
     assert storage.read_bytes() == before
+    assert _refusal_and_torch(study_file) == ["StorageError", "False"]  # refused before torch and the data load
+
+
+def _refusal_and_torch(study_file) -> list[str]:
+    """What `autokd.search(study_file)` raises in a fresh Python, and whether torch had loaded by then."""
+    probe = ("import sys\nfrom autokd.search import search\ntry:\n    search(sys.argv[1])\n"
+             "except Exception as error:\n    print(type(error).__name__, 'torch' in sys.modules)\n")
+    completed = subprocess.run([sys.executable, "-c", probe, str(study_file)], capture_output=True, text=True,
+                               timeout=120)
+    return completed.stdout.split() or [completed.stderr[-2000:]]
 
 
 @pytest.mark.slow
@@ -109,7 +119,7 @@ def test_search_runs_on_a_two_node_cluster(tmp_path, monkeypatch):
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
-        study_file = tiny_study(tmp_path, trials=4, epochs=2)
+        study_file = tiny_study(tmp_path, cached_teachers=True, trials=4, epochs=2)
         result = autokd.search(study_file, address=cluster.address, progress=False, log=lambda message: None)
         nodes = {t.user_attrs["node_id"] for t in result.study.get_trials() if t.state == States.COMPLETE}
         assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s)"
@@ -155,10 +165,7 @@ def test_a_bad_space_is_refused_before_torch_loads(tmp_path):
     """The study file and the space are checked before torch, Ray and the data load: under a second, not four."""
     study = write_config(tmp_path, {**VALID_STUDY, "search_space": {"params": {
         "distill.temperature": {"type": "float", "low": 4, "high": 1}}}})
-    probe = ("import sys\nfrom autokd.search import search\ntry:\n    search(sys.argv[1])\n"
-             "except Exception as error:\n    print(type(error).__name__, 'torch' in sys.modules)\n")
-    completed = subprocess.run([sys.executable, "-c", probe, str(study)], capture_output=True, text=True, timeout=120)
-    assert completed.stdout.split() == ["ConfigError", "False"], completed.stdout + completed.stderr[-2000:]
+    assert _refusal_and_torch(study) == ["ConfigError", "False"]
 
 
 @pytest.mark.slow
@@ -171,7 +178,8 @@ def test_a_compute_budget_stops_new_trials_and_resume_adds_none(tmp_path, ray_he
     from autokd.results import trained_epochs
 
     epochs, budget, concurrency = 4, 24, 2
-    study_file = tiny_study(tmp_path, trials=60, epochs=epochs, budget={"trials": 60, "epochs": budget},
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=60, epochs=epochs,
+                            budget={"trials": 60, "epochs": budget},
                             resources={"concurrency": concurrency},
                             early_stopping={"kind": "pareto", "grace_epochs": 1, "eta": 2})
     run_cli("search", study_file, "--no-report", "--no-progress", env=ray_head, check=True, timeout=600)
@@ -199,7 +207,7 @@ def test_robust_front_reruns_the_top_front_configs_and_the_report_ranks_them(tmp
 
     from autokd.report import build_report
 
-    study_file = tiny_study(tmp_path, trials=6, robust={"top_k": 2, "seeds": 2})
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=6, robust={"top_k": 2, "seeds": 2})
     run_cli("search", study_file, "--no-report", "--no-progress", env=ray_head, check=True, timeout=600)
     study = load(study_file)
     reruns = {int(k.removeprefix("robust.")): v for k, v in study.user_attrs.items() if k.startswith("robust.")}
@@ -241,7 +249,7 @@ def test_the_driver_beats_while_trials_run_without_reporting(tmp_path, monkeypat
     monkeypatch.setattr(searcher, "HEARTBEAT_EVERY_S", 0.0)
     monkeypatch.setattr(searcher, "beat", lambda study: beats.append(study))
     try:
-        study_file = tiny_study(tmp_path, trials=2, epochs=4)
+        study_file = tiny_study(tmp_path, cached_teachers=True, trials=2, epochs=4)
         result = autokd.search(study_file, progress=False, log=lambda message: None)
     finally:
         ray.shutdown()

@@ -123,3 +123,29 @@ def test_record_running_writes_attrs_and_curve_at_once_and_all_or_nothing_in_sql
     study.tell(trial, [0.9, 1234])
     with pytest.raises(RuntimeError):  # a finished trial is refused, as by Optuna's own calls
         record_running(study, trial, {"late": 1})
+
+
+def test_looking_for_a_study_reads_the_storage_and_writes_nothing(tmp_path):
+    """No file, an empty file (opening it with Optuna would make its tables), another program's database,
+    an Optuna database without the study, and with it."""
+    import sqlite3
+
+    from autokd.errors import StorageError
+    from autokd.study_store import existing_study
+
+    spec = load_study(tiny_study(tmp_path))
+    database = tmp_path / "tiny.db"
+    url = f"sqlite:///{database}"
+    assert existing_study(spec, url) is None and not database.exists()
+    database.touch()
+    assert existing_study(spec, url) is None and database.stat().st_size == 0
+    with sqlite3.connect(database) as foreign:
+        foreign.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(StorageError, match=r"tiny.yaml: storage: .*tiny.db' is a database of another program "
+                                           r"\(tables: invoices\)"):
+        existing_study(spec, url)
+    database.unlink()
+    optuna.create_study(study_name="other", storage=url)
+    assert existing_study(spec, url) is None
+    optuna.create_study(study_name="tiny", storage=url, directions=spec.directions)
+    assert existing_study(spec, url).study_name == "tiny"
