@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -75,8 +76,11 @@ def class_counts(labels):
     return np.bincount(labels.numpy(), minlength=10)
 
 
-def tiny_study(folder: Path, name: str = "tiny", trials: int = 6, epochs: int = 2, **overrides) -> Path:
-    """A real study: digits, two tiny teachers, a small space; each trial takes well under a second."""
+def tiny_study(folder: Path, name: str = "tiny", trials: int = 6, epochs: int = 2, cached_teachers: bool = False,
+               **overrides) -> Path:
+    """A real study: digits, two tiny teachers, a small space; each trial takes well under a second.
+
+    `cached_teachers`: its teachers are in its cache already (`cache_teachers`), as after a first search."""
     document = {
         "name": name,
         "data": {"name": "digits", "val_fraction": 0.15},
@@ -96,7 +100,30 @@ def tiny_study(folder: Path, name: str = "tiny", trials: int = 6, epochs: int = 
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
+    if cached_teachers:
+        cache_teachers(path)
     return path
+
+
+_SESSION_TEACHERS: list[Path] = []
+
+
+def cache_teachers(study_file: Path) -> None:
+    """Put the study's teachers into its cache, each trained once per test session (in this process), for
+    the searches whose test is not about training teachers: the search finds them cached, as a user's
+    second search does, and its driver saves the training and loading torch's compiler (~3 s)."""
+    from autokd.config_files import load_study
+    from autokd.data import load_data
+    from autokd.teachers import prepare_teachers
+
+    if not _SESSION_TEACHERS:
+        _SESSION_TEACHERS.append(Path(tempfile.mkdtemp(prefix="autokd-teachers-")))
+        atexit.register(shutil.rmtree, _SESSION_TEACHERS[0], ignore_errors=True)
+    spec = load_study(study_file)
+    teachers = prepare_teachers(spec.teachers, load_data(spec.data, spec.source), _SESSION_TEACHERS[0],
+                                progress=False)
+    for teacher in teachers:
+        shutil.copytree(teacher.folder, Path(spec.cache_dir) / "teachers" / teacher.folder.name, dirs_exist_ok=True)
 
 
 def run_cli(*args, env: dict | None = None, timeout: float = 300, check: bool = False):
@@ -116,11 +143,24 @@ def load_tiny(folder: Path, name: str = "tiny"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / (name + '.db')}")
 
 
+_POLLED_STORAGES: dict[Path, object] = {}
+
+
 def trials_or_empty(folder: Path) -> list:
-    """The tiny study's trials as they are now; none while there is no storage or study yet."""
+    """The tiny study's trials as they are now; none while there is no storage or study yet.
+
+    Tests poll this every 50 ms while a driver runs: one storage per file, opened once the driver has
+    made it (opening one costs ~40 ms of CPU, which the driver and its workers lost on 2 cores)."""
+    import optuna
+
+    path = folder / "tiny.db"
     try:
-        return load_tiny(folder).get_trials(deepcopy=False)
-    except Exception:  # no storage or no study yet, or the driver is creating the schema
+        if path not in _POLLED_STORAGES:
+            if not path.is_file():
+                return []
+            _POLLED_STORAGES[path] = optuna.storages.RDBStorage(f"sqlite:///{path}")
+        return optuna.load_study(study_name="tiny", storage=_POLLED_STORAGES[path]).get_trials(deepcopy=False)
+    except Exception:  # no study yet, or the driver is creating the schema
         return []
 
 

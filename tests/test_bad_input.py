@@ -52,7 +52,7 @@ DELETE = object()
 def made_study(tmp_path_factory, ray_head):
     """A real finished study (2 trials) in SQLite, and its YAML document."""
     folder = tmp_path_factory.mktemp("badinput-study")
-    path = tiny_study(folder, name=NAME, trials=2, epochs=1)
+    path = tiny_study(folder, cached_teachers=True, name=NAME, trials=2, epochs=1)
     run_cli("search", path, "--no-report", "--no-progress", env=ray_head, check=True)
     return yaml.safe_load(path.read_text()), folder / f"{NAME}.db"
 

@@ -21,7 +21,7 @@ States = optuna.trial.TrialState
 def searched(tmp_path_factory, ray_head):
     """A study whose YAML asks for 6 trials, searched with --trials 2 --concurrency 1 --timeout 600
     on the session's Ray head."""
-    study_file = tiny_study(tmp_path_factory.mktemp("searched"), trials=6, epochs=1)
+    study_file = tiny_study(tmp_path_factory.mktemp("searched"), cached_teachers=True, trials=6, epochs=1)
     completed = run_cli("search", study_file, "--trials", 2, "--concurrency", 1, "--timeout", 600, "--no-report",
                         "--no-progress", env=ray_head, check=True)
     return study_file, completed

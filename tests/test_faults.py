@@ -122,7 +122,7 @@ def test_sigkill_in_the_middle_of_level_2_then_resume_loses_nothing_and_trains_n
 
     settings = {"mode": "two_level", "level1_share": 0.5, "architectures": 2, "seeds": 2, "level2_epochs": 6,
                 "confirm": False}
-    study_file = tiny_study(tmp_path, trials=8, epochs=2, search=settings)
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=8, epochs=2, search=settings)
     assert load_study(study_file).search.pack_seeds  # on by default: the cut trial was a packed one
 
     def mid_level2(_driver: Driver) -> bool:
@@ -149,7 +149,7 @@ def test_sigkill_in_the_middle_of_level_2_then_resume_loses_nothing_and_trains_n
 
 
 def test_a_worker_process_dying_mid_trial_fails_that_trial_with_a_reason(tmp_path):
-    study_file = tiny_study(tmp_path, trials=4, epochs=4)
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=4, epochs=4)
     run_cli("search", study_file, "--no-report", "--no-progress", env=with_faults("1:exit"), check=True)
     trials = load_tiny(tmp_path).get_trials()
     failed = {t.number: t.user_attrs.get("failure_reason", "") for t in trials if t.state == States.FAIL}
@@ -159,7 +159,7 @@ def test_a_worker_process_dying_mid_trial_fails_that_trial_with_a_reason(tmp_pat
 
 
 def test_trial_faults_end_failed_with_readable_reasons_and_the_report_counts_them(tmp_path):
-    study_file = tiny_study(tmp_path, trials=6, epochs=2)
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=6, epochs=2)
     faults = with_faults("0:build,1:nan,2:raise,3:oom")
     run_cli("search", study_file, "--no-progress", "--no-report", env=faults, check=True)
     trials = load_tiny(tmp_path).get_trials()
@@ -185,7 +185,7 @@ def test_search_completes_when_a_node_leaves_the_cluster(tmp_path):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    study_file = tiny_study(tmp_path, trials=10, epochs=10)
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=10, epochs=10)
     outcome: dict = {}
 
     def run() -> None:

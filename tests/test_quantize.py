@@ -219,7 +219,8 @@ def test_a_quantised_cnn_exports_to_torchscript_too(tmp_path, digits, raw_digits
 @pytest.mark.slow
 def test_an_int8_study_searches_and_reports_through_the_cli(tmp_path):
     """As a user types it: progress, the front and the report read the fp32 accuracy from its attr."""
-    study_file = tiny_study(tmp_path, trials=2, epochs=1, objectives=["val_accuracy_int8", "bytes_int8"],
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=2, epochs=1,
+                            objectives=["val_accuracy_int8", "bytes_int8"],
                             search_space={"params": {"student.width": {"type": "int", "low": 8, "high": 32}}})
     completed = subprocess.run([*AUTOKD, "search", study_file.name], cwd=tmp_path, capture_output=True, text=True,
                                timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})

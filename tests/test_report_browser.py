@@ -93,7 +93,7 @@ def digits_report(tmp_path_factory, ray_head):
     from autokd.report import build_report
 
     folder = tmp_path_factory.mktemp("browser")
-    study = tiny_study(folder, trials=6, constraints=["params <= 5000"])
+    study = tiny_study(folder, cached_teachers=True, trials=6, constraints=["params <= 5000"])
     run_cli("search", study, "--no-report", "--no-progress", env=ray_head, check=True, timeout=600)
     return build_report(str(study), out=folder / "report", baselines=False, log=lambda m: None), study
 

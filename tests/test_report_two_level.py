@@ -38,7 +38,7 @@ def two_level(tmp_path_factory):
     from autokd.search import search
 
     folder = tmp_path_factory.mktemp("two_level")
-    study_file = tiny_study(folder, trials=10, epochs=2, search=SETTINGS)
+    study_file = tiny_study(folder, cached_teachers=True, trials=10, epochs=2, search=SETTINGS)
     spec = load_study(study_file)
     result = search(spec, progress=False, log=lambda message: None)
     built = build_report(str(study_file), out=folder / "report", log=lambda message: None)

@@ -40,7 +40,7 @@ def test_two_trials_share_one_fake_gpu_and_train_at_the_same_time(tmp_path):
 
     import autokd
 
-    study_file = tiny_study(tmp_path, trials=2, epochs=25,
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=2, epochs=25,
                             teachers=[{"name": "t-mlp", "arch": {"family": "mlp", "depth": 1, "width": 32},
                                        "schedule": {"epochs": 2}}],
                             student={"family": "mlp", "depth": 1, "width": 16},

@@ -39,7 +39,7 @@ def test_paired_seeds_train_packed_or_one_by_one_to_the_same_accuracies(tmp_path
 
 @pytest.mark.slow
 def test_a_search_trial_and_autokd_train_of_its_export_are_bit_identical(tmp_path, ray_head):
-    study_file = tiny_study(tmp_path, trials=2, epochs=2)
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=2, epochs=2)
     run_cli("search", study_file, "--no-report", "--no-progress", env=ray_head, check=True)
     spec = load_study(study_file)
     study = optuna.load_study(study_name=spec.name, storage=spec.storage_url())

@@ -300,7 +300,7 @@ def test_search_with_pareto_stopping_prunes_trials_and_keeps_them_off_the_front(
     from autokd.results import front_frame, trials_frame
 
     epochs = 8
-    study_file = tiny_study(tmp_path, name="stop", trials=10, epochs=epochs,
+    study_file = tiny_study(tmp_path, cached_teachers=True, name="stop", trials=10, epochs=epochs,
                             early_stopping={"kind": "pareto", "grace_epochs": 1, "eta": 2})
     run_cli("search", study_file, "--no-report", "--no-progress", env=ray_head, check=True, timeout=600)
 

@@ -130,7 +130,7 @@ def _trained(trials: list[optuna.trial.FrozenTrial]) -> list[tuple]:
 
 @pytest.mark.slow
 def test_search_in_a_terminal_draws_its_bar_and_completes(tmp_path):
-    tiny_study(tmp_path, trials=2, epochs=1)
+    tiny_study(tmp_path, cached_teachers=True, trials=2, epochs=1)
     session = Terminal("search", "tiny.yaml", "--no-report", cwd=tmp_path)
     try:
         code = session.wait()
@@ -158,7 +158,7 @@ def interrupted(tmp_path_factory):
     """A search typed in a terminal, Ctrl-C typed once a trial has finished; what it printed and left."""
     folder = tmp_path_factory.mktemp("interrupted")
     # One trial at a time, each a few seconds: Ctrl-C lands while the next one trains.
-    tiny_study(folder, trials=BUDGET, epochs=12, resources={"concurrency": 1})
+    tiny_study(folder, cached_teachers=True, trials=BUDGET, epochs=12, resources={"concurrency": 1})
     session = Terminal("search", "tiny.yaml", cwd=folder)  # with its report, were it to finish
     try:
         assert session.pump(until=lambda: _one_done_one_running(folder)), \
@@ -240,7 +240,7 @@ def test_search_without_address_starts_its_own_ray_when_the_temp_dir_names_a_dea
     # cluster, num_cpus and num_gpus must not be provided".
     (ray_tmpdir / "ray").mkdir()
     (ray_tmpdir / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")
-    study_file = tiny_study(tmp_path, trials=2, epochs=1)
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=2, epochs=1)
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     completed = subprocess.run([*AUTOKD, "search", str(study_file), "--no-report", "--no-progress"],
                                cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -268,7 +268,7 @@ SEARCH_AND_PRINT = textwrap.dedent("""
 @pytest.mark.parametrize("override, seen", [("1", ""),  # as autokd starts Ray
                                             ("0", "0")])  # Ray's default: the driver's GPUs stay visible
 def test_a_trial_that_reserved_no_gpu_sees_none(tmp_path, override, seen):
-    study_file = tiny_study(tmp_path, trials=1, epochs=1)
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=1, epochs=1)
     # The driver sees a GPU (on this CPU machine none is there: Ray counts 0 and the trial reserves 0).
     completed = subprocess.run([sys.executable, "-c", SEARCH_AND_PRINT, str(study_file), override], cwd=REPO,
                                capture_output=True, text=True, timeout=300,
