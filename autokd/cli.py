@@ -60,13 +60,17 @@ def search(study: Path = typer.Argument(..., help="Study YAML file."),
     from autokd.search import SearchInterrupted
     from autokd.search import search as run_search
 
+    from autokd.ray_cluster import stop_ray
+
     try:
         result = run_search(spec, resume=resume, storage=storage, address=address, progress=not no_progress,
-                        accept_changes=accept_changes)
+                            accept_changes=accept_changes)
     except SearchInterrupted as interrupt:  # caught here: typer would turn it into a bare exit 130
         typer.echo(f"interrupted: {interrupt.done}/{interrupt.budget} trials done — continue with: "
                    f"autokd search {interrupt.source} --resume", err=True)
         raise typer.Exit(130) from None
+    finally:
+        stop_ray()  # the report needs no Ray
     _print_front(result.pareto, result.spec.objectives)
     if report:
         from autokd.report import build_report

@@ -58,3 +58,12 @@ def init_ray(address: str | None, spec: StudySpec) -> None:
         where = f"--address {address}: cannot connect to the Ray cluster" if address else \
             "cannot start a local Ray instance"
         raise AutokdError(f"{where}: {first}{hint}") from None
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray now, stopping the local instance this process started (a cluster named by an
+    address goes on). At interpreter exit Ray's own hook does the same after half a second's sleep."""
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()

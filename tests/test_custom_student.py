@@ -22,7 +22,7 @@ from autokd.custom_student import CustomStudent, check_student
 from autokd.errors import ConfigError
 from autokd.sizes import arch_size, model_size
 from autokd.zoo import build_model
-from conftest import REPO, run_cli
+from conftest import REPO, cache_teachers, run_cli
 
 DIGITS = (1, 8, 8)
 FACTORY = (REPO / "studies" / "custom_student.py").read_text()
@@ -278,6 +278,7 @@ def test_search_export_and_train_through_the_cli(tmp_path, ray_head):
     study = shipped_study(tmp_path, trials=3)
     document = yaml.safe_load(study.read_text())
     study.write_text(yaml.safe_dump({**document, "robust": {"top_k": 1, "seeds": 2}}, sort_keys=False))
+    cache_teachers(study)
     searched = run_cli("search", study, "--no-progress", "--no-report", "--allow-code",
                        env={**without_opt_in(), **ray_head}, check=True)
     assert "3 complete" in searched.stdout, searched.stdout

@@ -21,7 +21,7 @@ from autokd.spec import DataSpec, TrainConfig
 from autokd.teacher_files import read_outputs_file
 from autokd.teacher_outputs import CachedTeacherOutputs, teacher_outputs
 from autokd.teachers import Teacher, prepare_teachers, teacher_key
-from conftest import load_tiny, run_cli
+from conftest import cache_teachers, load_tiny, run_cli
 
 KEEP = 300
 TEACHERS = [{"name": "a", "arch": {"family": "mlp", "depth": 1, "width": 32}},
@@ -252,6 +252,7 @@ def test_a_search_with_unlabeled_data_runs_end_to_end_through_the_cli(tmp_path, 
         "budget": {"trials": 3}, "cache_dir": str(tmp_path / "cache"), "resources": {"concurrency": 1}}
     study_file = tmp_path / "unlabeled.yaml"
     study_file.write_text(yaml.safe_dump(document, sort_keys=False))
+    cache_teachers(study_file)
     run_cli("search", study_file, "--no-progress", "--no-report", env=ray_head, check=True, timeout=600)
     trials = load_tiny(tmp_path, "unlabeled").get_trials()
     assert sum(t.state.name == "COMPLETE" for t in trials) == 3
