@@ -192,7 +192,7 @@ def exported_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: 
     uses_teachers = stored.distill.uses_teachers
     teachers = stored.selected_teachers() if uses_teachers else []
     data_spec = _dataset_data(stored.data)
-    from autokd.data import load_data  # torch: once a trial is chosen (a bad choice is refused in a second)
+    from autokd.data import load_data  # torch: once a trial is chosen (a bad choice is refused without it)
 
     data = load_data(data_spec, where)
     keys = _teacher_keys(teachers, data, where)  # from the absolute files, before they become relative
