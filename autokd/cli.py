@@ -56,11 +56,10 @@ def search(study: Path = typer.Argument(..., help="Study YAML file."),
     from autokd.space import load_space
 
     load_space(spec)  # a bad space is one line before pandas, torch and Ray load (search() checks it again)
+    from autokd.ray_cluster import stop_ray
     from autokd.results import counts  # torch, Ray and Optuna load only once the flags are known to be good
     from autokd.search import SearchInterrupted
     from autokd.search import search as run_search
-
-    from autokd.ray_cluster import stop_ray
 
     try:
         result = run_search(spec, resume=resume, storage=storage, address=address, progress=not no_progress,

@@ -65,5 +65,6 @@ def stop_ray() -> None:
     address goes on). At interpreter exit Ray's own hook does the same after half a second's sleep."""
     import sys
 
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-        sys.modules["ray"].shutdown()
+    ray = sys.modules.get("ray")  # never imported (a search refused early): nothing to stop, and no import
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
