@@ -126,10 +126,10 @@ def cache_teachers(study_file: Path) -> None:
         shutil.copytree(teacher.folder, Path(spec.cache_dir) / "teachers" / teacher.folder.name, dirs_exist_ok=True)
 
 
-def run_cli(*args, env: dict | None = None, timeout: float = 300, check: bool = False):
-    """Run `autokd ARGS` the way a user types it; returns the CompletedProcess."""
+def run_cli(*args, env: dict | None = None, timeout: float = 300, check: bool = False, cwd: Path = REPO):
+    """Run `autokd ARGS` the way a user types it (in the repository unless `cwd`); returns the CompletedProcess."""
     completed = subprocess.run([*AUTOKD, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                               env={**os.environ, **(env or {})}, cwd=REPO)
+                               env={**os.environ, **(env or {})}, cwd=cwd)
     if check and completed.returncode != 0:
         raise AssertionError(f"autokd {' '.join(map(str, args))} failed ({completed.returncode}):\n"
                              f"{completed.stdout}\n{completed.stderr}")

@@ -22,7 +22,8 @@ For every case:
   file/key (or flag) and what was expected (the substrings listed per case), with no traceback;
 - the case's folder is byte-identical afterwards: the SQLite storage (copied per case) is not
   touched, no cache, report, run or export file appears;
-- no report or run folder appears in the repository (the CLI runs there, as a user would).
+- the CLI's working folder (empty, the case's own: where a user's `reports/` and `runs/` would go)
+  stays empty. The cases share nothing and run two at a time (`refusals`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -40,7 +43,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, run_cli, tiny_study
+from conftest import run_cli, tiny_study
 
 pytestmark = pytest.mark.slow  # ~80 subprocesses and one real search
 
@@ -421,32 +424,73 @@ def _tree(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*"))}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_refused_on_one_line_and_writes_nothing(case, made_study, tmp_path):
-    document, storage = made_study
-    shutil.copyfile(storage, tmp_path / "study.db")
-    db = f"sqlite:///{tmp_path / 'study.db'}"
-    changes = {("storage",): db, ("cache_dir",): str(tmp_path / "cache"), **case.changes}
+@dataclass
+class Refusal:
+    """What one case's CLI run did: its process, and its two folders' trees before and after."""
+    completed: subprocess.CompletedProcess | None = None
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+    workdir_after: dict = field(default_factory=dict)
+    error: BaseException | None = None  # the case's setup or run raised: its test raises it
+
+
+def _prepare(case: Case, document: dict, storage: Path, folder: Path) -> tuple[list[str], Refusal]:
+    """The case's folder (a copy of the made study's storage, the broken study file, its setup's files)
+    and its command line."""
+    shutil.copyfile(storage, folder / "study.db")
+    db = f"sqlite:///{folder / 'study.db'}"
+    changes = {("storage",): db, ("cache_dir",): str(folder / "cache"), **case.changes}
     if case.setup is not None:
-        changes.update(case.setup(tmp_path))
-    study_file = tmp_path / "study.yaml"
+        changes.update(case.setup(folder))
+    study_file = folder / "study.yaml"
     if case.text is not None:
-        study_file.write_text(case.text.replace("{dir}", str(tmp_path)))
+        study_file.write_text(case.text.replace("{dir}", str(folder)))
     else:
         study_file.write_text(yaml.safe_dump(_apply(document, changes), sort_keys=False))
-    args = [a.replace("{yaml}", str(study_file)).replace("{db}", db).replace("{dir}", str(tmp_path))
+    args = [a.replace("{yaml}", str(study_file)).replace("{db}", db).replace("{dir}", str(folder))
             for a in case.args]
-    repo_outputs = [REPO / "reports" / NAME, REPO / "reports" / "fresh", REPO / "runs" / f"{NAME}-default"]
-    assert not any(p.exists() for p in repo_outputs), "leftovers from an earlier run; remove them first"
-    before = _tree(tmp_path)
+    return args, Refusal(before=_tree(folder))
 
-    try:
-        completed = run_cli(*args, timeout=180)
-        created = [str(p) for p in repo_outputs if p.exists()]
-    finally:
-        for path in repo_outputs:  # a case that was not refused must not leave files in the repository
-            shutil.rmtree(path, ignore_errors=True)
 
+@pytest.fixture(scope="module")
+def refusals(request, made_study, tmp_path_factory) -> dict[str, Refusal]:
+    """Every selected case run through the CLI, two at a time: each CLI process spends most of its
+    ~2-6 s importing torch and loading data on one core, and the cases share nothing. Each runs in a
+    working folder of its own, the folder a user runs autokd from (where `reports/` and `runs/` would
+    go); it must stay empty, so whatever a case leaves is the case's."""
+    document, storage = made_study
+    selected = [item.callspec.params["case"] for item in request.session.items
+                if getattr(item, "originalname", None) == "test_bad_input_is_refused_on_one_line_and_writes_nothing"]
+    runs: dict[str, tuple[list[str], Path, Path]] = {}
+    results: dict[str, Refusal] = {}
+    for case in selected:
+        folder, workdir = tmp_path_factory.mktemp(case.id), tmp_path_factory.mktemp(f"{case.id}-cwd")
+        try:
+            args, results[case.id] = _prepare(case, document, storage, folder)
+            runs[case.id] = (args, folder, workdir)
+        except Exception as error:  # this case's test fails with it; the others still run
+            results[case.id] = Refusal(error=error)
+
+    def run(case_id: str) -> None:
+        args, folder, workdir = runs[case_id]
+        refusal = results[case_id]
+        try:
+            refusal.completed = run_cli(*args, timeout=180, cwd=workdir)
+            refusal.after, refusal.workdir_after = _tree(folder), _tree(workdir)
+        except Exception as error:
+            refusal.error = error
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(run, runs))
+    return results
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_refused_on_one_line_and_writes_nothing(case, refusals):
+    refusal = refusals[case.id]
+    if refusal.error is not None:
+        raise refusal.error
+    completed = refusal.completed
     line = completed.stderr.strip()
     print(line)  # pytest -rP shows every refusal as a user reads it
     assert "Traceback" not in completed.stderr + completed.stdout, completed.stderr[-3000:]
@@ -455,8 +499,8 @@ def test_bad_input_is_refused_on_one_line_and_writes_nothing(case, made_study, t
     assert len(line) <= 300, f"the line has {len(line)} characters:\n{line[:3000]}"
     missing = [s for s in case.expected if s not in line]
     assert not missing, f"{missing} not in: {line}"
-    assert _tree(tmp_path) == before, "the command wrote into the study's folder (storage, cache or output)"
-    assert not created, f"the command created {created}"
+    assert refusal.after == refusal.before, "the command wrote into the study's folder (storage, cache or output)"
+    assert not refusal.workdir_after, f"the command wrote into its working folder: {sorted(refusal.workdir_after)}"
 
 
 # ---------------------------------------------------------------------------------------------
