@@ -25,8 +25,15 @@ demo: install
 lint: install
 	$(PY) -m ruff check autokd tests benchmarks
 
+# Two runs: the tests marked serial (kills and keystrokes timed against a running search) alone, after
+# the others, which run two at a time, a module per worker (pytest-xdist): most tests wait on one CLI
+# process or one Ray worker and leave the second core idle. TEST_WORKERS=0 runs them in one process.
+# Exit code 5 is pytest's "no test selected": PYTEST_ARGS may select tests of one run only.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS); parallel=$$?; \
+	$(PY) -m pytest -q -m serial $(PYTEST_ARGS); serial=$$?; \
+	for status in $$parallel $$serial; do [ $$status -eq 0 ] || [ $$status -eq 5 ] || exit $$status; done
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

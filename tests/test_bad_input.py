@@ -464,7 +464,8 @@ def refusals(request, made_study, tmp_path_factory) -> dict[str, Refusal]:
     runs: dict[str, tuple[list[str], Path, Path]] = {}
     results: dict[str, Refusal] = {}
     for case in selected:
-        folder, workdir = tmp_path_factory.mktemp(case.id), tmp_path_factory.mktemp(f"{case.id}-cwd")
+        # short names: the paths show in the refusals, whose line is limited to 300 characters
+        folder, workdir = tmp_path_factory.mktemp("case"), tmp_path_factory.mktemp("cwd")
         try:
             args, results[case.id] = _prepare(case, document, storage, folder)
             runs[case.id] = (args, folder, workdir)

@@ -26,7 +26,7 @@ from autokd.config_files import load_study
 from autokd.results import INTERRUPTED
 from conftest import AUTOKD, load_tiny, run_cli, tiny_study, trials_or_empty, with_faults
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # kills timed against a running search
 States = optuna.trial.TrialState
 BUDGET = 8
 

@@ -33,6 +33,8 @@ import pytest
 from autokd.results import INTERRUPTED
 from conftest import AUTOKD, REPO, load_tiny, tiny_study, trials_or_empty
 
+pytestmark = pytest.mark.serial  # keystrokes and Ctrl-C timed against a running search
+
 States = optuna.trial.TrialState
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
