@@ -25,11 +25,15 @@ Figures (medians over repeats; the arms alternate a, b, a, b, ... so background 
 
 Two workloads: ``standard`` (20 trials x 15 epochs, ~0.7-2.5 s a trial by machine load) and
 ``short`` (200 trials x 2 epochs, ~0.3 s a trial), where the fixed cost per trial dominates.
+Arm (a)'s study is an SQLite file, as by default, or with ``--storage journal`` an Optuna journal
+file (``storage: study.log``): the driver's bookkeeping per trial costs several times less there
+(`benchmarks/storage_writes.py`).
 
 Teachers are trained/cached and Ray is warmed up (a 2-trial search) before anything is timed.
 
     python benchmarks/orchestration.py            # 20 trials of ~1-3 s, 3 repeats (~4 min)
     python benchmarks/orchestration.py --workload short   # 200 trials of ~0.3 s, 3 repeats (~8 min)
+    python benchmarks/orchestration.py --workload short --storage journal   # the study in a journal file
     python benchmarks/orchestration.py --quick    # 4 short trials, 1 repeat (a smoke run)
 """
 
@@ -78,8 +82,9 @@ SPACE = {"params": {
 STUDENT = {"family": "cnn", "stages": 2, "channels": 8, "head_width": 32}
 
 
-def study_spec(folder: Path, name: str, trials: int, epochs: int, seed: int) -> StudySpec:
-    """A digits study with the repo's digits teachers (cached in the repo's default cache)."""
+def study_spec(folder: Path, name: str, trials: int, epochs: int, seed: int, storage: str = "sqlite") -> StudySpec:
+    """A digits study with the repo's digits teachers (cached in the repo's default cache), stored in an SQLite
+    file or an Optuna journal file (`storage`: "sqlite" or "journal")."""
     digits = load_study(REPO / "studies" / "digits.yaml")
     return StudySpec.model_validate({
         "name": name,
@@ -93,7 +98,7 @@ def study_spec(folder: Path, name: str, trials: int, epochs: int, seed: int) -> 
         "search": {"mode": "flat"},
         "resources": {"cpus_per_trial": THREADS, "concurrency": CONCURRENCY},
         "cache_dir": str(REPO / ".cache" / "autokd"),
-        "storage": f"sqlite:///{folder / (name + '.db')}",
+        "storage": f"sqlite:///{folder / (name + '.db')}" if storage == "sqlite" else str(folder / f"{name}.log"),
         "source": str(folder / f"{name}.yaml"),
     })
 
@@ -197,6 +202,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--workload", choices=list(WORKLOADS), default="standard",
                         help="standard: 20 trials x 15 epochs; short: 200 trials x 2 epochs (~0.3 s each)")
+    parser.add_argument("--storage", choices=["sqlite", "journal"], default="sqlite",
+                        help="arm (a)'s study: an SQLite file (the default's) or an Optuna journal file")
     args = parser.parse_args()
     trials = args.trials or (4 if args.quick else WORKLOADS[args.workload][0])
     epochs = args.epochs or (3 if args.quick else WORKLOADS[args.workload][1])
@@ -209,7 +216,7 @@ def main() -> None:
         warm_up(folder, epochs)
         rows = []
         for repeat in range(repeats):
-            spec = study_spec(folder, f"orch{repeat}", trials, epochs, seed=repeat)
+            spec = study_spec(folder, f"orch{repeat}", trials, epochs, seed=repeat, storage=args.storage)
             a = run_search_arm(spec)
             time.sleep(1.0)  # let Ray's processes exit before the next arm
             b = run_inprocess_arm(spec, a["trials"])
@@ -246,7 +253,8 @@ def main() -> None:
            "efficiency": figures["efficiency"] >= EFFICIENCY_TARGET}
     reproduced = all(r["same_val_accuracy"].split("/")[0] == r["same_val_accuracy"].split("/")[1]
                      and not r["configs_mismatched"] for r in rows)
-    note = (f"Workload {args.workload}: {trials} trials x {epochs} epochs of a fixed {STUDENT['family']} student "
+    note = (f"Workload {args.workload}, arm (a) stored in {'an SQLite' if args.storage == 'sqlite' else 'a journal'} "
+            f"file: {trials} trials x {epochs} epochs of a fixed {STUDENT['family']} student "
             f"on digits, concurrency "
             f"{CONCURRENCY} x 1 CPU, {repeats} repeat(s), arms alternated (a then b) per repeat; medians. "
             "wall_ratio and efficiency exclude Ray start-up (ray_startup_s, measured on its own); the "
@@ -262,9 +270,11 @@ def main() -> None:
         note += " Missed: " + ", ".join(missed) + "."
     for key, value in figures.items():
         print(f"{key}: {value}")
-    name = "orchestration" if args.workload == "standard" else f"orchestration_{args.workload}"
+    name = "_".join(["orchestration"] + [args.workload] * (args.workload != "standard")
+                    + [args.storage] * (args.storage != "sqlite"))
     write_result(name, {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
-                                   "note": note, "settings": {"workload": args.workload, "trials": trials,
+                                   "note": note, "settings": {"workload": args.workload, "storage": args.storage,
+                                                              "trials": trials,
                                                               "epochs": epochs,
                                                               "repeats": repeats, "concurrency": CONCURRENCY,
                                                               "cpus_per_trial": 1, "student": STUDENT,

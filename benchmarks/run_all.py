@@ -1,6 +1,6 @@
 """Run every benchmark at its default (full) settings, one after the other, then render BENCHMARKS.md.
 
-    python benchmarks/run_all.py            # everything (about two and a half hours on 2 cores)
+    python benchmarks/run_all.py            # everything (about three hours on 2 cores)
     python benchmarks/run_all.py --quick    # smoke runs of every script
 
 The scripts run in sequence, never side by side: timing ratios need a quiet machine.
@@ -16,7 +16,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # production_train searches its Fashion-MNIST bench study (fashion_study.py) when it does not exist yet.
 SCRIPTS = ["import_time.py", "report_speed.py", "trial_cost.py", "packing.py", "orchestration.py",
-           "orchestration_profile.py", "study_fetch.py",
+           "orchestration.py --workload short", "orchestration.py --workload short --storage journal",
+           "orchestration_profile.py", "storage_writes.py", "study_fetch.py",
            "search_quality.py", "early_stopping.py", "stopping_replay.py", "distillation_gain.py", "schedule_length.py",
            "production_train.py", "gpu_sharing.py", "int8_front.py"]
 
@@ -27,7 +28,8 @@ def main() -> int:
     args = parser.parse_args()
     failed = []
     for script in SCRIPTS:
-        command = [sys.executable, str(HERE / script), *(["--quick"] if args.quick else [])]
+        name, *script_args = script.split()
+        command = [sys.executable, str(HERE / name), *script_args, *(["--quick"] if args.quick else [])]
         print(f"== {' '.join(command[1:])}", flush=True)
         if subprocess.run(command, cwd=HERE.parent).returncode != 0:
             failed.append(script)

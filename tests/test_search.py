@@ -7,6 +7,7 @@ import sys
 
 import optuna
 import pytest
+import yaml
 
 from conftest import VALID_STUDY, run_cli, tiny_study, with_faults, write_config
 
@@ -67,6 +68,25 @@ def test_the_readme_optuna_dashboard_recipe_shows_metric_names_and_curves(study_
     assert study["has_intermediate_values"]
     curves = [[point["value"] for point in trial["intermediate_values"]] for trial in study["trials"]]
     assert all(len(curve) == 2 for curve in curves), curves  # one value per epoch
+
+
+@pytest.mark.slow
+def test_a_study_in_a_journal_file_searches_resumes_shows_reports_and_exports(tmp_path, ray_head):
+    """`storage: tiny.log`, an Optuna journal file beside the study (the driver's bookkeeping costs several
+    times less per trial than on SQLite: benchmarks/storage_writes.py), through the whole CLI path."""
+    study_file = tiny_study(tmp_path, cached_teachers=True, trials=3, epochs=1, storage="tiny.log")
+    run_cli("search", study_file, "--no-report", "--no-progress", env=ray_head, check=True)
+    run_cli("search", study_file, "--resume", "--trials", 4, "--no-report", "--no-progress", env=ray_head,
+            check=True)
+    assert (tmp_path / "tiny.log").is_file() and not (tmp_path / "tiny.db").exists()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "tiny.log")))
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    assert [t.state for t in trials] == [States.COMPLETE] * 4
+    assert "Pareto front" in run_cli("show", study_file, check=True).stdout
+    run_cli("report", study_file, "--no-baselines", "--out", tmp_path / "report", check=True)
+    assert (tmp_path / "report" / "index.html").is_file()
+    run_cli("export", study_file, "--knee", "-o", tmp_path / "best.yaml", check=True)
+    assert yaml.safe_load((tmp_path / "best.yaml").read_text())["student"]
 
 
 @pytest.mark.slow
