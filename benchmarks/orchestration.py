@@ -26,7 +26,7 @@ Figures (medians over repeats; the arms alternate a, b, a, b, ... so background 
 Two workloads: ``standard`` (20 trials x 15 epochs, ~0.7-2.5 s a trial by machine load) and
 ``short`` (200 trials x 2 epochs, ~0.3 s a trial), where the fixed cost per trial dominates.
 Arm (a)'s study is an SQLite file, as by default, or with ``--storage journal`` an Optuna journal
-file (``storage: study.log``): the driver's bookkeeping per trial costs several times less there
+file (``storage: study.log``): the driver's bookkeeping of a trial costs less there
 (`benchmarks/storage_writes.py`).
 
 Teachers are trained/cached and Ray is warmed up (a 2-trial search) before anything is timed.

@@ -52,6 +52,23 @@ def test_search_writes_the_study_to_postgres_and_show_reads_it_by_name(tmp_path,
     assert "Pareto front" in shown.stdout
 
 
+def test_record_running_upserts_attrs_and_replaces_steps_on_postgres(postgres_url):
+    """`study_store.record_running`'s PostgreSQL statements (SQLite's are tested in test_study_store)."""
+    from autokd.results import open_storage
+    from autokd.study_store import record_running
+
+    study = optuna.create_study(storage=open_storage(postgres_url), directions=["maximize", "minimize"])
+    trial = study.ask()
+    record_running(study, trial, {"config": {"width": 8}, "seed": 3}, [0.25, 0.5, 0.75])
+    record_running(study, trial, {"seed": 4, "node": "n"}, [0.3])
+    stored = study.get_trials()[0]
+    assert stored.user_attrs == {"config": {"width": 8}, "seed": 4, "node": "n"}
+    assert stored.intermediate_values == {1: 0.3, 2: 0.5, 3: 0.75}
+    study.tell(trial, [0.9, 100])
+    with pytest.raises(RuntimeError):  # a finished trial is refused, as by Optuna's own calls
+        record_running(study, trial, {"late": 1})
+
+
 def test_looking_for_a_study_in_a_new_database_makes_no_tables(tmp_path, postgres_url):
     """The resume checks run before the data loads: finding no study must not leave Optuna's tables behind
     (a search refused later, for its data, wrote nothing)."""

@@ -13,7 +13,7 @@ import optuna
 
 
 def test_optuna_storage_access_used_by_study_store():
-    from optuna.storages._rdb.models import TrialUserAttributeModel
+    from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialModel, TrialUserAttributeModel
     from optuna.storages._rdb.storage import _create_scoped_session
 
     from autokd.study_store import record_running, storage_of, trial_id_of
@@ -27,6 +27,13 @@ def test_optuna_storage_access_used_by_study_store():
     # record_running's one transaction on a SQL storage, and the trial's own copy of its attrs.
     assert isinstance(trial._cached_frozen_trial.user_attrs, dict)
     assert callable(_create_scoped_session) and TrialUserAttributeModel.__tablename__ == "trial_user_attributes"
+    # _write_running's few statements: the trial checked once, one upsert on (trial_id, key), steps replaced.
+    assert TrialIntermediateValueModel.__tablename__ == "trial_intermediate_values"
+    assert {"trial_id", "key", "value_json"} <= set(TrialUserAttributeModel.__table__.columns.keys())
+    assert {"trial_id", "step", "intermediate_value", "intermediate_value_type"} <= \
+        set(TrialIntermediateValueModel.__table__.columns.keys())
+    assert TrialIntermediateValueModel.intermediate_value_to_stored_repr(float("nan"))[0] is None
+    assert callable(TrialModel.find_or_raise_by_id) and callable(optuna.storages.RDBStorage.check_trial_is_updatable)
     for name in ("_set_trial_attr_without_commit", "_set_trial_intermediate_value_without_commit"):
         assert list(inspect.signature(getattr(optuna.storages.RDBStorage, name)).parameters)[:3] == \
             ["self", "session", "model_cls" if "attr" in name else "trial_id"], name

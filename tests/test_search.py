@@ -72,8 +72,8 @@ def test_the_readme_optuna_dashboard_recipe_shows_metric_names_and_curves(study_
 
 @pytest.mark.slow
 def test_a_study_in_a_journal_file_searches_resumes_shows_reports_and_exports(tmp_path, ray_head):
-    """`storage: tiny.log`, an Optuna journal file beside the study (the driver's bookkeeping costs several
-    times less per trial than on SQLite: benchmarks/storage_writes.py), through the whole CLI path."""
+    """`storage: tiny.log`, an Optuna journal file beside the study (the driver's bookkeeping of a trial costs
+    less there than in SQLite: benchmarks/storage_writes.py), through the whole CLI path."""
     study_file = tiny_study(tmp_path, cached_teachers=True, trials=3, epochs=1, storage="tiny.log")
     run_cli("search", study_file, "--no-report", "--no-progress", env=ray_head, check=True)
     run_cli("search", study_file, "--resume", "--trials", 4, "--no-report", "--no-progress", env=ray_head,

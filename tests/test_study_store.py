@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import time
 
@@ -123,6 +124,29 @@ def test_record_running_writes_attrs_and_curve_at_once_and_all_or_nothing_in_sql
     study.tell(trial, [0.9, 1234])
     with pytest.raises(RuntimeError):  # a finished trial is refused, as by Optuna's own calls
         record_running(study, trial, {"late": 1})
+
+
+def test_record_running_writes_a_trials_attrs_and_curve_in_a_few_statements_on_sqlite(tmp_path):
+    """A trial's attrs and curve: the trial checked once, one upsert of the attrs, the curve's steps
+    replaced; Optuna's own calls take two or three statements each (`benchmarks/storage_writes.py`)."""
+    from sqlalchemy import event
+
+    from autokd.results import open_storage
+    from autokd.study_store import record_running
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    trial = study.ask()
+    statements = []
+    event.listen(storage.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    attrs = {f"attr{i}": {"value": i} for i in range(8)}
+    record_running(study, trial, attrs, [0.1 * step for step in range(15)])
+    assert len(statements) <= 4, statements
+    record_running(study, trial, {"attr3": "again"}, [0.5, float("nan")])  # overwrites, keeps steps 3-15
+    stored = study.get_trials()[0]
+    assert stored.user_attrs == {**attrs, "attr3": "again"}
+    assert stored.intermediate_values[1] == 0.5 and math.isnan(stored.intermediate_values[2])
+    assert [stored.intermediate_values[step] for step in range(3, 16)] == [0.1 * step for step in range(2, 15)]
 
 
 def test_looking_for_a_study_reads_the_storage_and_writes_nothing(tmp_path):
