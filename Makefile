@@ -25,7 +25,7 @@ demo: install
 lint: install
 	$(PY) -m ruff check autokd tests benchmarks
 
-# Two runs: the tests marked serial (kills and keystrokes timed against a running search) alone, after
+# Two runs: the tests marked serial (kills, keystrokes or actors timed against a running search) alone, after
 # the others, which run two at a time, a module per worker (pytest-xdist): most tests wait on one CLI
 # process or one Ray worker and leave the second core idle. TEST_WORKERS=0 runs them in one process.
 # Exit code 5 is pytest's "no test selected": PYTEST_ARGS may select tests of one run only.

@@ -85,6 +85,7 @@ def test_looking_for_a_study_in_a_new_database_makes_no_tables(tmp_path, postgre
         engine.dispose()
 
 
+@pytest.mark.serial  # both drivers must be training at once: beside another test, one may start too late
 def test_two_drivers_add_to_one_study_at_the_same_time(tmp_path, postgres_url):
     budget = 4
     files = []

@@ -35,6 +35,7 @@ def overlap_seconds(a: tuple[dt.datetime, dt.datetime], b: tuple[dt.datetime, dt
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # two actors must train at once: beside another test, one may start too late
 def test_two_trials_share_one_fake_gpu_and_train_at_the_same_time(tmp_path):
     import ray
 

@@ -125,6 +125,7 @@ def _refusal_and_torch(study_file) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # two actors must start at once on 1-CPU nodes: beside another test, one started too late
 def test_search_runs_on_a_two_node_cluster(tmp_path, monkeypatch):
     import ray
     from ray.cluster_utils import Cluster
