@@ -103,9 +103,9 @@ class OneTransactionSearcher(AutokdSearcher):
 
 
 def run_arm(arm: str, folder: Path, trials: int, warmup: int) -> dict:
-    spec = study_spec(folder, arm, trials + warmup, epochs=2, seed=0)
-    url = str(folder / f"{arm}.log") if arm == "journal" else spec.storage
-    spec = spec.model_copy(update={"storage": url})
+    spec = study_spec(folder, arm, trials + warmup, epochs=2, seed=0,
+                      storage="journal" if arm == "journal" else "sqlite")
+    url = spec.storage
     optuna.create_study(storage=open_storage(url), study_name=spec.name, directions=spec.directions)
     use_write_ahead_log(url)
     base = spec.train_config()
