@@ -136,11 +136,22 @@ def run_cli(*args, env: dict | None = None, timeout: float = 300, check: bool = 
     return completed
 
 
-def load_tiny(folder: Path, name: str = "tiny"):
-    """The study a `tiny_study(folder)` search wrote (its SQLite file beside the study file)."""
+def _tiny_storage(folder: Path, name: str = "tiny"):
+    """The storage of a `tiny_study(folder)`: its journal file (`storage: <name>.log`) when there is one, else its
+    SQLite file beside the study file; None while neither exists."""
     import optuna
 
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / (name + '.db')}")
+    journal, database = folder / f"{name}.log", folder / f"{name}.db"
+    if journal.is_file():
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    return optuna.storages.RDBStorage(f"sqlite:///{database}") if database.is_file() else None
+
+
+def load_tiny(folder: Path, name: str = "tiny"):
+    """The study a `tiny_study(folder)` search wrote."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=_tiny_storage(folder, name))
 
 
 _POLLED_STORAGES: dict[Path, object] = {}
@@ -149,17 +160,17 @@ _POLLED_STORAGES: dict[Path, object] = {}
 def trials_or_empty(folder: Path) -> list:
     """The tiny study's trials as they are now; none while there is no storage or study yet.
 
-    Tests poll this every 50 ms while a driver runs: one storage per file, opened once the driver has
+    Tests poll this every 50 ms while a driver runs: one storage per folder, opened once the driver has
     made it (opening one costs ~40 ms of CPU, which the driver and its workers lost on 2 cores)."""
     import optuna
 
-    path = folder / "tiny.db"
     try:
-        if path not in _POLLED_STORAGES:
-            if not path.is_file():
+        if folder not in _POLLED_STORAGES:
+            storage = _tiny_storage(folder)
+            if storage is None:
                 return []
-            _POLLED_STORAGES[path] = optuna.storages.RDBStorage(f"sqlite:///{path}")
-        return optuna.load_study(study_name="tiny", storage=_POLLED_STORAGES[path]).get_trials(deepcopy=False)
+            _POLLED_STORAGES[folder] = storage
+        return optuna.load_study(study_name="tiny", storage=_POLLED_STORAGES[folder]).get_trials(deepcopy=False)
     except Exception:  # no study yet, or the driver is creating the schema
         return []
 

@@ -2,7 +2,7 @@
 
 - The driver is killed with SIGKILL (its whole process group: the driver and the Ray processes
   it started) at five moments, resuming in between; at the end 0 finished trials are lost,
-  0 are trained twice and 0 are left RUNNING.
+  0 are trained twice and 0 are left RUNNING. On the default SQLite file and on a journal file.
 - A trial's worker process dies mid-trial; a node leaves a two-node cluster mid-search;
   trials raise, go non-finite, run out of memory or fail to build. Each ends FAILED with its
   reason and the search completes its budget.
@@ -72,12 +72,14 @@ def _finished_at_least(count: int, folder: Path, also_running: bool = False) -> 
     return moment
 
 
-def test_sigkill_at_five_moments_then_resume_loses_nothing_and_trains_nothing_twice(tmp_path):
+# The default SQLite file, and the journal file README recommends for many short trials.
+@pytest.mark.parametrize("storage", [None, "tiny.log"], ids=["sqlite", "journal"])
+def test_sigkill_at_five_moments_then_resume_loses_nothing_and_trains_nothing_twice(tmp_path, storage):
     slow_teacher = {"name": "t-cnn", "arch": {"family": "cnn", "stages": 1, "channels": 8, "head_width": 0},
                     "schedule": {"epochs": 40}}
     study_file = tiny_study(tmp_path, trials=BUDGET, epochs=8, teachers=[
         {"name": "t-mlp", "arch": {"family": "mlp", "depth": 1, "width": 48}, "schedule": {"epochs": 4}},
-        slow_teacher])
+        slow_teacher], **({"storage": storage} if storage else {}))
     moments = [
         ("teacher caching", _printed("teacher t-mlp: trained")),  # t-cnn (40 epochs) starts now
         ("first trial", _finished_at_least(0, tmp_path, also_running=True)),
@@ -112,6 +114,7 @@ def test_sigkill_at_five_moments_then_resume_loses_nothing_and_trains_nothing_tw
     assert len(complete) == BUDGET, f"the budget of {BUDGET} was not completed: {len(complete)}"
     assert finished_before_kills, "no trial finished before the kills: the test exercised nothing"
     assert (tmp_path / "reports" / "tiny" / "index.html").is_file()  # the drivers ran in the study's folder
+    assert (tmp_path / "tiny.log").is_file() == bool(storage)  # the study was where the test meant it to be
 
 
 def test_sigkill_in_the_middle_of_level_2_then_resume_loses_nothing_and_trains_nothing_twice(tmp_path):

@@ -155,12 +155,14 @@ def test_search_in_a_terminal_draws_its_bar_and_completes(tmp_path):
 BUDGET = 8
 
 
-@pytest.fixture(scope="module")
-def interrupted(tmp_path_factory):
+# The default SQLite file, and the journal file README recommends for many short trials.
+@pytest.fixture(scope="module", params=[None, "tiny.log"], ids=["sqlite", "journal"])
+def interrupted(request, tmp_path_factory):
     """A search typed in a terminal, Ctrl-C typed once a trial has finished; what it printed and left."""
     folder = tmp_path_factory.mktemp("interrupted")
     # One trial at a time, each a few seconds: Ctrl-C lands while the next one trains.
-    tiny_study(folder, cached_teachers=True, trials=BUDGET, epochs=12, resources={"concurrency": 1})
+    tiny_study(folder, cached_teachers=True, trials=BUDGET, epochs=12, resources={"concurrency": 1},
+               **({"storage": request.param} if request.param else {}))
     session = Terminal("search", "tiny.yaml", cwd=folder)  # with its report, were it to finish
     try:
         assert session.pump(until=lambda: _one_done_one_running(folder)), \
@@ -170,6 +172,7 @@ def interrupted(tmp_path_factory):
     finally:
         session.close()
     trials = load_tiny(folder).get_trials()
+    assert (folder / "tiny.log").is_file() == bool(request.param)  # the study is where the test meant it to be
     assert sum(t.state == States.COMPLETE for t in trials) < BUDGET, \
         f"Ctrl-C came after the last trial: the test exercises nothing (exit {code}):\n{session.text[-3000:]}"
     return {"folder": folder, "code": code, "text": session.text, "trials": trials}
