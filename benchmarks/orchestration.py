@@ -42,6 +42,7 @@ Teachers are trained/cached and Ray is warmed up (a 2-trial search) before anyth
     python benchmarks/orchestration.py            # 20 trials of ~1-3 s, 3 repeats (~4 min)
     python benchmarks/orchestration.py --workload short   # 200 trials of ~0.3 s, 3 repeats (~8 min)
     python benchmarks/orchestration.py --workload short --storage journal   # the study in a journal file
+    python benchmarks/orchestration.py --trials 120   # the standard trials, 6x as many: a row of its own
     python benchmarks/orchestration.py --quick    # 4 short trials, 1 repeat (a smoke run)
 """
 
@@ -296,7 +297,9 @@ def main() -> None:
     for key, value in figures.items():
         print(f"{key}: {value}")
     name = "_".join(["orchestration"] + [args.workload] * (args.workload != "standard")
-                    + [args.storage] * (args.storage != "sqlite"))
+                    + [args.storage] * (args.storage != "sqlite")
+                    # another number of trials is another row: how the workers' start amortises
+                    + [f"{trials}trials"] * (not args.quick and trials != WORKLOADS[args.workload][0]))
     write_result(name, {"quick": args.quick, "figures": figures, "targets": targets, "met": met,
                                    "note": note, "settings": {"workload": args.workload, "storage": args.storage,
                                                               "trials": trials,

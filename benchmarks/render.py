@@ -18,6 +18,8 @@ from common import REPO, RESULTS
 # (result file stem, title, the issue it answers), in reading order.
 SECTIONS = [
     ("orchestration", "Orchestration overhead: autokd search (Ray Tune) vs in-process Optuna", "issue 6.1"),
+    ("orchestration_120trials", "Orchestration overhead with 120 of the standard trials: each worker's start "
+     "amortised", "issue 17.1"),
     ("orchestration_short", "Orchestration overhead with 200 trials of ~0.3 s: the fixed cost per trial",
      "issue 17.1"),
     ("orchestration_short_journal", "Orchestration overhead with 200 trials of ~0.3 s, the study in a journal file",

@@ -16,7 +16,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # production_train searches its Fashion-MNIST bench study (fashion_study.py) when it does not exist yet.
 SCRIPTS = ["import_time.py", "report_speed.py", "trial_cost.py", "packing.py", "orchestration.py",
-           "orchestration.py --workload short", "orchestration.py --workload short --storage journal",
+           "orchestration.py --trials 120", "orchestration.py --workload short",
+           "orchestration.py --workload short --storage journal",
            "orchestration_profile.py", "storage_writes.py", "study_fetch.py",
            "search_quality.py", "early_stopping.py", "stopping_replay.py", "distillation_gain.py", "schedule_length.py",
            "production_train.py", "gpu_sharing.py", "int8_front.py"]
