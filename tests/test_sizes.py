@@ -1,5 +1,9 @@
 """Model sizes against counts done by hand: params, stored bytes (fp32, fp16, int8) and MACs."""
 
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from autokd.sizes import ModelSize, arch_size, model_size
@@ -89,3 +93,35 @@ def test_model_size_restores_training_mode():
     model_size(model, (1, 8, 8))
     assert model.training
     assert all(m.training for m in model.modules())
+
+
+def _flop_counter_macs(model: torch.nn.Module, input_shape: tuple) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros((1, *input_shape)))
+    return counter.get_total_flops() // 2
+
+
+@pytest.mark.parametrize("arch", [
+    {"family": "mlp", "depth": 1, "width": 7}, {"family": "mlp", "depth": 3, "width": 64, "activation": "gelu",
+                                                 "dropout": 0.3},
+    {"family": "cnn", "stages": 1, "channels": 5, "kernel": 1, "head_width": 0},
+    {"family": "cnn", "stages": 3, "channels": 16, "kernel": 5, "batch_norm": False, "head_width": 32},
+    {"family": "resnet", "blocks": 1, "channels": 8}, {"family": "resnet", "blocks": 4, "channels": 16,
+                                                        "downsample": False},
+])
+@pytest.mark.parametrize("input_shape", [(1, 8, 8), (3, 32, 32), (2, 40)], ids=["8x8", "rgb32", "1d"])
+def test_zoo_macs_are_those_flop_counter_mode_counts(arch, input_shape):
+    model = build_model(arch, input_shape, 10)
+    assert model_size(model, input_shape).macs == _flop_counter_macs(model, input_shape) > 0
+
+
+def test_a_zoo_models_size_does_not_import_torch_dynamo():
+    # FlopCounterMode's dispatch imports torch._dynamo (~1.2 s), on the path of a search's first trials
+    code = ("import sys; from autokd.sizes import arch_size; "
+            "arch_size({'family': 'resnet', 'blocks': 2}, (1, 8, 8), 10); "
+            "print('torch._dynamo' in sys.modules)")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.stdout.strip() == "False", completed.stdout + completed.stderr
