@@ -117,14 +117,16 @@ def quiet(_message: str) -> None:
 
 
 def warm_up(folder: Path, epochs: int) -> None:
-    """Teachers trained and their outputs cached; Ray, Tune and the workers' imports warmed."""
+    """Teachers trained and their outputs cached; Ray, Tune and the workers' imports warmed, and this process's
+    for arm (b): one config trained here (a process's first torch optimizer imports torch._dynamo, ~1.2 s)."""
     import ray
 
     from autokd.search import search
 
     spec = study_spec(folder, "warmup", trials=2, epochs=min(epochs, 2), seed=99)
     data = load_data(spec.data, spec.source)
-    teacher_outputs(prepare_teachers(spec.teachers, data, spec.cache_dir, log=print), data)
+    outputs = teacher_outputs(prepare_teachers(spec.teachers, data, spec.cache_dir, log=print), data)
+    run_config(spec.train_config(), data, outputs, seed=0, threads=THREADS)
     search(spec, progress=False, log=quiet)
     ray.shutdown()
 
