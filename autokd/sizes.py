@@ -98,11 +98,23 @@ def _bytes_int8(model: nn.Module) -> int:
 _MAC_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-def _layer_macs(layer: nn.Module, output: torch.Tensor) -> int:
-    """MACs of one `_MAC_LAYERS` call, as FlopCounterMode counts them (its mm and convolution rules, bias aside)."""
-    if isinstance(layer, nn.Linear):
-        return output.numel() * layer.in_features
-    return output.numel() * (layer.in_channels // layer.groups) * math.prod(layer.kernel_size)
+def _zoo_macs(model: ZooModel, sample: torch.Tensor) -> int:
+    """MACs of `model(sample)` summed over its `_MAC_LAYERS` calls by FlopCounterMode's mm and convolution rules
+    (bias aside): a Linear's output elements times its inputs, a convolution's times its kernel's weights a channel."""
+    macs = []
+
+    def count(layer: nn.Module, _inputs, output: torch.Tensor) -> None:
+        per_output = layer.in_features if isinstance(layer, nn.Linear) else \
+            layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+        macs.append(output.numel() * per_output)
+
+    hooks = [layer.register_forward_hook(count) for layer in model.modules() if isinstance(layer, _MAC_LAYERS)]
+    try:
+        model(sample)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(macs)
 
 
 def _macs_per_sample(model: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -110,19 +122,13 @@ def _macs_per_sample(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     sample = torch.zeros((1, *input_shape), dtype=reference.dtype, device=reference.device)
     modes = {module: module.training for module in model.modules()}
     model.eval()  # eval mode: dropout off, batchnorm uses running stats, as in deployment
-    macs = []
-    hooks = [layer.register_forward_hook(lambda layer, _inputs, output: macs.append(_layer_macs(layer, output)))
-             for layer in model.modules() if isinstance(layer, _MAC_LAYERS)] if isinstance(model, ZooModel) else []
     try:
-        if hooks:
-            with torch.no_grad():
+        with torch.no_grad():
+            if isinstance(model, ZooModel):
+                return _zoo_macs(model, sample)
+            with FlopCounterMode(display=False) as counter:
                 model(sample)
-            return sum(macs)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(sample)
     finally:
-        for hook in hooks:
-            hook.remove()
         for module, training in modes.items():  # per module: a caller may have frozen some parts
             module.training = training
     return counter.get_total_flops() // 2  # the counter reports 2 flops per multiply-accumulate

@@ -9,7 +9,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import VALID_STUDY, run_cli, tiny_study, with_faults, write_config
+from conftest import VALID_STUDY, load_tiny, run_cli, tiny_study, with_faults, write_config
 
 States = optuna.trial.TrialState
 
@@ -79,8 +79,7 @@ def test_a_study_in_a_journal_file_searches_resumes_shows_reports_and_exports(tm
     run_cli("search", study_file, "--resume", "--trials", 4, "--no-report", "--no-progress", env=ray_head,
             check=True)
     assert (tmp_path / "tiny.log").is_file() and not (tmp_path / "tiny.db").exists()
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "tiny.log")))
-    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    trials = load_tiny(tmp_path).get_trials()
     assert [t.state for t in trials] == [States.COMPLETE] * 4
     assert "Pareto front" in run_cli("show", study_file, check=True).stdout
     run_cli("report", study_file, "--no-baselines", "--out", tmp_path / "report", check=True)
