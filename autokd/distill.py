@@ -31,6 +31,7 @@ from torch import nn
 from autokd.data import Dataset, batches
 from autokd.errors import NonFiniteLossError
 from autokd.losses import DistillationLoss
+from autokd.torch_state import seeding
 
 
 class TeacherSource(Protocol):
@@ -137,9 +138,9 @@ def fit(
     `schedule` has the ScheduleSpec fields (epochs, batch_size, lr, optimizer, ...).
     `on_epoch` is called after every epoch; returning True stops training early.
     Raises `NonFiniteLossError` when the loss becomes NaN or infinite.
-    Deterministic on CPU for a fixed seed.
+    Deterministic on CPU for a fixed seed, in concurrent threads of one process too unless the student has
+    dropout (its masks come from torch's process-wide RNG, which the threads share).
     """
-    torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     device = resolve_device(device)
     use_teachers = teacher_outputs is not None and (loss_config.w_kd > 0 or loss_config.w_feat > 0
@@ -147,11 +148,12 @@ def fit(
     use_attention = use_teachers and loss_config.w_at > 0
 
     student.to(device)
-    loss_fn = DistillationLoss.from_config(
-        loss_config,
-        student_feature_dim=student.feature_dim,
-        teacher_feature_dim=teacher_outputs.feature_dim if use_teachers else None,
-    ).to(device)
+    with seeding(seed):  # the loss's own parameters (feature projections) come from the seed; dropout after it
+        loss_fn = DistillationLoss.from_config(
+            loss_config,
+            student_feature_dim=student.feature_dim,
+            teacher_feature_dim=teacher_outputs.feature_dim if use_teachers else None,
+        ).to(device)
     trainable = [p for p in list(student.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
 
     # Tensors move to the device once; every batch is an index slice of them. With unlabeled data and

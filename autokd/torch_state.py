@@ -1,25 +1,39 @@
-"""Torch's process-wide state, set for one block and restored after it: the RNG seed and the thread count.
+"""Torch's process-wide state for a block of code: the RNG seed and the thread count.
 
 `seeded` builds a model from a seed alone, whatever random numbers the caller (a reused Ray worker,
-a test) consumed before, and leaves the caller's RNG as it was; `torch_threads` runs a block at a
-given thread count. Used where models are built, measured and trained (`autokd.zoo`,
-`autokd.custom_student`, `autokd.sizes`, `autokd.runner`, `autokd.packing`).
+a test) consumed before, and leaves the caller's RNG as it was; `seeding` seeds the RNG for good and
+draws a block's numbers from the seed; `torch_threads` runs a block at a given thread count. Threads of
+one process share torch's RNG (in-process Optuna's ``n_jobs``, a thread pool in a notebook): both seeded
+blocks hold one lock, so no other thread's seeding lands among the block's draws. Used where models are
+built, measured and trained (`autokd.zoo`, `autokd.custom_student`, `autokd.distill`, `autokd.sizes`,
+`autokd.runner`, `autokd.packing`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator
 
 import torch
+
+_RNG_LOCK = threading.RLock()  # re-entrant: a seeded block may build a model that seeds again
 
 
 @contextlib.contextmanager
 def seeded(seed: int | None) -> Iterator[None]:
     """Run the block on a forked CPU RNG seeded with `seed` (None: unseeded); the caller's RNG state is kept."""
-    with torch.random.fork_rng(devices=[]):
+    with _RNG_LOCK, torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def seeding(seed: int) -> Iterator[None]:
+    """``torch.manual_seed(seed)``, then the block's draws come from the seed; the RNG stays seeded after it."""
+    with _RNG_LOCK:
+        torch.manual_seed(seed)
         yield
 
 

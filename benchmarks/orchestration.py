@@ -5,8 +5,9 @@ Tune workers, concurrency 2, 1 CPU each). Arm (b) trains the very configs that (
 enqueued into an in-memory Optuna study and run by ``study.optimize(objective, n_jobs=2)`` in
 threads with ``torch.set_num_threads(1)``, through `runner.run_config` at 1 thread (what a trial
 calls). Both arms run the flat, one-level search (``search: {mode: flat}``).
-Training is deterministic on CPU for a fixed seed, so (b) must reproduce (a)'s val accuracy for
-every trial: that check proves both arms trained the same configs.
+Training is deterministic on CPU for a fixed seed, in (b)'s threads too (they share torch's RNG, but
+every seeding holds a lock, and this student has no dropout), so (b) must reproduce (a)'s val accuracy
+for every trial: that check proves both arms trained the same configs.
 
 Figures (medians over repeats; the arms alternate a, b, a, b, ... so background load hits both):
 - ``wall_ratio``: wall(a) / wall(b), Ray start-up excluded (it is measured on its own);

@@ -37,6 +37,37 @@ def test_paired_seeds_train_packed_or_one_by_one_to_the_same_accuracies(tmp_path
     assert len({r.val_accuracy for r in one_by_one}) > 1  # the seeds really differ
 
 
+def test_configs_trained_in_threads_at_once_equal_the_same_trained_one_by_one(tmp_path):
+    """In-process Optuna with `n_jobs=2` runs trials in threads that share torch's RNG: the student's initial
+    weights and the loss's feature projection must still come from each config's seed alone."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    spec = load_study(tiny_study(tmp_path, epochs=1))
+    data = load_data(spec.data, spec.source)
+    outputs = teacher_outputs(prepare_teachers(spec.teachers, data, spec.cache_dir, progress=False), data)
+    config = spec.train_config()
+    config.threads = 1
+    config.distill.w_feat = 0.5  # the loss gets parameters of its own, drawn in `fit`
+    seeds = list(range(8))
+
+    def weights(seed: int) -> dict:
+        student, result = run_config(config, data, outputs, seed=seed)
+        return {"val_accuracy": result.val_accuracy, **student.state_dict()}
+
+    one_by_one = [weights(seed) for seed in seeds]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can, so that a race shows
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            at_once = list(pool.map(weights, seeds))
+    finally:
+        sys.setswitchinterval(interval)
+    assert [w["val_accuracy"] for w in at_once] == [w["val_accuracy"] for w in one_by_one]
+    for threaded, serial in zip(at_once, one_by_one):
+        assert all(torch.equal(threaded[key], serial[key]) for key in serial if key != "val_accuracy")
+
+
 @pytest.mark.slow
 def test_a_search_trial_and_autokd_train_of_its_export_are_bit_identical(tmp_path, ray_head):
     study_file = tiny_study(tmp_path, cached_teachers=True, trials=2, epochs=2)
