@@ -33,7 +33,7 @@ Figures (medians over repeats; the arms alternate a, b, a, b, ... so background 
   it once in its first trial).
 
 Two workloads: ``standard`` (20 trials x 15 epochs, ~0.7-2.5 s a trial by machine load) and
-``short`` (200 trials x 2 epochs, ~0.3 s a trial), where the fixed cost per trial dominates.
+``short`` (200 trials x 5 epochs, ~0.3 s a trial), where the fixed cost per trial dominates.
 Arm (a)'s study is an SQLite file, as by default, or with ``--storage journal`` an Optuna journal
 file (``storage: study.log``): the driver's bookkeeping of a trial costs less there
 (`benchmarks/storage_writes.py`).
@@ -73,7 +73,7 @@ from autokd.teacher_outputs import teacher_outputs  # noqa: E402
 from autokd.teachers import prepare_teachers  # noqa: E402
 
 WALL_RATIO_TARGET = 1.10
-WORKLOADS = {"standard": (20, 15), "short": (200, 2)}  # trials, epochs
+WORKLOADS = {"standard": (20, 15), "short": (200, 5)}  # trials, epochs
 EFFICIENCY_TARGET = 0.85
 CONCURRENCY = 2
 THREADS = 1  # per trial: cpus_per_trial
@@ -214,7 +214,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (15 ~ 3 s on digits)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--workload", choices=list(WORKLOADS), default="standard",
-                        help="standard: 20 trials x 15 epochs; short: 200 trials x 2 epochs (~0.3 s each)")
+                        help="standard: 20 trials x 15 epochs; short: 200 trials x 5 epochs (~0.3 s each)")
     parser.add_argument("--storage", choices=["sqlite", "journal"], default="sqlite",
                         help="arm (a)'s study: an SQLite file (the default's) or an Optuna journal file")
     args = parser.parse_args()

@@ -1,8 +1,8 @@
 """Where the search driver's time goes per trial: a cProfile of `autokd.search` on short trials (issue 17.1).
 
 The driver (Optuna sampler, autokd's searcher, Tune's controller, the storage) runs in one
-process; the trials train in Ray workers. This script runs the orchestration benchmark's short
-workload (digits, a fixed CNN student, 2 epochs a trial, concurrency 2, flat TPE search) with
+process; the trials train in Ray workers. This script runs trials like the orchestration benchmark's short
+workload but shorter (digits, a fixed CNN student, 2 epochs a trial, concurrency 2, flat TPE search) with
 the driver under cProfile, after the same warm-up (teachers cached, Ray and the workers'
 imports warm). Every function's own time (cProfile's tottime) is put in one bucket by the file
 it lives in, so the buckets add up to the profiled total:
