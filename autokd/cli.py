@@ -68,6 +68,9 @@ def search(study: Path = typer.Argument(..., help="Study YAML file."),
         typer.echo(f"interrupted: {interrupt.done}/{interrupt.budget} trials done — continue with: "
                    f"autokd search {interrupt.source} --resume", err=True)
         raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # before the study was written (data, Ray's start): typer would exit silently
+        typer.echo("interrupted before the search began: nothing was written", err=True)
+        raise typer.Exit(130) from None
     finally:
         stop_ray()  # the report needs no Ray
     _print_front(result.pareto, result.spec.objectives)

@@ -106,8 +106,12 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     use_write_ahead_log(storage_url)  # every check has passed: from here on the search writes
 
     started = time.perf_counter()
-    teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, log=log, source=spec.source, progress=progress)
-    outputs = teacher_outputs(teachers, data, attention=attention) if teachers else None
+    try:
+        teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, log=log, source=spec.source,
+                                    progress=progress)
+        outputs = teacher_outputs(teachers, data, attention=attention) if teachers else None
+    except KeyboardInterrupt:  # the study exists from here on: say how to go on (teachers done so far are cached)
+        raise SearchInterrupted(counts(optuna_study)["done"], spec.budget.trials, spec.source) from None
     two_level = is_two_level(spec, space)
     for key, value in study_attrs(spec, signature, two_level).items():
         optuna_study.set_user_attr(key, value)

@@ -31,7 +31,7 @@ import optuna
 import pytest
 
 from autokd.results import INTERRUPTED
-from conftest import AUTOKD, REPO, load_tiny, tiny_study, trials_or_empty
+from conftest import AUTOKD, REPO, load_tiny, run_cli, tiny_study, trials_or_empty, with_faults
 
 pytestmark = pytest.mark.serial  # keystrokes and Ctrl-C timed against a running search
 
@@ -46,8 +46,10 @@ class Terminal:
     SIGINT to the foreground process group: the driver and the Ray processes it started).
     """
 
-    def __init__(self, *args: str, cwd: Path):
-        env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40", "PYTHONPATH": str(REPO)}
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None):
+        extra = dict(env or {})
+        path = os.pathsep.join(p for p in (extra.pop("PYTHONPATH", None), str(REPO)) if p)
+        env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40", "PYTHONPATH": path, **extra}
         self.output = b""
         self.code: int | None = None
         self.pid, self.fd = pty.fork()
@@ -228,6 +230,47 @@ def test_resume_after_ctrl_c_completes_the_budget_and_trains_nothing_twice(inter
 
 # ---------------------------------------------------------------------------------------------
 # 3. A stray Ray cluster named in Ray's temp dir
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_ray_starts_exits_130_without_a_crash_and_writes_nothing(tmp_path):
+    """Ctrl-C typed while Ray builds the driver's core worker, which calls back into Python: a KeyboardInterrupt
+    there left a half-built worker whose shutdown segfaulted (exit -11, no message; 2 in 40 Ctrl-C at random
+    moments of a search). Ray's start-up holds the Ctrl-C until it is done, then the search stops as usual."""
+    study_file = tiny_study(tmp_path, cached_teachers=True)
+    terminal = Terminal("search", study_file.name, cwd=tmp_path,
+                        env={**with_faults("ray_start:ctrl_c"), "AUTOKD_FAULT_DIR": str(tmp_path)})
+    try:
+        code = terminal.wait(timeout=120)
+    finally:
+        terminal.close()
+    text = terminal.text
+    assert (tmp_path / "ctrl_c-typed").exists()  # the Ctrl-C was typed inside Ray's start-up
+    assert code == 130, text[-3000:]
+    assert "interrupted before the search began: nothing was written" in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert not (tmp_path / "tiny.db").exists()  # Ray starts before the study's storage is written
+
+
+@pytest.mark.slow
+@pytest.mark.serial
+def test_ctrl_c_while_teachers_train_says_how_to_go_on_and_the_resume_completes(tmp_path):
+    """The study exists once teachers train (after Ray's start): Ctrl-C there names the resume, as later on
+    (typer turned it into a silent exit 130, and a plain rerun was then refused for the stored study)."""
+    tiny_study(tmp_path)
+    terminal = Terminal("search", "tiny.yaml", cwd=tmp_path)
+    try:
+        assert terminal.pump(until=lambda: "training 2 teachers" in terminal.text)
+        terminal.type(b"\x03")
+        code = terminal.wait(timeout=120)
+    finally:
+        terminal.close()
+    text = terminal.text
+    assert code == 130, text[-3000:]
+    assert "interrupted: 0/6 trials done — continue with: autokd search tiny.yaml --resume" in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    run_cli("search", "tiny.yaml", "--resume", "--no-report", "--no-progress", cwd=tmp_path, check=True)
+    assert sorted(t.state.name for t in load_tiny(tmp_path).get_trials()) == ["COMPLETE"] * 6
 
 
 @pytest.fixture

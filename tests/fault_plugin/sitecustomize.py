@@ -2,7 +2,8 @@
 
 A fault test puts this folder on PYTHONPATH and sets AUTOKD_INJECT_FAULT="3:nan,4:build,5:raise,7:oom,9:exit"
 (or "0:overlap,1:overlap": those trials wait, up to a minute, until both have started, so that two
-worker actors must exist at once; trials mark their start in AUTOKD_FAULT_DIR);
+worker actors must exist at once; trials mark their start in AUTOKD_FAULT_DIR; or "ray_start:ctrl_c":
+Ctrl-C typed while Ray builds the driver's core worker);
 Python imports `sitecustomize` at start-up, and this one wraps the product's documented seam,
 `autokd.runner.run_config` (every trial trains through it), as soon as `autokd.trial` is imported.
 Nothing of this lives in the product.
@@ -12,6 +13,7 @@ import functools
 import importlib.abc
 import importlib.util
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -63,9 +65,32 @@ def _install(trial_module) -> None:
     runner.run_config = faulty_run_config
 
 
-class _AfterTrialImport(importlib.abc.MetaPathFinder):
+def _ctrl_c_while_ray_starts(module) -> None:
+    """The terminal's SIGINT to the whole foreground group, sent while Ray builds the driver's core worker
+    (whose construction calls back into Python: here). Only in the driver, the process running autokd's CLI
+    (Ray's workers, started with the cluster, build core workers too), once; the mark in AUTOKD_FAULT_DIR
+    says it was sent."""
+    build_gc_thread = module.PythonGCThread.__init__
+
+    def typed_ctrl_c(self, *args, **kwargs):
+        mark = Path(os.environ["AUTOKD_FAULT_DIR"]) / "ctrl_c-typed"
+        main = getattr(sys.modules.get("__main__"), "__spec__", None)  # `python -m autokd.cli` runs as __main__
+        if ("autokd.cli" in sys.modules or getattr(main, "name", "") == "autokd.cli") and not mark.exists():
+            mark.touch()
+            os.killpg(os.getpgrp(), signal.SIGINT)
+        build_gc_thread(self, *args, **kwargs)
+
+    module.PythonGCThread.__init__ = typed_ctrl_c
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs `install(module)` once the module `name` has been imported."""
+
+    def __init__(self, name, install):
+        self.name, self.install = name, install
+
     def find_spec(self, name, path, target=None):
-        if name != "autokd.trial":
+        if name != self.name:
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
@@ -73,11 +98,13 @@ class _AfterTrialImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             execute(module)
-            _install(module)
+            self.install(module)
 
         spec.loader.exec_module = exec_module
         return spec
 
 
-if FAULTS:
-    sys.meta_path.insert(0, _AfterTrialImport())
+if FAULTS.get("ray_start", "").strip() == "ctrl_c":
+    sys.meta_path.insert(0, _AfterImport("ray._private.gc_collect_manager", _ctrl_c_while_ray_starts))
+if any(key != "ray_start" for key in FAULTS):
+    sys.meta_path.insert(0, _AfterImport("autokd.trial", _install))
