@@ -16,6 +16,7 @@ budget counts what is already done. Ctrl-C fails this driver's running trials as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -23,7 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import optuna
 import pandas as pd
@@ -105,45 +106,71 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
     optuna_study = stored or open_or_create_study(spec, storage_url, resume, signature)
     use_write_ahead_log(storage_url)  # every check has passed: from here on the search writes
 
-    started = time.perf_counter()
-    try:
+    with _ctrl_c_names_the_resume(optuna_study, spec):  # the study exists: Ctrl-C names the resume
+        started = time.perf_counter()
         teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, log=log, source=spec.source,
                                     progress=progress)
         outputs = teacher_outputs(teachers, data, attention=attention) if teachers else None
-    except KeyboardInterrupt:  # the study exists from here on: say how to go on (teachers done so far are cached)
-        raise SearchInterrupted(counts(optuna_study)["done"], spec.budget.trials, spec.source) from None
-    two_level = is_two_level(spec, space)
-    for key, value in study_attrs(spec, signature, two_level).items():
-        optuna_study.set_user_attr(key, value)
-    with warnings.catch_warnings():  # "experimental" since Optuna 3.2; the dashboard and load_study read it
-        warnings.simplefilter("ignore")
-        optuna_study.set_metric_names(list(spec.objectives))
-    beat(optuna_study)
+        two_level = is_two_level(spec, space)
+        for key, value in study_attrs(spec, signature, two_level).items():
+            optuna_study.set_user_attr(key, value)
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2; the dashboard and load_study read it
+            warnings.simplefilter("ignore")
+            optuna_study.set_metric_names(list(spec.objectives))
+        beat(optuna_study)
+        try:
+            recovered = recover_interrupted(optuna_study)
+            if recovered:
+                log(f"resume: {recovered} interrupted trial(s) re-queued")
+            if _work_left(spec, optuna_study):
+                plan = None
+                if two_level:
+                    from autokd.levels import TwoLevelPlan
+
+                    base = spec.train_config()
+                    plan = TwoLevelPlan(spec, space, base, data.input_shape, data.num_classes,
+                                        {t.name: t.meta["val_accuracy"] for t in teachers  # unknown val: kept
+                                         if t.meta["val_accuracy"] is not None})
+                _run_tuner(spec, space, data, outputs, storage_url, optuna_study, plan, address, progress)
+            if spec.robust.top_k > 0:
+                from autokd.ray_cluster import init_ray
+                from autokd.robust import rerun_front_with_seeds
+
+                init_ray(address or spec.ray_address, spec)
+                rerun_front_with_seeds(spec, optuna_study, data, outputs, log)
+        finally:
+            clear_beat(optuna_study)
+            checkpoint(storage_url)
+        frame = trials_frame(optuna_study)
+        return SearchResult(optuna_study, spec, frame, front_frame(frame), time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def _ctrl_c_names_the_resume(optuna_study: optuna.Study, spec: StudySpec) -> Iterator[None]:
+    """Once the study is written, Ctrl-C ends the search as SearchInterrupted (trials done, the resume line)
+    wherever it lands: while teachers train, during the trials, while the robust front reruns. It is also
+    recorded (`searcher.CTRL_C`): a KeyboardInterrupt that lands in a finalizer is swallowed by Python
+    ("Exception ignored in ..."; seen 1 in 40 Ctrl-C at random moments, the search then ran to its end), so
+    the search raises it again before Tune starts and at each step of Tune's loop."""
+    from autokd.searcher import CTRL_C
+
+    def ctrl_c(signum, frame) -> None:
+        CTRL_C.set()
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal's condition
+    previous_handler = signal.signal(signal.SIGINT, ctrl_c) if in_main_thread else None
     try:
-        recovered = recover_interrupted(optuna_study)
-        if recovered:
-            log(f"resume: {recovered} interrupted trial(s) re-queued")
-        if _work_left(spec, optuna_study):
-            plan = None
-            if two_level:
-                from autokd.levels import TwoLevelPlan
-
-                base = spec.train_config()
-                plan = TwoLevelPlan(spec, space, base, data.input_shape, data.num_classes,
-                                    {t.name: t.meta["val_accuracy"] for t in teachers
-                                     if t.meta["val_accuracy"] is not None})  # unknown (outputs without val): kept
-            _run_tuner(spec, space, data, outputs, storage_url, optuna_study, plan, address, progress)
-        if spec.robust.top_k > 0:
-            from autokd.ray_cluster import init_ray
-            from autokd.robust import rerun_front_with_seeds
-
-            init_ray(address or spec.ray_address, spec)
-            rerun_front_with_seeds(spec, optuna_study, data, outputs, log)
+        yield
+    except SearchInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise SearchInterrupted(counts(optuna_study)["done"], spec.budget.trials, spec.source) from None
     finally:
-        clear_beat(optuna_study)
-        checkpoint(storage_url)
-    frame = trials_frame(optuna_study)
-    return SearchResult(optuna_study, spec, frame, front_frame(frame), time.perf_counter() - started)
+        CTRL_C.clear()
+        # After a Ctrl-C, `_run_tuner` has put `_exit_at_once` in place for the clean-up: leave it there.
+        if previous_handler is not None and signal.getsignal(signal.SIGINT) is ctrl_c:
+            signal.signal(signal.SIGINT, previous_handler)
 
 
 def _check_student(spec: StudySpec, space, data) -> None:
@@ -228,25 +255,18 @@ def _run_tuner(spec, space, data, outputs, storage_url, optuna_study, plan, addr
                                   callbacks=[bar, DriverHeartbeat(searcher), ReraiseCtrlC()]),
     )
 
-    def ctrl_c(signum, frame) -> None:
-        CTRL_C.set()  # raised again at the controller's next step should a finalizer swallow this one
-        raise KeyboardInterrupt
-
-    in_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal's condition
-    previous_handler = signal.signal(signal.SIGINT, ctrl_c) if in_main_thread else None
-    try:
+    try:  # Ctrl-C is search()'s (`_ctrl_c_names_the_resume`): one swallowed so far is raised here
+        if CTRL_C.is_set():
+            raise KeyboardInterrupt
         tuner.fit()
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, _exit_at_once)  # a second Ctrl-C does not wait for the clean-up
-        previous_handler = None
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, _exit_at_once)  # a second Ctrl-C does not wait for the clean-up
         bar.close()
         searcher.claim_asked_trial()
         recover_interrupted(optuna_study, own_only=True)
         raise SearchInterrupted(counts(optuna_study)["done"], spec.budget.trials, spec.source) from None
     finally:
-        CTRL_C.clear()
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
         bar.close()
         # A trial still open here was cut by the time limit: fail it now rather than leave it RUNNING.
         recover_interrupted(optuna_study, own_only=True)

@@ -3,7 +3,8 @@
 A fault test puts this folder on PYTHONPATH and sets AUTOKD_INJECT_FAULT="3:nan,4:build,5:raise,7:oom,9:exit"
 (or "0:overlap,1:overlap": those trials wait, up to a minute, until both have started, so that two
 worker actors must exist at once; trials mark their start in AUTOKD_FAULT_DIR; or "ray_start:ctrl_c":
-Ctrl-C typed while Ray builds the driver's core worker);
+Ctrl-C typed while Ray builds the driver's core worker; or "teachers:swallowed_ctrl_c": a Ctrl-C that
+lands in a finalizer once the teachers' outputs are ready, which Python swallows);
 Python imports `sitecustomize` at start-up, and this one wraps the product's documented seam,
 `autokd.runner.run_config` (every trial trains through it), as soon as `autokd.trial` is imported.
 Nothing of this lives in the product.
@@ -83,6 +84,26 @@ def _ctrl_c_while_ray_starts(module) -> None:
     module.PythonGCThread.__init__ = typed_ctrl_c
 
 
+def _swallowed_ctrl_c_after_teachers(module) -> None:
+    """Ctrl-C handled inside a finalizer right after the driver computed its teachers' outputs: Python prints
+    "Exception ignored in ..." and swallows the KeyboardInterrupt (as when Ctrl-C lands in a weakref callback)."""
+    compute = module.teacher_outputs
+
+    def teacher_outputs_then_ctrl_c(*args, **kwargs):
+        outputs = compute(*args, **kwargs)
+
+        class Finalized:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(10_000):  # Python runs the signal's handler here, inside __del__
+                    pass
+
+        Finalized()
+        return outputs
+
+    module.teacher_outputs = teacher_outputs_then_ctrl_c
+
+
 class _AfterImport(importlib.abc.MetaPathFinder):
     """Runs `install(module)` once the module `name` has been imported."""
 
@@ -106,5 +127,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
 if FAULTS.get("ray_start", "").strip() == "ctrl_c":
     sys.meta_path.insert(0, _AfterImport("ray._private.gc_collect_manager", _ctrl_c_while_ray_starts))
-if any(key != "ray_start" for key in FAULTS):
+if FAULTS.get("teachers", "").strip() == "swallowed_ctrl_c":
+    sys.meta_path.insert(0, _AfterImport("autokd.teacher_outputs", _swallowed_ctrl_c_after_teachers))
+if any(key not in ("ray_start", "teachers") for key in FAULTS):
     sys.meta_path.insert(0, _AfterImport("autokd.trial", _install))
