@@ -1,8 +1,26 @@
 """autokd.torch_state: a seeded block draws the seed's numbers and leaves the caller's RNG and threads as they were."""
 
+import sys
+import threading
+
 import torch
 
 from autokd.torch_state import seeded, seeding, torch_threads
+
+
+def _at_once(target, *arguments) -> None:
+    """`target(argument)` for every argument, each in a thread of its own, all at once; the threads switch
+    as often as the interpreter can, so that a race shows."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=target, args=(argument,)) for argument in arguments]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def test_seeded_draws_from_the_seed_alone_and_keeps_the_callers_rng():
@@ -48,9 +66,6 @@ def test_models_built_in_threads_at_once_equal_models_built_one_by_one():
     """In-process Optuna (`n_jobs=2`) builds students in threads that share torch's RNG: a seeded block
     must not draw another thread's numbers (it did, and the orchestration benchmark's in-process arm then
     missed the search's val accuracy for a few trials in a hundred)."""
-    import sys
-    import threading
-
     from autokd.zoo import build_model
 
     arch = {"family": "mlp", "depth": 2, "width": 32}
@@ -63,16 +78,7 @@ def test_models_built_in_threads_at_once_equal_models_built_one_by_one():
         for seed in run:
             built[seed] = build_model(arch, (64,), 10, seed=seed).state_dict()
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can, so that a race shows
-    try:
-        threads = [threading.Thread(target=build_all, args=(run,)) for run in seeds.values()]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    _at_once(build_all, *seeds.values())
     differ = [seed for seed, state in expected.items()
               if any(not torch.equal(state[key], built[seed][key]) for key in state)]
     assert differ == []
@@ -80,9 +86,6 @@ def test_models_built_in_threads_at_once_equal_models_built_one_by_one():
 
 def test_seeding_draws_from_the_seed_while_other_threads_seed_too():
     """`seeding` (fit's seed for the loss's parameters and dropout) holds other threads' seeding off its draws."""
-    import sys
-    import threading
-
     def draws() -> torch.Tensor:
         return torch.cat([torch.rand(1) for _ in range(50)])  # many small draws: room for a thread switch
 
@@ -97,16 +100,7 @@ def test_seeding_draws_from_the_seed_while_other_threads_seed_too():
             with seeding(seed):
                 got[seed] = draws()
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=seed_and_draw, args=(seeds,)) for seeds in (range(30), range(30, 60))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    _at_once(seed_and_draw, range(30), range(30, 60))
     assert [seed for seed in expected if not torch.equal(got[seed], expected[seed])] == []
     with seeding(3):
         pass
