@@ -48,6 +48,11 @@ class SearchResult:
     wall_seconds: float
 
 
+# Ctrl-C typed during this process's search: set by its SIGINT handler (`_ctrl_c_ends_the_search`), cleared
+# when the search has stopped; `searcher.ReraiseCtrlC` raises it again at each step of Tune's loop.
+CTRL_C = threading.Event()
+
+
 class SearchInterrupted(KeyboardInterrupt):
     """Ctrl-C during a search: finished trials are stored, running ones re-queued for --resume."""
 
@@ -97,16 +102,16 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
         changes = check_unchanged(spec, stored, signature, accept_changes)
         if changes:
             log(f"resume: --accept-changes: {', '.join(changes)} differ from the stored study")
-    if _work_left(spec, stored):
-        from autokd.ray_cluster import init_ray
+    optuna_study = stored
+    with _ctrl_c_ends_the_search(spec, lambda: optuna_study):
+        if _work_left(spec, stored):
+            from autokd.ray_cluster import init_ray
 
-        init_ray(address or spec.ray_address, spec)  # before the storage is written: a failed start writes nothing
-    if storage_url.startswith("sqlite:///"):
-        Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    optuna_study = stored or open_or_create_study(spec, storage_url, resume, signature)
-    use_write_ahead_log(storage_url)  # every check has passed: from here on the search writes
-
-    with _ctrl_c_names_the_resume(optuna_study, spec):  # the study exists: Ctrl-C names the resume
+            init_ray(address or spec.ray_address, spec)  # a failed start writes nothing: before the storage
+        if storage_url.startswith("sqlite:///"):
+            Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        optuna_study = stored or open_or_create_study(spec, storage_url, resume, signature)
+        use_write_ahead_log(storage_url)  # every check has passed: from here on the search writes
         started = time.perf_counter()
         teachers = prepare_teachers(spec.teachers, data, spec.cache_dir, log=log, source=spec.source,
                                     progress=progress)
@@ -146,13 +151,12 @@ def search(study: StudySpec | str | Path, *, resume: bool = False, storage: str 
 
 
 @contextlib.contextmanager
-def _ctrl_c_names_the_resume(optuna_study: optuna.Study, spec: StudySpec) -> Iterator[None]:
-    """Once the study is written, Ctrl-C ends the search as SearchInterrupted (trials done, the resume line)
-    wherever it lands: while teachers train, during the trials, while the robust front reruns. It is also
-    recorded (`searcher.CTRL_C`): a KeyboardInterrupt that lands in a finalizer is swallowed by Python
-    ("Exception ignored in ..."; seen 1 in 40 Ctrl-C at random moments, the search then ran to its end), so
-    the search raises it again before Tune starts and at each step of Tune's loop."""
-    from autokd.searcher import CTRL_C
+def _ctrl_c_ends_the_search(spec: StudySpec, written_study: Callable[[], optuna.Study | None]) -> Iterator[None]:
+    """Ctrl-C from Ray's start to the search's end: a plain KeyboardInterrupt while the study is not written
+    yet, then SearchInterrupted (trials done, the resume line) wherever it lands: teachers, trials, the robust
+    front's reruns. It is also recorded (`CTRL_C`): a KeyboardInterrupt that lands in a finalizer is swallowed
+    by Python ("Exception ignored in ..."; 3 in 80 Ctrl-C at random moments, the search then ran to its end),
+    so the search raises it again before Tune starts and at each step of Tune's loop."""
 
     def ctrl_c(signum, frame) -> None:
         CTRL_C.set()
@@ -165,7 +169,10 @@ def _ctrl_c_names_the_resume(optuna_study: optuna.Study, spec: StudySpec) -> Ite
     except SearchInterrupted:
         raise
     except KeyboardInterrupt:
-        raise SearchInterrupted(counts(optuna_study)["done"], spec.budget.trials, spec.source) from None
+        study = written_study()
+        if study is None:
+            raise
+        raise SearchInterrupted(counts(study)["done"], spec.budget.trials, spec.source) from None
     finally:
         CTRL_C.clear()
         # After a Ctrl-C, `_run_tuner` has put `_exit_at_once` in place for the clean-up: leave it there.
@@ -228,7 +235,7 @@ def _run_tuner(spec, space, data, outputs, storage_url, optuna_study, plan, addr
     from autokd.progress import SearchProgress
     from autokd.ray_cluster import init_ray
     from autokd.scheduler import make_scheduler
-    from autokd.searcher import CTRL_C, AutokdSearcher, DriverHeartbeat, ReraiseCtrlC
+    from autokd.searcher import AutokdSearcher, DriverHeartbeat, ReraiseCtrlC
     from autokd.trial import run_stored_trial
 
     init_ray(address or spec.ray_address, spec)
@@ -255,7 +262,7 @@ def _run_tuner(spec, space, data, outputs, storage_url, optuna_study, plan, addr
                                   callbacks=[bar, DriverHeartbeat(searcher), ReraiseCtrlC()]),
     )
 
-    try:  # Ctrl-C is search()'s (`_ctrl_c_names_the_resume`): one swallowed so far is raised here
+    try:  # Ctrl-C is search()'s (`_ctrl_c_ends_the_search`): one swallowed so far is raised here
         if CTRL_C.is_set():
             raise KeyboardInterrupt
         tuner.fit()

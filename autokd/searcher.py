@@ -19,7 +19,6 @@ the class around them is driven by Ray and tested end to end.
 from __future__ import annotations
 
 import math
-import threading
 import time
 
 import optuna
@@ -209,10 +208,6 @@ class AutokdSearcher(OptunaSearch):
         self.beat_if_due()
 
 
-# Set by the driver's SIGINT handler (`search._run_tuner`) and cleared when the search has stopped.
-CTRL_C = threading.Event()
-
-
 class ReraiseCtrlC(Callback):
     """Raises KeyboardInterrupt at the next step of Tune's controller once Ctrl-C was typed. Python raises
     it at whatever bytecode the main thread runs next, and when that is a finalizer (an ObjectRef's
@@ -220,6 +215,8 @@ class ReraiseCtrlC(Callback):
     then went on to its whole budget (tests/test_terminal.py's Ctrl-C tests, about 1 run in 3)."""
 
     def on_step_begin(self, iteration, trials, **info) -> None:
+        from autokd.search import CTRL_C  # the search records Ctrl-C; it imports this module, not the reverse
+
         if CTRL_C.is_set():
             raise KeyboardInterrupt
 

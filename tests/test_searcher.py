@@ -110,7 +110,8 @@ def test_a_ctrl_c_a_finalizer_swallowed_is_raised_again_at_the_next_controller_s
 
     import pytest
 
-    from autokd.searcher import CTRL_C, ReraiseCtrlC
+    from autokd.search import CTRL_C
+    from autokd.searcher import ReraiseCtrlC
 
     callback = pickle.loads(pickle.dumps(ReraiseCtrlC()))  # Tune pickles its callbacks with the experiment
     callback.on_step_begin(0, [])  # no Ctrl-C: nothing happens
